@@ -1,0 +1,431 @@
+"""Thin Hydra entry points, one per stage. They turn the composed config into plain arguments for the
+library functions (data, extract, classify, pretrain, report) and do nothing else of substance."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from filelock import FileLock
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from dinoloc.io import DinolocError
+
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
+log = logging.getLogger("dinoloc")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config -> plain arguments
+# ----------------------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DinolocError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    return name
+
+
+def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
+    """Refuse a bad config before any heavy work, naming the offending key."""
+    from dinoloc.strategies import check_strategy
+
+    bb = cfg.backbone
+    if len(bb.channels) != bb.in_chans:
+        raise DinolocError(
+            f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
+        )
+    check_strategy(cfg.strategy.name, list(bb.channels), dict(bb.channel_map))
+    if not bb.weights and not cfg.allow_random_weights:
+        raise DinolocError(
+            f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
+            "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
+        )
+    if classifier:
+        from dinoloc.classify import ClassifierParams
+
+        ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
+    if not cfg.data.synthetic:
+        root = Path(str(cfg.data.root))
+        if not root.is_dir():
+            raise DinolocError(
+                f"data.root={root} does not exist. Point it at the OpenCell download (per-target folders of "
+                "OC-FOV_*_proj.tif), e.g. data.root=/data/opencell, or use data=synthetic for the demo."
+            )
+
+
+def _plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    d = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in d.items() if k not in drop}
+
+
+def ensure_synthetic(cfg: DictConfig) -> None:
+    """Generate the synthetic demo data (all parts) when the embedded default is used and it is missing."""
+    from dinoloc.data.synthetic import generate_all
+
+    gen = cfg.data.generator
+    with FileLock(str(Path(cfg.paths.synthetic_dir)) + ".lock"):
+        generate_all(cfg.paths.synthetic_dir, n_targets=gen.n_targets, image_size=gen.image_size, seed=gen.seed)
+
+
+def prepare_data(cfg: DictConfig):
+    """Manifest and split for cfg.data (built once, then reused; a stale split is refused)."""
+    from dinoloc.data.split import prepare_dataset
+
+    if cfg.data.synthetic:
+        ensure_synthetic(cfg)
+    out_dir = Path(cfg.paths.data_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    s = cfg.data.split
+    # Parallel sweep jobs share the data folder: one builds, the others wait and reuse.
+    with FileLock(str(out_dir) + ".lock"):
+        manifest, split = prepare_dataset(
+            cfg.data.root, cfg.data.annotations, out_dir, min_grade=cfg.data.labels.min_grade,
+            test_size=s.test_size, n_folds=s.n_folds, group_by=s.group_by, seed=s.seed,
+            resplit=bool(cfg.data.get("resplit", False)),
+        )
+    return manifest, split
+
+
+def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
+    """Everything that determines the embeddings: the cache key is a hash of this."""
+    from dinoloc.backbones import weights_fingerprint
+    from dinoloc.extract import images_fingerprint
+
+    bb = cfg.backbone
+    return {
+        "arch": bb.arch,
+        "model_kwargs": _plain(bb.model_kwargs),
+        "in_chans": bb.in_chans,
+        "channels": list(bb.channels),
+        "weights": weights_fingerprint(bb.weights or None, cache_dir=cfg.paths.weights_dir),
+        "checkpoint_key": bb.checkpoint_key,
+        "strategy": cfg.strategy.name,
+        "channel_map": _plain(bb.channel_map) if cfg.strategy.name == "mapping" else None,
+        "preprocess": _plain(bb.preprocess),
+        "images": images_fingerprint(manifest, cfg.data.root),
+    }
+
+
+def run_extraction(cfg: DictConfig, manifest):
+    """Embed every manifest image with cfg.backbone x cfg.strategy, or hit the cache."""
+    import functools
+
+    from dinoloc.backbones import build_backbone
+    from dinoloc.data.opencell import read_image
+    from dinoloc.extract import cache_key, extract
+    from dinoloc.strategies import embed_batch
+
+    bb, pp = cfg.backbone, cfg.backbone.preprocess
+    fields = extraction_fields(cfg, manifest)
+    key = cache_key(fields)
+    meta: dict[str, Any] = {
+        "backbone": bb.name, "backbone_display": bb.display_name, "weights_path": str(bb.weights or ""),
+        "synthetic": bool(cfg.data.synthetic or bb.synthetic), "data": cfg.data.name, **fields,
+    }
+
+    def factory():
+        model = build_backbone(
+            bb.arch, bb.in_chans, bb.weights or None, bb.checkpoint_key, pp.img_size,
+            weights_sha256=bb.weights_sha256, cache_dir=cfg.paths.weights_dir,
+            allow_random=bool(cfg.allow_random_weights), **_plain(bb.model_kwargs),
+        )
+        info = getattr(model, "dinoloc_info", {})
+        meta["checkpoint_epoch"] = info.get("checkpoint_epoch")
+        meta["random_weights"] = bool(info.get("random_init", False))
+        return model
+
+    embed_fn = functools.partial(
+        embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
+        channel_map=_plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
+        mean=None if pp.mean is None else list(pp.mean), std=None if pp.std is None else list(pp.std),
+        spatial=pp.spatial,
+    )
+    root = Path(cfg.data.root)
+    ex = cfg.extract
+    return extract(
+        image_ids=manifest["image_id"].tolist(),
+        paths=[root / p for p in manifest["path"]],
+        read_fn=read_image,
+        model_factory=factory,
+        embed_fn=embed_fn,
+        cache_dir=cfg.paths.cache_dir,
+        key=key,
+        meta=meta,
+        resize_to=pp.img_size if pp.spatial == "resize" else None,
+        batch_size=ex.batch_size,
+        num_workers=ex.num_workers,
+        chunk_size=ex.chunk_size,
+        device=resolve_device(cfg.device),
+        amp=ex.amp,
+        progress=True,
+    )
+
+
+def _init_distributed() -> None:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend=backend)
+
+
+def _rank() -> int:
+    import torch
+
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def run_classifier(cfg: DictConfig) -> dict[str, Any]:
+    """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
+    import time
+
+    import numpy as np
+
+    from dinoloc.classify import ClassifierParams, cross_validate, load_result, save_run
+    from dinoloc.extract import cache_key
+    from dinoloc.io import frame_sha256
+    from dinoloc.ontology import CATEGORIES
+
+    manifest, split = prepare_data(cfg)
+    bb = cfg.backbone
+    run_dir = Path(cfg.paths.runs_dir) / f"{bb.name}__{cfg.strategy.name}"
+    params = ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
+    run_fingerprint = {
+        "classifier": _plain(cfg.classifier),
+        "split_sha256": frame_sha256(split),
+        "labels_sha256": frame_sha256(manifest[["image_id", *CATEGORIES]]),
+    }
+    previous = load_result(run_dir)
+    if previous is not None and not cfg.force:
+        key = cache_key(extraction_fields(cfg, manifest))
+        if previous.get("cache_key") == key and previous.get("run_fingerprint") == run_fingerprint:
+            log.info("%s: result exists for this config and cache key; skipping (force=true to redo)", run_dir)
+            return previous
+
+    entry = run_extraction(cfg, manifest)
+    emb, ids = entry.load()
+    meta = entry.meta
+    pos = {i: k for k, i in enumerate(ids)}
+    missing = [i for i in split["image_id"] if i not in pos]
+    if missing:
+        raise DinolocError(f"cache {entry.path} lacks {len(missing)} manifest images (e.g. {missing[:5]}); delete it")
+    rows = np.array([pos[i] for i in split["image_id"]])
+    labeled = split["split"].isin(["train", "test"]).to_numpy()
+    m = manifest.set_index("image_id").loc[split["image_id"]]
+    fold = split["fold"].fillna(-1).astype(int).to_numpy()
+    t0 = time.perf_counter()
+    cv = cross_validate(
+        emb[rows][labeled], m[list(CATEGORIES)].to_numpy()[labeled].astype(int),
+        split["split"].to_numpy()[labeled], fold[labeled],
+        split["image_id"].to_numpy()[labeled], split["target"].to_numpy()[labeled],
+        params, device=resolve_device(cfg.device),
+    )
+    arch = str(bb.arch)
+    found = re.search(r"patch(\d+)", arch)
+    patch = bb.model_kwargs.get("patch_size") or (int(found.group(1)) if found else "?")
+    result = {
+        "experiment": cfg.experiment_name,
+        "backbone": bb.name,
+        "backbone_display": bb.display_name,
+        "arch": arch,
+        "model_label": f"{arch.split('_patch')[0]}/{patch}",
+        "model_kwargs": _plain(bb.model_kwargs),
+        "strategy": cfg.strategy.name,
+        "dino_epochs": bb.dino_epochs if bb.dino_epochs is not None else meta.get("checkpoint_epoch"),
+        "synthetic": bool(meta.get("synthetic")),
+        "random_weights": bool(meta.get("random_weights", False)),
+        "cache_key": entry.key,
+        "cache_hit": entry.hit,
+        "run_fingerprint": run_fingerprint,
+        "data": {
+            "name": cfg.data.name,
+            "root": str(Path(cfg.data.root).resolve()),
+            "manifest": str((Path(cfg.paths.data_dir) / "manifest.csv").resolve()),
+            "split": str((Path(cfg.paths.data_dir) / "split.csv").resolve()),
+            "manifest_sha256": frame_sha256(manifest),
+        },
+        **cv.summary,
+        "classifier_seconds": round(time.perf_counter() - t0, 3),
+        "versions": _versions(),
+    }
+    save_run(run_dir, result, cv.predictions, cv.per_class)
+    log.info(
+        "%s: test macro F1 %.4f ± %.4f (train %.4f, val %.4f)%s", run_dir.name, result["test_macro_f1_mean"],
+        result["test_macro_f1_std"], result["train_macro_f1_mean"], result["val_macro_f1_mean"],
+        "  [SYNTHETIC]" if result["synthetic"] else "",
+    )
+    return result
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import sklearn
+    import timm
+    import torch
+
+    from dinoloc import __version__
+
+    return {"dinoloc": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sweeps: refuse invalid pairs before any job starts
+# ----------------------------------------------------------------------------------------------------------
+class ValidateSweep(Callback):
+    """Compose every job of a multirun up front and validate it, so a bad pair fails before any work."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        task_overrides = list(config.hydra.overrides.task)
+        sweep_params = config.hydra.sweeper.get("params") or {}
+        overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
+        overrides += task_overrides
+        parser = OverridesParser.create()
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
+        bad = []
+        for job in [j for b in batches for j in b]:
+            try:
+                validate(compose(config_name="config", overrides=list(job)), classifier=True)
+            except DinolocError as e:
+                bad.append(f"  {' '.join(job)}: {e}")
+        if bad:
+            raise DinolocError("invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# entry points
+# ----------------------------------------------------------------------------------------------------------
+def _friendly(fn):
+    """Run a stage; a DinolocError becomes one clear message and exit code 2 instead of a traceback."""
+
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return fn(cfg)
+        except DinolocError as e:
+            print(f"dinoloc: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+@_friendly
+def data_main(cfg: DictConfig) -> None:
+    """dinoloc-data: build and validate the manifest and split; print a summary."""
+    from dinoloc.data.split import summarize
+
+    if not cfg.data.synthetic:
+        validate_root(cfg)
+    manifest, split = prepare_data(cfg)
+    print(("SYNTHETIC DATA\n" if cfg.data.synthetic else "") + summarize(manifest, split))
+    print(f"written: {Path(cfg.paths.data_dir) / 'manifest.csv'}, {Path(cfg.paths.data_dir) / 'split.csv'}")
+
+
+def validate_root(cfg: DictConfig) -> None:
+    root = Path(str(cfg.data.root))
+    if not root.is_dir():
+        raise DinolocError(f"data.root={root} does not exist; set data.root to the OpenCell download folder")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+@_friendly
+def extract_main(cfg: DictConfig) -> None:
+    """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
+    _init_distributed()
+    validate(cfg)
+    manifest, _ = prepare_data(cfg)
+    entry = run_extraction(cfg, manifest)
+    if _rank() == 0:
+        meta = entry.meta
+        print(f"{'cache hit' if entry.hit else 'extracted'}: {meta['n_images']} x {meta['dim']} -> {entry.path}"
+              + ("  [SYNTHETIC]" if meta.get("synthetic") else ""))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+@_friendly
+def run_main(cfg: DictConfig) -> None:
+    """dinoloc-run: extract (cached) + 5-fold CV classifier for one backbone x strategy."""
+    validate(cfg, classifier=True)
+    run_classifier(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+@_friendly
+def pretrain_main(cfg: DictConfig) -> None:
+    """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
+    from dinoloc.pretrain import PretrainParams, select_pretrain_images, train_dino
+
+    _init_distributed()
+    bb, pt = cfg.backbone, cfg.pretrain
+    if not bb.weights:
+        raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
+    out_dir = Path(str(bb.weights)).parent
+    if pt.source == "opencell":
+        from dinoloc.data.opencell import read_image
+
+        if list(bb.channels) != ["protein", "nucleus"]:
+            raise DinolocError(f"pretrain.source=opencell needs a 2-channel [protein, nucleus] backbone, not {bb.name}")
+        manifest, split = prepare_data(cfg)
+        allowed = set(select_pretrain_images(split))
+        m = manifest[manifest["image_id"].isin(allowed)]
+        root = Path(cfg.data.root)
+        images = [(i, str(root / p)) for i, p in zip(m["image_id"], m["path"], strict=True)]
+        read_fn, channels = read_image, ["protein", "nucleus"]
+    elif pt.source == "folder":
+        import functools
+
+        from dinoloc.data.folders import list_images, read_channels, read_multichannel
+
+        if cfg.data.synthetic:
+            ensure_synthetic(cfg)
+        folder = Path(str(pt.image_dir))
+        channels = read_channels(folder)
+        if list(channels) != list(bb.channels):
+            raise DinolocError(
+                f"{folder}/channels.json lists {channels} but backbone={bb.name} expects {list(bb.channels)}"
+            )
+        images = [(p.stem, str(p)) for p in list_images(folder)]
+        read_fn = functools.partial(read_multichannel, n_channels=len(channels))
+    else:
+        raise DinolocError(f"pretrain.source={pt.source!r}: use opencell or folder")
+    params = PretrainParams.from_dict(_plain(pt, drop=("source", "image_dir")))
+    pp = bb.preprocess
+    ckpt = train_dino(
+        images, read_fn, channels, out_dir, arch=bb.arch, model_kwargs=_plain(bb.model_kwargs),
+        in_chans=bb.in_chans, intensity=pp.intensity, mean=None if pp.mean is None else list(pp.mean),
+        std=None if pp.std is None else list(pp.std), params=params, device=resolve_device(cfg.device),
+    )
+    if _rank() == 0:
+        print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if cfg.data.synthetic or bb.synthetic else ""))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+@_friendly
+def report_main(cfg: DictConfig) -> None:
+    """dinoloc-report: aggregate the experiment's run folders into Table III and Figures 1 and 2."""
+    from dinoloc.report import write_report
+
+    expected = list(cfg.get("expected_rows") or []) or None
+    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected)
+    print(Path(paths["table3.md"]).read_text())
+    for name, p in paths.items():
+        print(f"{name}: {p}")
