@@ -306,7 +306,8 @@ class ValidateSweep(Callback):
             except DinolocError as e:
                 bad.append(f"  {' '.join(job)}: {e}")
         if bad:
-            raise DinolocError("invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad))
+            print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
+            sys.exit(2)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""OpenCell data: reader (opencell), manifest, leakage-free split, synthetic generator."""

@@ -1,0 +1,78 @@
+"""The manifest: one row per OpenCell image with its target's labels; every later stage reads it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dinoloc.data.opencell import check_image_header, find_images, read_annotations
+from dinoloc.io import DinolocError, frame_sha256
+from dinoloc.ontology import grade_columns, label_columns
+
+MANIFEST_COLUMNS = ["image_id", "path", "target", "ensg_id", "labeled", *label_columns(), *grade_columns()]
+_PROGRESS_MIN = 200  # below this a progress bar is noise
+
+
+def build_manifest(
+    root: str | os.PathLike,
+    annotations_path: str | os.PathLike,
+    min_grade: int = 1,
+    validate_images: bool = True,
+) -> pd.DataFrame:
+    """One row per `_proj.tif` under root, joined to the annotation table by ensg_id.
+
+    Images of unannotated targets stay (labeled False, all labels 0) so they can still be embedded or
+    used for pretraining; an annotated target without any image means a partial download and is refused.
+    """
+    images = find_images(root)
+    ann = read_annotations(annotations_path, min_grade=min_grade)
+
+    have = set(images["ensg_id"])
+    for i, (ensg, name) in enumerate(zip(ann["ensg_id"], ann["target_name"], strict=True)):
+        if ensg not in have:
+            raise DinolocError(
+                f"{annotations_path}: row {i + 1} (line {i + 2}) annotates target {name} ({ensg}) but {root} holds "
+                f"no image of it; complete the download or delete that row."
+            )
+
+    if validate_images:
+        paths = images["path"].tolist()
+        for rel in tqdm(paths, desc="checking images", disable=len(paths) <= _PROGRESS_MIN, leave=False):
+            check_image_header(Path(root) / rel)
+
+    ann_cols = ["ensg_id", *label_columns(), *grade_columns()]
+    m = images.merge(ann[ann_cols], on="ensg_id", how="left", indicator=True, validate="many_to_one")
+    m["labeled"] = (m.pop("_merge") == "both").to_numpy()
+    for col in (*label_columns(), *grade_columns()):
+        m[col] = m[col].fillna(0).astype(np.int64)
+    m["labeled"] = m["labeled"].astype(bool)
+    return m[MANIFEST_COLUMNS].sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """Content hash of the manifest; the split file stores it to detect a changed dataset."""
+    return frame_sha256(manifest)
+
+
+def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read manifest.csv back with the dtypes build_manifest gives (so manifest_hash round-trips)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DinolocError(f"{path}: manifest not found; run dinoloc-data to build it.")
+    text_cols = {c: str for c in ("image_id", "path", "target", "ensg_id")}
+    # keep_default_na=False: gene names such as 'NA' must stay strings.
+    df = pd.read_csv(path, dtype=text_cols, keep_default_na=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise DinolocError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with dinoloc-data.")
+    df["labeled"] = df["labeled"].map({"True": True, "False": False, True: True, False: False})
+    if df["labeled"].isna().any():
+        raise DinolocError(f"{path}: column 'labeled' must hold True/False; rebuild it with dinoloc-data.")
+    df["labeled"] = df["labeled"].astype(bool)
+    for col in (*label_columns(), *grade_columns()):
+        df[col] = df[col].astype(np.int64)
+    return df[MANIFEST_COLUMNS]

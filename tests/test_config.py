@@ -1,0 +1,101 @@
+"""The config tree composes for every choice, presets select the right rows, bad configs are refused early."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dinoloc.cli import CONFIG_PATH, validate
+from dinoloc.io import DinolocError
+
+GROUPS = Path(CONFIG_PATH)
+
+
+def _compose(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("backbone", sorted(p.stem for p in (GROUPS / "backbone").glob("*.yaml")))
+def test_every_backbone_composes_with_consistent_channels(backbone):
+    cfg = _compose(f"backbone={backbone}", "data.root=/nonexistent")
+    bb = cfg.backbone
+    assert len(bb.channels) == bb.in_chans
+    assert set(bb.channel_map.values()) <= set(bb.channels)
+    assert bb.preprocess.spatial in {"resize", "tile"}
+
+
+@pytest.mark.parametrize(
+    ("row", "backbone", "strategy"),
+    [("imagenet_mapping", "imagenet", "mapping"), ("hpa_replication", "hpa", "replication"),
+     ("opencell_native", "opencell", "native"), ("hpa_demo_mapping", "hpa_demo", "mapping")],
+)
+def test_rows_select_backbone_and_strategy(row, backbone, strategy):
+    cfg = _compose(f"row={row}")
+    assert (cfg.backbone.name, cfg.strategy.name) == (backbone, strategy)
+
+
+def test_table3_preset_sweeps_the_papers_five_rows():
+    cfg = _compose("experiment=table3", "data.root=/x", hydra=True)
+    rows = cfg.hydra.sweeper.params.row.split(",")
+    assert len(rows) == 5 and cfg.data.name == "opencell" and cfg.experiment_name == "table3"
+    pairs = []
+    for r in rows:
+        c = _compose("experiment=table3", f"row={r}", "data.root=/x")
+        pairs.append(f"{c.backbone.name}__{c.strategy.name}")
+    assert pairs == list(cfg.expected_rows)
+
+
+def test_demo_rows_are_synthetic_standins():
+    cfg = _compose("experiment=demo", hydra=True)
+    for r in cfg.hydra.sweeper.params.row.split(","):
+        c = _compose("experiment=demo", f"row={r}")
+        assert c.backbone.synthetic and c.data.synthetic
+
+
+def test_paper_classifier_values_live_in_one_yaml():
+    cfg = _compose()
+    c = cfg.classifier
+    assert (c.lr, c.weight_decay, list(c.betas), c.epochs, c.batch_size, c.dropout, list(c.hidden)) == (
+        1e-4, 0.04, [0.9, 0.999], 300, 512, 0.5, [512, 256])
+    hits = [p for p in GROUPS.rglob("*.yaml") if "weight_decay: 0.04" in p.read_text()]
+    assert [p.relative_to(GROUPS).as_posix() for p in hits if "classifier" in p.as_posix()] == ["classifier/mlp.yaml"]
+
+
+def test_invalid_pair_refused_naming_the_key():
+    with pytest.raises(DinolocError, match="native"):
+        validate(_compose("backbone=imagenet_demo", "strategy=native"))
+
+
+def test_bad_classifier_values_refused_naming_the_key():
+    with pytest.raises(DinolocError, match="classifier.epochs"):
+        validate(_compose("classifier.epochs=0"), classifier=True)
+    with pytest.raises(DinolocError, match="classifier.lr"):
+        validate(_compose("classifier.lr=-1"), classifier=True)
+
+
+def test_missing_data_root_refused():
+    with pytest.raises(DinolocError, match="data.root"):
+        validate(_compose("data=opencell", "data.root=/does/not/exist"))
+
+
+def test_random_weights_need_explicit_flag():
+    with pytest.raises(DinolocError, match="allow_random_weights"):
+        validate(_compose("backbone.weights="))
+    validate(_compose("backbone.weights=", "allow_random_weights=true"))
+
+
+def test_launchers_compose():
+    slurm = _compose("hydra/launcher=slurm", hydra=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.partition and slurm.gpus_per_node == 1
+    local = _compose("hydra/launcher=local", hydra=True).hydra.launcher
+    assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
+
+
+def test_submitit_local_executor_runs_a_tiny_job(tmp_path):
+    import submitit
+
+    ex = submitit.LocalExecutor(folder=tmp_path / "submitit")
+    ex.update_parameters(timeout_min=2)
+    job = ex.submit(sum, [1, 2, 3])
+    assert job.result() == 6

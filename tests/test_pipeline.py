@@ -1,0 +1,76 @@
+"""End to end through the real commands: a tiny multirun sweep + report, then a rerun that is a pure hit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    common = [f"paths.output_dir={tmp / 'out'}", "data.generator.n_targets=30", "data.generator.image_size=64",
+              "classifier.epochs=5", "backbone.weights=", "allow_random_weights=true", "extract.num_workers=0",
+              "experiment_name=tiny", "expected_rows=[imagenet_demo__mapping,hpa_demo__replication,hpa_demo__mapping]"]
+    rows = "row=imagenet_demo_mapping,hpa_demo_replication"
+    first = _run([str(BIN / "dinoloc-run"), "-m", rows, *common], tmp)
+    report = _run([str(BIN / "dinoloc-report"), *common], tmp)
+    return tmp / "out", common, rows, first, report
+
+
+def test_report_table_equals_run_results(sweep):
+    out, *_ = sweep
+    table = pd.read_csv(out / "reports" / "tiny" / "table3.csv")
+    assert len(table) == 2
+    for _, row in table.iterrows():
+        res = json.loads((Path(row["run_dir"]) / "result.json").read_text())
+        assert row["test_f1_mean"] == pytest.approx(res["test_macro_f1_mean"], abs=1e-12)
+        assert row["test_f1_std"] == pytest.approx(res["test_macro_f1_std"], abs=1e-12)
+        assert row["train_f1_mean"] == pytest.approx(res["train_macro_f1_mean"], abs=1e-12)
+        assert res["synthetic"] is True and res["random_weights"] is True
+        preds = pd.read_csv(Path(row["run_dir"]) / "predictions.csv")
+        assert set(preds["fold"]) == {0, 1, 2, 3, 4}
+
+
+def test_report_lists_missing_rows_and_figures(sweep):
+    out, *_, report = sweep
+    md = (out / "reports" / "tiny" / "table3.md").read_text()
+    assert "hpa_demo__mapping" in md and "SYNTHETIC" in md
+    for name in ["figure1.png", "figure1.pdf", "figure2.png", "per_class.csv"]:
+        assert (out / "reports" / "tiny" / name).stat().st_size > 0
+
+
+def test_second_sweep_is_a_pure_hit(sweep):
+    out, common, rows, *_ = sweep
+    runs = sorted((out / "runs" / "tiny").glob("*/result.json"))
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    caches = sorted((out / "cache").glob("*/meta.json"))
+    cache_before = {p: p.stat().st_mtime_ns for p in caches}
+    again = _run([str(BIN / "dinoloc-run"), "-m", rows, *common], out.parent)
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "cache").glob("*/meta.json"))} == cache_before
+    assert again.stdout.count("skipping") + again.stderr.count("skipping") == 2
+
+
+def test_invalid_pair_in_a_sweep_is_refused_before_any_work(sweep):
+    out, common, *_ = sweep
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    cmd = [str(BIN / "dinoloc-run"), "-m", "backbone=imagenet_demo,opencell_demo", "strategy=native",
+           *[c.replace("experiment_name=tiny", "experiment_name=bad") for c in common]]
+    res = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "imagenet_demo" in res.stderr and "native" in res.stderr
+    assert not (out / "runs" / "bad").exists()

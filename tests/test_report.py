@@ -1,0 +1,349 @@
+"""Tests for the report stage, on small fake run folders written in the exact on-disk format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+from sklearn.metrics import f1_score
+
+from dinoloc import report
+from dinoloc.io import DinolocError
+from dinoloc.ontology import CATEGORIES
+
+REPO = Path(__file__).resolve().parents[1]
+N_FOLDS = 5
+DISPLAY = {"imagenet": "ImageNet-1k", "hpa": "HPA FOV", "opencell": "OpenCell"}
+
+
+def _sk_macro(y: np.ndarray, p: np.ndarray) -> float:
+    """Independent macro F1 (sklearn, classes with a positive) to write result.json with."""
+    f1 = f1_score(y, p, average=None, zero_division=0, labels=list(range(y.shape[1])))
+    return float(f1[y.sum(axis=0) > 0].mean())
+
+
+def make_test_set(seed: int = 0, n_images: int = 40, n_targets: int = 15) -> pd.DataFrame:
+    """40 test images in 15 targets; labels belong to the target; the last target has no label."""
+    rng = np.random.default_rng(seed)
+    targets = [f"ENSG{t:05d}" for t in range(n_targets)]
+    labels = {t: (rng.random(len(CATEGORIES)) < 0.2).astype(int) for t in targets}
+    for t in targets[:-1]:
+        labels[t][rng.integers(len(CATEGORIES))] = 1
+    labels[targets[-1]][:] = 0
+    assigned = targets + list(rng.choice(targets, n_images - n_targets))
+    rows = [{"image_id": f"img{i:03d}", "target": t, **dict(zip(CATEGORIES, labels[t], strict=True))}
+            for i, t in enumerate(assigned)]
+    return pd.DataFrame(rows)
+
+
+def write_run(
+    runs_dir: Path,
+    backbone: str,
+    strategy: str,
+    test_set: pd.DataFrame,
+    quality: float,
+    seed: int = 0,
+    synthetic: bool = False,
+    manifest: Path | None = None,
+    probs: dict[int, np.ndarray] | None = None,
+) -> Path:
+    """A run folder: predictions.csv (test + val rows per fold), per_class.csv, result.json consistent with them."""
+    rng = np.random.default_rng(seed)
+    run_dir = runs_dir / f"{backbone}__{strategy}"
+    run_dir.mkdir(parents=True)
+    y = test_set[list(CATEGORIES)].to_numpy()
+    pred_rows, pc_rows, folds = [], [], []
+    probs_out = {}
+    for fold in range(N_FOLDS):
+        p = probs[fold] if probs is not None else np.clip(quality * y + (1 - quality) * rng.random(y.shape), 0, 1)
+        probs_out[fold] = p
+        yhat = (p > 0.5).astype(int)
+        test_f1 = _sk_macro(y, yhat)
+        for split, ids, yy, pp in (
+            ("test", test_set["image_id"], y, p),
+            ("val", [f"val{fold}_{i}" for i in range(4)], y[:4], rng.random((4, len(CATEGORIES)))),
+        ):
+            targets = test_set["target"] if split == "test" else [f"VAL{i}" for i in range(4)]
+            for i, (iid, t) in enumerate(zip(ids, targets, strict=True)):
+                row = {"image_id": iid, "fold": fold, "split": split, "target": t}
+                row.update({f"y_{c}": int(yy[i, k]) for k, c in enumerate(CATEGORIES)})
+                row.update({f"p_{c}": float(pp[i, k]) for k, c in enumerate(CATEGORIES)})
+                pred_rows.append(row)
+        per_class = f1_score(y, yhat, average=None, zero_division=0, labels=list(range(len(CATEGORIES))))
+        for k, c in enumerate(CATEGORIES):
+            pc_rows.append({"fold": fold, "split": "test", "class": c, "f1": per_class[k], "precision": 0.0,
+                            "recall": 0.0, "support": int(y[:, k].sum())})
+            pc_rows.append({"fold": fold, "split": "train", "class": c, "f1": 0.99, "precision": 0.0,
+                            "recall": 0.0, "support": 7})
+        folds.append({"fold": fold, "train_macro_f1": 0.95 + 0.001 * fold, "val_macro_f1": 0.7 + 0.01 * fold,
+                      "test_macro_f1": test_f1, "n_train": 30, "n_val": 4, "n_test": len(test_set),
+                      "excluded_classes": {"train": [], "val": [], "test": []}})
+    pd.DataFrame(pred_rows).to_csv(run_dir / "predictions.csv", index=False)
+    pd.DataFrame(pc_rows).to_csv(run_dir / "per_class.csv", index=False)
+    test_f1 = [f["test_macro_f1"] for f in folds]
+    result = {
+        "experiment": "table3", "backbone": backbone, "backbone_display": DISPLAY.get(backbone, backbone),
+        "arch": "vit_base_patch8_224", "model_label": "vit_base/8", "strategy": strategy,
+        "dino_epochs": None if backbone == "other" else 100, "synthetic": synthetic, "random_weights": False,
+        "cache_key": "abc", "data": {"name": "opencell", "root": str(manifest.parent) if manifest else "/nowhere",
+                                     "manifest": str(manifest) if manifest else "/nowhere/manifest.csv",
+                                     "split": "split.csv", "manifest_sha256": "0"},
+        "test_macro_f1_mean": float(np.mean(test_f1)), "test_macro_f1_std": float(np.std(test_f1, ddof=1)),
+        "std_ddof": 1,
+        "train_macro_f1_mean": float(np.mean([f["train_macro_f1"] for f in folds])), "train_macro_f1_std": 0.001,
+        "val_macro_f1_mean": float(np.mean([f["val_macro_f1"] for f in folds])), "val_macro_f1_std": 0.01,
+        "n_folds": N_FOLDS, "folds": folds, "warnings": [], "classifier": {"threshold": 0.5},
+        "n_features": 768, "versions": {},
+    }
+    (run_dir / "result.json").write_text(json.dumps(result))
+    return run_dir
+
+
+def write_images(root: Path, test_set: pd.DataFrame) -> Path:
+    """Tiny real 2-channel uint16 TIFFs (nucleus first in the file) and a manifest pointing at them."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for _, r in test_set.iterrows():
+        rel = f"{r['target']}/{r['image_id']}_proj.tif"
+        (root / r["target"]).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(root / rel, rng.integers(0, 4000, (2, 16, 16), dtype=np.uint16))
+        rows.append({"image_id": r["image_id"], "path": rel, "target": r["target"], "ensg_id": r["target"],
+                     "labeled": True, **{c: r[c] for c in CATEGORIES}, **{f"grade_{c}": 0 for c in CATEGORIES}})
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture
+def image_io(monkeypatch):
+    """Use the real OpenCell reader and compositor when present; otherwise stand-ins with their contract."""
+    try:
+        report._image_reader()
+    except ImportError:
+        monkeypatch.setattr(report, "_image_reader",
+                            lambda: lambda p: tifffile.imread(p)[::-1].astype(np.float32))
+    try:
+        report._compositor()
+    except ImportError:
+        def composite(protein, nucleus):
+            out = np.zeros((*protein.shape, 3))
+            out[..., 0], out[..., 1] = protein / protein.max(), nucleus / nucleus.max()
+            return out
+        monkeypatch.setattr(report, "_compositor", lambda: composite)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """Three rows on one test set: HPA mapping good, ImageNet mapping bad, OpenCell native as good as HPA."""
+    test_set = make_test_set()
+    runs = tmp_path / "runs"
+    write_run(runs, "hpa", "mapping", test_set, quality=0.9, seed=1)
+    write_run(runs, "imagenet", "mapping", test_set, quality=0.15, seed=2)
+    write_run(runs, "opencell", "native", test_set, quality=0.9, seed=1)  # an identical copy of the best
+    return runs, test_set
+
+
+def test_table_matches_result_json_and_is_in_paper_order(study):
+    runs, _ = study
+    results = report.collect_runs(runs)
+    table, missing = report.build_table(results, n_boot=100)
+    assert missing == []
+    assert list(table["run"]) == ["imagenet__mapping", "hpa__mapping", "opencell__native"]
+    assert list(table["approach"]) == ["mapping", "mapping", "–"]
+    by_run = {f"{r['backbone']}__{r['strategy']}": r for r in results}
+    for _, row in table.iterrows():
+        r = by_run[row["run"]]
+        assert row["test_f1_mean"] == r["test_macro_f1_mean"]
+        assert row["test_f1_std"] == r["test_macro_f1_std"]
+        assert row["train_f1_mean"] == r["train_macro_f1_mean"]
+        assert row["val_f1_mean"] == r["val_macro_f1_mean"]
+        assert row["weights"] == r["backbone_display"] and row["model"] == "vit_base/8"
+        assert row["n_folds"] == N_FOLDS and row["dino_epochs"] == 100
+    best = table["test_f1_mean"].max()
+    np.testing.assert_allclose(table["delta_vs_best"], table["test_f1_mean"] - best)
+
+
+def test_recomputed_test_f1_equals_result_json(study, recwarn):
+    runs, _ = study
+    for r in report.collect_runs(runs):
+        stats = report._run_stats(r, n_boot=10, seed=0)
+        assert abs(stats["recomputed"] - r["test_macro_f1_mean"]) <= 1e-9
+        # the count-based statistic the bootstrap uses, with every target drawn once, is the same number
+        ones = np.ones((1, len(stats["targets"])))
+        assert abs(report._fold_mean_macro_f1(stats["counts"], ones)[0] - r["test_macro_f1_mean"]) <= 1e-9
+    assert not [w for w in recwarn if "differs" in str(w.message)]
+
+
+def test_tampered_result_json_is_flagged(study):
+    runs, _ = study
+    path = runs / "hpa__mapping" / "result.json"
+    result = json.loads(path.read_text())
+    result["test_macro_f1_mean"] += 0.01
+    path.write_text(json.dumps(result))
+    with pytest.warns(UserWarning, match="differs from result.json"):
+        table, _ = report.build_table(report.collect_runs(runs), n_boot=10)
+    assert "differs" in table.set_index("run").loc["hpa__mapping", "notes"]
+
+
+def test_ci_contains_mean_and_resamples_targets_not_images(tmp_path):
+    test_set = make_test_set()
+    rng = np.random.default_rng(5)
+    y = test_set[list(CATEGORIES)].to_numpy()
+    probs = {f: np.clip(0.3 * y + 0.7 * rng.random(y.shape), 0, 1) for f in range(N_FOLDS)}
+    write_run(tmp_path / "a", "hpa", "mapping", test_set, 0, probs=probs)
+    # every image of every target twice: the same targets, so a target bootstrap gives the same CI
+    doubled = pd.concat([test_set, test_set.assign(image_id=test_set["image_id"] + "_dup")], ignore_index=True)
+    write_run(tmp_path / "b", "hpa", "mapping", doubled, 0,
+              probs={f: np.concatenate([p, p]) for f, p in probs.items()})
+    # each image its own target: more independent units, so a different (narrower) CI
+    single = test_set.assign(target=test_set["image_id"])
+    write_run(tmp_path / "c", "hpa", "mapping", single, 0, probs=probs)
+    rows = [report.build_table(report.collect_runs(tmp_path / d), n_boot=300, seed=3)[0].iloc[0] for d in "abc"]
+    a, b, c = rows
+    assert a["ci_low"] <= a["test_f1_mean"] <= a["ci_high"]
+    assert a["ci_high"] - a["ci_low"] > 0.01
+    assert a["test_f1_mean"] == pytest.approx(b["test_f1_mean"], abs=1e-12)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((b["ci_low"], b["ci_high"]), abs=1e-12)
+    assert (c["ci_high"] - c["ci_low"]) < (a["ci_high"] - a["ci_low"])
+
+
+def test_paired_p_values(study):
+    runs, _ = study
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=300)
+    t = table.set_index("run")
+    assert np.isnan(t.loc["hpa__mapping", "p_vs_best"])  # the best row (first of the tie, paper order)
+    assert t.loc["imagenet__mapping", "p_vs_best"] < 0.05  # clearly worse
+    assert t.loc["opencell__native", "p_vs_best"] > 0.5  # identical predictions
+    assert t.loc["opencell__native", "delta_vs_best"] == 0
+
+
+def test_different_test_sets_give_no_p_value(tmp_path):
+    write_run(tmp_path, "hpa", "mapping", make_test_set(0), 0.9, seed=1)
+    write_run(tmp_path, "imagenet", "mapping", make_test_set(7), 0.2, seed=2)
+    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=50)
+    row = table.set_index("run").loc["imagenet__mapping"]
+    assert np.isnan(row["p_vs_best"]) and "different test images" in row["notes"]
+
+
+def test_missing_expected_rows_are_reported(study):
+    runs, _ = study
+    (runs / "hpa__replication").mkdir()  # an incomplete run: listed, not fatal
+    with pytest.warns(UserWarning) as rec:
+        results = report.collect_runs(runs)
+    assert any("hpa__replication" in str(w.message) for w in rec)
+    expected = ["imagenet__mapping", "hpa__mapping", "hpa__replication", "opencell__native"]
+    with pytest.warns(UserWarning, match="missing expected"):
+        table, missing = report.build_table(results, expected=expected, n_boot=20)
+    assert missing == ["hpa__replication"]
+    md = report.markdown_table(table, missing, synthetic=False)
+    assert "Missing rows: hpa__replication" in md
+    assert "SYNTHETIC" not in md
+    assert "ddof = 1" in md
+    t = table.set_index("run")
+    assert f"{t.loc['hpa__mapping', 'test_f1_mean']:.4f} ± {t.loc['hpa__mapping', 'test_f1_std']:.4f}" in md
+    assert md.count("\n| ") == 1 + len(table)  # header + one line per row
+
+
+def test_per_class_table(study):
+    runs, _ = study
+    results = report.collect_runs(runs)
+    pc = report.per_class_table(results)
+    assert list(pc["class"]) == list(CATEGORIES)
+    assert list(pc.columns[2:]) == ["imagenet__mapping", "hpa__mapping", "opencell__native"]
+    src = pd.read_csv(runs / "hpa__mapping" / "per_class.csv")
+    expect = src[src["split"] == "test"].groupby("class")["f1"].mean().reindex(list(CATEGORIES))
+    np.testing.assert_allclose(pc["hpa__mapping"], expect.to_numpy())
+
+
+def _png_title(path: Path) -> str:
+    with Image.open(path) as im:
+        return im.info.get("Title", "")
+
+
+def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
+    test_set = make_test_set()
+    runs = tmp_path / "runs"
+    for i, (bb, st) in enumerate([("hpa", "mapping"), ("hpa", "replication"), ("imagenet", "mapping"),
+                                  ("imagenet", "replication"), ("opencell", "native")]):
+        write_run(runs, bb, st, test_set, 0.3 + 0.1 * i, seed=i, synthetic=(bb == "opencell"))
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=20)
+    csv = tmp_path / "table3.csv"
+    table.to_csv(csv, index=False)
+    bars = report.plot_figure1(csv, tmp_path / "fig" / "figure1.png")
+    assert (tmp_path / "fig" / "figure1.png").stat().st_size > 0
+    assert (tmp_path / "fig" / "figure1.pdf").stat().st_size > 0
+    df = pd.read_csv(csv)
+    assert len(bars) == len(df)
+    got = {label: (h, e) for label, h, e in bars}
+    for _, r in df.iterrows():
+        h, e = got[f"{r['weights']} / {r['strategy']}"]
+        assert h == pytest.approx(r["test_f1_mean"], abs=1e-12)
+        assert e == pytest.approx(r["test_f1_std"], abs=1e-12)
+    assert report.SYNTHETIC_MARKER in _png_title(tmp_path / "fig" / "figure1.png")
+    md = report.markdown_table(table, [], synthetic=True)
+    assert md.startswith("**SYNTHETIC DEMO DATA**")
+
+
+def test_figure1_script_runs(study, tmp_path):
+    runs, _ = study
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=20)
+    csv = tmp_path / "t.csv"
+    table.to_csv(csv, index=False)
+    out = tmp_path / "out" / "f1.png"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_figure1.py"), str(csv), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout and out.is_file() and out.with_suffix(".pdf").is_file()
+    assert report.SYNTHETIC_MARKER not in _png_title(out)
+
+
+def test_figure2_shows_labelled_images_from_best_fold(tmp_path, image_io):
+    test_set = make_test_set()
+    manifest = write_images(tmp_path / "data", test_set)
+    run = write_run(tmp_path / "runs", "hpa", "mapping", test_set, 0.6, seed=4, synthetic=True, manifest=manifest)
+    out = tmp_path / "figure2.png"
+    shown = report.plot_figure2(run, out, n_images=2, seed=0)
+    assert out.stat().st_size > 0 and report.SYNTHETIC_MARKER in _png_title(out)
+    assert len(shown) == 2 and len(set(shown)) == 2
+    labelled = test_set.set_index("image_id")[list(CATEGORIES)].sum(axis=1) > 0
+    assert all(labelled[i] for i in shown)
+    assert report.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0) == shown  # deterministic
+    result = json.loads((run / "result.json").read_text())
+    best_fold = max(result["folds"], key=lambda f: f["test_macro_f1"])["fold"]
+    assert f"best fold {best_fold}" in _png_title(out)
+
+
+def test_write_report_end_to_end(tmp_path, image_io):
+    test_set = make_test_set()
+    manifest = write_images(tmp_path / "data", test_set)
+    runs = tmp_path / "runs"
+    write_run(runs, "hpa", "mapping", test_set, 0.8, seed=1, manifest=manifest)
+    write_run(runs, "opencell", "native", test_set, 0.4, seed=2, manifest=manifest)
+    with pytest.warns(UserWarning, match="missing expected"):
+        paths = report.write_report(runs, tmp_path / "rep", expected=["hpa__replication"], n_boot=50)
+    for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png", "figure1.pdf", "figure2.png"):
+        assert paths[name].is_file() and paths[name].parent == tmp_path / "rep"
+    assert "Missing rows: hpa__replication" in paths["table3.md"].read_text()
+    assert pd.read_csv(paths["table3.csv"])["run"].tolist() == ["hpa__mapping", "opencell__native"]
+    assert not list((tmp_path / "rep").glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(DinolocError, match=r"no finished runs in .*runs.*dinoloc-run -m experiment=table3"):
+        report.write_report(tmp_path / "runs", tmp_path / "rep")
+
+
+def test_bad_predictions_file_names_the_file(study):
+    runs, _ = study
+    pred = runs / "hpa__mapping" / "predictions.csv"
+    pd.read_csv(pred).drop(columns=["p_golgi"]).to_csv(pred, index=False)
+    with pytest.raises(DinolocError, match=r"hpa__mapping.*predictions\.csv.*p_golgi"):
+        report.build_table(report.collect_runs(runs), n_boot=10)
