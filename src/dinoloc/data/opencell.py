@@ -8,6 +8,7 @@ ordered like `dinoloc.ontology.OPENCELL_CHANNELS` = (protein, nucleus), whatever
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -197,8 +198,6 @@ def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFram
 
     A category is positive when its highest listed grade is >= min_grade (1 = any grade counts).
     """
-    import io
-
     path = Path(path)
     if isinstance(min_grade, bool) or not isinstance(min_grade, (int, np.integer)) or not 1 <= min_grade <= 3:
         raise DinolocError(f"labels.min_grade must be 1, 2 or 3 (got {min_grade!r}).")
@@ -220,10 +219,10 @@ def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFram
     grades = np.zeros((n, len(CATEGORIES)), dtype=np.int64)
     index = {c: k for k, c in enumerate(CATEGORIES)}
     first_seen: dict[tuple[str, str], int] = {}
-    for i, rec in enumerate(table.itertuples(index=False)):
+    for i, rec in enumerate(table.to_dict("records")):
         row = i + 1  # 1-based data row; the file line is row + 1
         where = f"{path}: row {row} (line {row + 1})"
-        ensg, name = str(getattr(rec, "ensg_id")).strip(), str(getattr(rec, "target_name")).strip()
+        ensg, name = str(rec["ensg_id"]).strip(), str(rec["target_name"]).strip()
         if not ensg or not name:
             raise DinolocError(f"{where}: empty ensg_id or target_name; fill both in or delete the row.")
         for key, value in (("ensg_id", ensg), ("target_name", name)):
@@ -233,7 +232,7 @@ def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFram
                 )
             first_seen[key, value] = row
         for grade, col in GRADE_COLUMNS.items():
-            for item in str(table.iloc[i][col]).split(";"):
+            for item in str(rec[col]).split(";"):
                 cat = item.strip().lower()
                 if not cat:
                     continue
