@@ -105,7 +105,7 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
         "model_kwargs": _plain(bb.model_kwargs),
         "in_chans": bb.in_chans,
         "channels": list(bb.channels),
-        "weights": weights_fingerprint(bb.weights or None, cache_dir=cfg.paths.weights_dir),
+        "weights": weights_fingerprint(bb.weights or None, cache_dir=cfg.paths.weights_dir, weights_sha256=bb.weights_sha256),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": cfg.strategy.name,
         "channel_map": _plain(bb.channel_map) if cfg.strategy.name == "mapping" else None,
