@@ -1,0 +1,405 @@
+"""DINO pretraining: loss, schedules, EMA, augmentation, checkpoint format, resume, DDP."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from dinoloc.backbones import create_vit
+from dinoloc.io import DinolocError
+from dinoloc.pretrain import (
+    CropSpec,
+    DINOHead,
+    DINOLoss,
+    MultiCropAugment,
+    MultiCropWrapper,
+    PretrainParams,
+    cancel_gradients_last_layer,
+    clip_gradients,
+    cosine_scheduler,
+    ema_update,
+    param_groups,
+    sample_generator,
+    select_pretrain_images,
+    teacher_temp_schedule,
+    train_dino,
+)
+from dinoloc.pretrain import train as train_mod
+from dinoloc.pretrain.augment import cell_warp, remove_channel
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARCH = "vit_tiny_patch16_224"
+TINY_KW = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}
+TINY = {
+    "epochs": 2, "batch_size_per_gpu": 4, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+    "global_crop_size": 32, "local_crop_size": 16, "local_crops_number": 2, "num_workers": 0,
+    "warmup_epochs": 1, "amp": "none",
+}
+
+
+def tiny_params(**overrides) -> PretrainParams:
+    return PretrainParams.from_dict({**TINY, **overrides})
+
+
+def tiny_images(n: int = 8, size: int = 40, channels: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"img{k}": (rng.random((channels, size, size)) * 1000).astype(np.float32) for k in range(n)}
+
+
+def run_tiny(out_dir: Path, images: dict[str, np.ndarray], **overrides) -> Path:
+    return train_dino(
+        [(k, k) for k in images], images.__getitem__, ["protein", "nucleus"], out_dir, arch=TINY_ARCH,
+        model_kwargs=TINY_KW, in_chans=2, intensity="zscore", mean=None, std=None,
+        params=tiny_params(**overrides), device="cpu",
+    )
+
+
+def load_ckpt(path: Path) -> dict:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------------------------------- loss
+def test_loss_matches_hand_computation():
+    torch.manual_seed(0)
+    b, k, ncrops, t_temp, s_temp = 3, 5, 4, 0.07, 0.1
+    student = torch.randn(ncrops * b, k)
+    teacher = torch.randn(2 * b, k)
+    loss_fn = DINOLoss(k, ncrops, t_temp, t_temp, 0, 3, student_temp=s_temp)
+    loss_fn.center.copy_(torch.randn(1, k))  # a non-zero centre must be subtracted
+    center = loss_fn.center.clone()
+    got = loss_fn(student, teacher, epoch=0).item()
+
+    def softmax(row):
+        e = [math.exp(v) for v in row]
+        return [v / sum(e) for v in e]
+
+    total, terms = 0.0, 0
+    for iq in range(2):
+        for v in range(ncrops):
+            if v == iq:
+                continue
+            per_sample = 0.0
+            for i in range(b):
+                q = softmax([(teacher[iq * b + i, j] - center[0, j]).item() / t_temp for j in range(k)])
+                s = [student[v * b + i, j].item() / s_temp for j in range(k)]
+                log_z = math.log(sum(math.exp(x) for x in s))
+                per_sample += sum(-q[j] * (s[j] - log_z) for j in range(k))
+            total += per_sample / b
+            terms += 1
+    assert terms == 2 * (ncrops - 1)
+    assert got == pytest.approx(total / terms, rel=1e-5)
+
+
+def test_center_update_is_ema_of_teacher_mean():
+    torch.manual_seed(1)
+    loss_fn = DINOLoss(6, 3, 0.04, 0.04, 0, 1, center_momentum=0.9)
+    t1, t2 = torch.randn(4, 6), torch.randn(4, 6)
+    loss_fn(torch.randn(6, 6), t1, 0)
+    torch.testing.assert_close(loss_fn.center, 0.1 * t1.mean(0, keepdim=True))
+    loss_fn(torch.randn(6, 6), t2, 0)
+    torch.testing.assert_close(loss_fn.center, 0.9 * 0.1 * t1.mean(0, keepdim=True) + 0.1 * t2.mean(0, keepdim=True))
+
+
+def test_teacher_temperature_warms_up_linearly_then_stays():
+    temps = teacher_temp_schedule(0.04, 0.07, 4, 10)
+    assert len(temps) == 10
+    assert temps[0] == pytest.approx(0.04) and temps[3] == pytest.approx(0.07)
+    assert np.allclose(np.diff(temps[:4]), 0.01)
+    assert temps[4:] == [pytest.approx(0.07)] * 6
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+def test_cosine_scheduler_warmup_then_cosine():
+    s = cosine_scheduler(1.0, 0.1, epochs=5, niter_per_ep=10, warmup_epochs=2, start_warmup_value=0.0)
+    assert len(s) == 50
+    assert s[0] == 0.0
+    assert np.allclose(np.diff(s[:20]), 1.0 / 19)  # linear ramp reaching base at the last warm-up iteration
+    assert s[20] == pytest.approx(1.0)  # cosine starts at the base value
+    assert np.all(np.diff(s[20:]) < 0)
+    assert s[-1] == pytest.approx(0.1, abs=0.9 * (1 - math.cos(math.pi / 30)) / 2 + 1e-12)
+    # midpoint of the cosine part is halfway between base and final
+    assert s[20 + 15] == pytest.approx(0.55)
+    # momentum schedule without warm-up starts exactly at its base
+    m = cosine_scheduler(0.996, 1.0, 3, 4)
+    assert m[0] == pytest.approx(0.996) and m[-1] > 0.9995
+
+
+# ----------------------------------------------------------------------------------------- EMA / optimizer
+def test_ema_update_matches_formula():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9)
+    for name, p in teacher.named_parameters():
+        torch.testing.assert_close(p, 0.9 * t0[name] + 0.1 * dict(student.named_parameters())[name])
+
+
+def test_param_groups_no_decay_on_biases_and_1d():
+    model = MultiCropWrapper(create_vit(TINY_ARCH, 2, img_size=32, **TINY_KW), DINOHead(48, 64, 3, 32, 16))
+    decay, no_decay = param_groups(model)
+    assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim > 1 and not names[id(p)].endswith(".bias") for p in decay["params"])
+    assert all(p.ndim == 1 or names[id(p)].endswith(".bias") for p in no_decay["params"])
+    assert any(names[id(p)] == "backbone.norm.weight" for p in no_decay["params"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)
+    # the fixed weight-norm magnitude (norm_last_layer) is not optimised at all
+    g = model.head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad and torch.all(g == 1)
+
+
+def test_last_layer_gradients_cancelled_only_while_frozen():
+    head = DINOHead(8, 10, 2, 6, 4)
+    for epoch, expect_none in ((0, True), (1, False)):
+        head.zero_grad(set_to_none=True)
+        head(torch.randn(5, 8)).sum().backward()
+        cancel_gradients_last_layer(epoch, head, freeze_last_layer=1)
+        v = head.last_layer.parametrizations.weight.original1
+        assert (v.grad is None) == expect_none
+        assert head.mlp[0].weight.grad is not None
+
+
+def test_clip_gradients_per_parameter():
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([30.0, 40.0, 0.0]), torch.tensor([0.3, 0.4])
+    model = nn.Module()
+    model.a, model.b = a, b
+    clip_gradients(model, 3.0)
+    assert a.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
+    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]))  # already small: untouched
+
+
+# ------------------------------------------------------------------------------------------------- params
+def test_params_from_dict_validates_and_ignores_data_keys():
+    p = PretrainParams.from_dict({"epochs": 3, "global_crops_scale": [0.5, 1], "source": "folder", "image_dir": "x"})
+    assert p.epochs == 3 and p.global_crops_scale == (0.5, 1.0)
+    with pytest.raises(DinolocError, match="pretrain.epochz"):
+        PretrainParams.from_dict({"epochz": 3})
+    for key, value in (("epochs", 0), ("lr", 0.0), ("batch_size_per_gpu", 0), ("warp_prob", 1.5),
+                       ("local_crops_scale", [0.5, 0.2]), ("amp", "fp8"), ("epochs", 2.5)):
+        with pytest.raises(DinolocError, match=f"pretrain.{key}"):
+            PretrainParams.from_dict({key: value})
+
+
+@pytest.mark.parametrize("name", ["opencell", "demo"])
+def test_config_files_parse(name):
+    d = yaml.safe_load((ROOT / "configs" / "pretrain" / f"{name}.yaml").read_text())
+    p = PretrainParams.from_dict(d)
+    assert d["source"] == "opencell"
+    if name == "opencell":
+        assert (p.epochs, p.out_dim, p.global_crop_size, p.local_crop_size, p.local_crops_number) == (
+            300, 65536, 224, 96, 8)
+
+
+def test_select_pretrain_images_never_returns_test():
+    split = pd.DataFrame({
+        "image_id": [f"i{k}" for k in range(10)],
+        "split": ["train", "test", "unlabeled", "test", "train", "train", "test", "unlabeled", "train", "test"],
+    })
+    got = select_pretrain_images(split)
+    test_ids = set(split.loc[split["split"] == "test", "image_id"])
+    assert not set(got) & test_ids
+    assert set(got) == set(split["image_id"]) - test_ids
+    with pytest.raises(DinolocError, match="unknown split"):
+        select_pretrain_images(split.assign(split="validation"))
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+def test_multicrop_shapes_determinism_and_any_channel_count():
+    spec = CropSpec(global_crop_size=24, local_crop_size=12, local_crops_number=3, warp_prob=1.0)
+    x = torch.rand(4, 50, 40)
+    aug = MultiCropAugment(spec, ["nucleus", "protein", "microtubules", "er"])
+    crops = aug(x, sample_generator(0, 1, 5))
+    assert [tuple(c.shape) for c in crops] == [(4, 24, 24)] * 2 + [(4, 12, 12)] * 3
+    assert all(torch.isfinite(c).all() for c in crops)
+    again = aug(x, sample_generator(0, 1, 5))
+    assert all(torch.equal(a, b) for a, b in zip(crops, again, strict=True))
+    other = aug(x, sample_generator(0, 1, 6))
+    assert not torch.equal(crops[0], other[0])
+    # no protein channel (RGB-like stand-in) works too, with fixed mean/std normalisation
+    rgb = MultiCropAugment(spec, ["r", "g", "b"], mean=[0.5] * 3, std=[0.25] * 3)
+    assert rgb(torch.rand(3, 30, 30), sample_generator(1))[0].shape == (3, 24, 24)
+
+
+def test_channel_removal_never_drops_protein_and_warp_keeps_size():
+    x = torch.ones(3, 16, 16)
+    for k in range(30):
+        out = remove_channel(x, protein=1, g=sample_generator(k))
+        assert torch.all(out[1] == 1)
+        assert (out.sum(dim=(1, 2)) == 0).sum() == 1
+    assert torch.equal(remove_channel(torch.ones(1, 4, 4), protein=0, g=sample_generator(0)), torch.ones(1, 4, 4))
+    warped = cell_warp(torch.ones(2, 20, 30), sample_generator(3))
+    assert warped.shape == (2, 20, 30) and torch.isfinite(warped).all()
+    assert (warped == 0).any()  # one corner moved inward leaves an empty (zero) wedge
+
+
+# ----------------------------------------------------------------------------------------------- training
+def test_teacher_sees_only_global_crops(tmp_path, monkeypatch):
+    seen: list[tuple[bool, list[tuple[int, ...]]]] = []
+    original = MultiCropWrapper.forward
+
+    def spy(self, x):
+        is_teacher = not any(p.requires_grad for p in self.parameters())
+        seen.append((is_teacher, [tuple(c.shape) for c in x]))
+        return original(self, x)
+
+    monkeypatch.setattr(MultiCropWrapper, "forward", spy)
+    run_tiny(tmp_path / "run", tiny_images(), epochs=1)
+    teacher_calls = [shapes for is_t, shapes in seen if is_t]
+    student_calls = [shapes for is_t, shapes in seen if not is_t]
+    assert teacher_calls and len(teacher_calls) == len(student_calls)
+    assert all(shapes == [(4, 2, 32, 32)] * 2 for shapes in teacher_calls)
+    assert all(shapes == [(4, 2, 32, 32)] * 2 + [(4, 2, 16, 16)] * 2 for shapes in student_calls)
+
+
+def test_checkpoint_format_logs_and_frozen_last_layer(tmp_path):
+    images = tiny_images()
+    ckpt = run_tiny(tmp_path / "run", images, epochs=1, freeze_last_layer=1)
+    assert ckpt == tmp_path / "run" / "checkpoint.pth"
+    state = load_ckpt(ckpt)  # weights_only=True with argparse.Namespace allow-listed
+    assert {"student", "teacher", "optimizer", "epoch", "args", "dino_loss"} <= set(state)
+    assert state["epoch"] == 1 and isinstance(state["args"], argparse.Namespace)
+    assert state["args"].arch == TINY_ARCH and state["args"].channels == ["protein", "nucleus"]
+    assert all(k.startswith(("module.backbone.", "module.head.")) for k in state["student"])
+    assert all(k.startswith(("backbone.", "head.")) for k in state["teacher"])
+    assert set(state["dino_loss"]) == {"center"} and state["dino_loss"]["center"].shape == (1, 64)
+    # the backbone part is a plain timm state dict
+    vit = create_vit(TINY_ARCH, 2, img_size=32, **TINY_KW)
+    vit.load_state_dict({k.removeprefix("backbone."): v for k, v in state["teacher"].items()
+                         if k.startswith("backbone.")}, strict=True)
+    # epoch 0 with freeze_last_layer=1: the student's last layer is still its initial value (same seed),
+    # while the rest of the student moved
+    torch.manual_seed(0)
+    init = train_mod.build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
+    last = "head.last_layer.parametrizations.weight.original1"
+    assert torch.equal(state["student"][f"module.{last}"], init[last])
+    assert not torch.equal(state["student"]["module.head.mlp.0.weight"], init["head.mlp.0.weight"])
+    assert not torch.equal(state["student"]["module.backbone.blocks.0.attn.qkv.weight"],
+                           init["backbone.blocks.0.attn.qkv.weight"])
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert list(log.columns) == train_mod.LOG_COLUMNS and log["epoch"].tolist() == [1]
+    assert np.isfinite(log.drop(columns="epoch").to_numpy()).all()
+    assert 0 < log["teacher_entropy"].iloc[0] <= math.log(64) + 1e-6
+    assert pd.read_csv(tmp_path / "run" / "pretrain_images.csv")["image_id"].tolist() == list(images)
+
+
+def test_last_layer_moves_when_not_frozen(tmp_path):
+    state = load_ckpt(run_tiny(tmp_path / "run", tiny_images(), epochs=1, freeze_last_layer=0))
+    torch.manual_seed(0)
+    init = train_mod.build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
+    last = "head.last_layer.parametrizations.weight.original1"
+    assert not torch.equal(state["student"][f"module.{last}"], init[last])
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    images = tiny_images()
+    full = load_ckpt(run_tiny(tmp_path / "full", images))
+
+    class Killed(Exception):
+        pass
+
+    save = train_mod._save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        if state["epoch"] == 1:
+            raise Killed
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run_tiny(tmp_path / "resumed", images)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
+    assert load_ckpt(tmp_path / "resumed" / "checkpoint.pth")["epoch"] == 1
+    resumed = load_ckpt(run_tiny(tmp_path / "resumed", images))
+    assert resumed["epoch"] == 2
+    for part in ("student", "teacher"):
+        assert full[part].keys() == resumed[part].keys()
+        for k in full[part]:
+            assert torch.equal(full[part][k], resumed[part][k]), (part, k)
+    assert torch.equal(full["dino_loss"]["center"], resumed["dino_loss"]["center"])
+    assert pd.read_csv(tmp_path / "resumed" / "log.csv")["epoch"].tolist() == [1, 2]
+
+
+def test_result_does_not_depend_on_num_workers(tmp_path):
+    images = tiny_images()
+    a = load_ckpt(run_tiny(tmp_path / "w0", images, epochs=1, num_workers=0))
+    b = load_ckpt(run_tiny(tmp_path / "w2", images, epochs=1, num_workers=2))
+    assert all(torch.equal(a["teacher"][k], b["teacher"][k]) for k in a["teacher"])
+
+
+def test_complete_checkpoint_is_skipped_and_other_images_refused(tmp_path, monkeypatch, capsys):
+    images = tiny_images(n=4)
+    ckpt = run_tiny(tmp_path / "run", images, epochs=1)
+    before = ckpt.stat().st_mtime_ns
+
+    def no_build(*a, **k):
+        raise AssertionError("a finished checkpoint must not be trained again")
+
+    monkeypatch.setattr(train_mod, "build_dino_model", no_build)
+    assert run_tiny(tmp_path / "run", images, epochs=1) == ckpt
+    assert ckpt.stat().st_mtime_ns == before and "skipped" in capsys.readouterr().out
+    with pytest.raises(DinolocError, match="other images"):
+        run_tiny(tmp_path / "run", tiny_images(n=5), epochs=2)
+    monkeypatch.undo()
+    with pytest.raises(DinolocError, match="cannot be resumed"):
+        run_tiny(tmp_path / "run", images, epochs=2, out_dim=32)
+
+
+def test_bad_image_shape_names_the_file(tmp_path):
+    images = {**tiny_images(n=4), "bad": np.zeros((3, 40, 40), np.float32)}
+    with pytest.raises(DinolocError, match="bad"):
+        run_tiny(tmp_path / "run", images, epochs=1, batch_size_per_gpu=5)
+
+
+# ------------------------------------------------------------------------------------------- DDP / long runs
+def test_torchrun_two_process_gloo(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k, arr in tiny_images(n=8).items():
+        np.save(data / f"{k}.npy", arr)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(ROOT / "tests" / "_ddp_pretrain_worker.py"), str(data), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_ckpt(tmp_path / "out" / "checkpoint.pth")
+    assert state["epoch"] == 2 and state["args"].world_size == 2
+    assert pd.read_csv(tmp_path / "out" / "log.csv")["epoch"].tolist() == [1, 2]
+    assert "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
+
+
+@pytest.mark.slow
+def test_loss_falls_on_structured_images(tmp_path):
+    """4 image classes that differ in channel levels (a signal every crop keeps): DINO must learn them, i.e. the
+    loss falls well below its early peak and the teacher stays far from the uniform (collapsed) distribution."""
+    rng = np.random.default_rng(0)
+    images = {}
+    for k in range(64):
+        c = k % 4
+        base = np.array([(4 - c) * 0.5, (c + 1) * 0.5], np.float32)[:, None, None]
+        images[f"img{k}"] = base + rng.normal(0, 0.3, (2, 40, 40)).astype(np.float32)
+    ckpt = train_dino(
+        [(k, k) for k in images], images.__getitem__, ["protein", "nucleus"], tmp_path / "run", arch=TINY_ARCH,
+        model_kwargs=TINY_KW, in_chans=2, intensity="none", mean=None, std=None, device="cpu",
+        params=tiny_params(epochs=80, batch_size_per_gpu=8, lr=0.001, momentum_teacher=0.99, out_dim=256,
+                           hidden_dim=64, bottleneck_dim=32),
+    )
+    log = pd.read_csv(ckpt.parent / "log.csv")
+    assert len(log) == 80
+    assert log["loss"].tail(5).mean() < log["loss"].max() - 0.8
+    assert log["teacher_entropy"].tail(5).mean() < math.log(256) - 1.5
