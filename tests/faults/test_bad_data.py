@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tifffile
 
-
 BIN = Path(sys.executable).parent
 
 
