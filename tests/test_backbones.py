@@ -229,7 +229,12 @@ def test_random_weights_need_allow_random():
         _build("")
     model = _build(None, allow_random=True)
     assert model.dinoloc_info["random_init"] is True and model.dinoloc_info["weights_sha256"] is None
-    assert weights_fingerprint(None) == "random" and weights_fingerprint("") == "random"
+    assert weights_fingerprint(None) == "random:seed0" and weights_fingerprint("") == "random:seed0"
+    # "random" in a cache key must name one model: two builds are the same draw, whatever the global RNG.
+    torch.manual_seed(123)
+    again = _build(None, allow_random=True)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
 
 
 def test_timm_weights_argument_handling(monkeypatch):

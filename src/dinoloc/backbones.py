@@ -134,18 +134,21 @@ def _local_weights(weights: str | os.PathLike, sha256: str | None) -> Path:
     return path
 
 
+RANDOM_INIT_SEED = 0  # the random-weights baseline is one fixed draw per architecture
+
+
 def weights_fingerprint(
     weights: str | os.PathLike | None,
     cache_dir: str | os.PathLike | None = None,
     weights_sha256: str | None = None,
 ) -> str:
-    """What identifies the weights in cache keys: the file's sha256, `timm:<name>`, or "random".
+    """What identifies the weights in cache keys: the file's sha256, `timm:<name>`, or "random:seed<N>" (random init is seeded).
 
     A URL is identified by its downloaded file's hash (downloaded now if not cached yet), or directly by
     `weights_sha256` when pinned, since a download with another hash would be refused anyway.
     """
     if weights is None or str(weights) == "":
-        return "random"
+        return f"random:seed{RANDOM_INIT_SEED}"
     weights = str(weights)
     if weights.startswith(TIMM_PREFIX):
         return weights
@@ -307,7 +310,10 @@ def build_backbone(
                 f"no weights for backbone.arch={arch}: set backbone.weights=<path, URL or timm:name>, or "
                 "allow_random_weights=true to embed with a randomly initialised model"
             )
-        model = create_vit(arch, in_chans, img_size, **model_kwargs)
+        # Seeded, so "random" names ONE model in cache keys: a resumed extraction continues with the same weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = create_vit(arch, in_chans, img_size, **model_kwargs)
         info["random_init"] = True
     elif weights.startswith(TIMM_PREFIX):
         model = _timm_pretrained(weights[len(TIMM_PREFIX):], arch, in_chans, img_size, model_kwargs)

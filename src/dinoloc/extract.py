@@ -216,6 +216,8 @@ def _compute_chunks(
     model = model_factory().to(device).eval()
     use_amp = amp and device.type == "cuda"
     done_before = n - len(indices) if world == 1 else None
+    if done_before:
+        print(f"resuming extraction in {chunks_dir.parent}: {done_before} of {n} images already embedded", flush=True)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -1,0 +1,162 @@
+"""Crashes and concurrency through the real commands: SIGKILL at a random moment, then rerun.
+
+Each killed stage must resume (redo at most one chunk / epoch), end with exactly the result of an uninterrupted
+run, and never show a partial file under a final name; parallel jobs sharing the cache compute it once.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+BIN = Path(sys.executable).parent
+RNG = random.Random(20261125)  # "random moment", reproducibly
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"PYTHONUNBUFFERED": "1"}
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+def _kill_when(cmd: list[str], cwd: Path, ready, max_delay: float, timeout: float = 300) -> None:
+    """Start `cmd`, wait until `ready()` is true, sleep a random [0, max_delay) s, then SIGKILL the process group."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"{cmd} ended (rc {proc.returncode}) before the kill point:\n"
+                                     f"{proc.stderr.read().decode()[-3000:]}")
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"{cmd}: kill point not reached in {timeout} s")
+            time.sleep(0.01)
+        time.sleep(RNG.uniform(0, max_delay))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """One small synthetic dataset shared by every test (read-only for them)."""
+    root = tmp_path_factory.mktemp("synth")
+    _run([str(BIN / "dinoloc-synth"), "--out", str(root), "--n-targets", "30", "--image-size", "64"], root)
+    return root
+
+
+def _common(synth: Path, out: Path) -> list[str]:
+    return [f"paths.output_dir={out}", f"paths.synthetic_dir={synth}", "data.generator.n_targets=30",
+            "data.generator.image_size=64", "backbone.weights=", "allow_random_weights=true",
+            "extract.num_workers=0"]
+
+
+def _no_partial_files(folder: Path) -> None:
+    """Nothing under a final name is half-written: every .npy / .json / .csv parses completely."""
+    for p in folder.rglob("*"):
+        if p.suffix == ".npy":
+            np.load(p)
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".csv":
+            pd.read_csv(p)
+
+
+def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path):
+    # 256 px through the tiny ViT (1,024 tokens) keeps the run long enough to be killed in the middle.
+    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=256",
+             "extract.chunk_size=16", "extract.batch_size=8"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cmd = [str(BIN / "dinoloc-extract"), *_common(synth, killed), *extra]
+    cache = killed / "cache"
+    _kill_when(cmd, tmp_path, lambda: any(cache.glob("*/chunks/chunk_*.npy")), max_delay=1.0)
+
+    entry = next(p for p in cache.iterdir() if p.is_dir())
+    assert not (entry / "meta.json").exists(), "the run finished before it was killed"
+    assert not (entry / "embeddings.npy").exists()
+    _no_partial_files(entry)
+    done = len(list((entry / "chunks").glob("chunk_*.npy")))
+    assert done >= 1
+
+    again = _run(cmd, tmp_path)
+    assert f"{done * 16} of" in again.stdout, again.stdout  # resumed after the saved chunks, redid none of them
+    _run([str(BIN / "dinoloc-extract"), *_common(synth, clean), *extra], tmp_path)
+    a = np.load(entry / "embeddings.npy")
+    b = np.load(next(p for p in (clean / "cache").iterdir() if p.is_dir()) / "embeddings.npy")
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # same numbers up to fp32 batch-composition noise
+    assert not (entry / "chunks").exists()
+
+
+def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    def cmd(out: Path) -> list[str]:
+        return [str(BIN / "dinoloc-pretrain"), *_common(synth, out)[:4], "backbone=opencell_demo", "pretrain=demo",
+                "pretrain.epochs=3", "pretrain.warmup_epochs=1"]
+
+    ckpt = killed / "pretrain" / "opencell_demo" / "checkpoint.pth"
+    _kill_when(cmd(killed), tmp_path, ckpt.exists, max_delay=1.0)
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # a complete checkpoint, never a torn one
+    assert 1 <= state["epoch"] < 3, "the run finished before it was killed"
+    again = _run(cmd(killed), tmp_path)
+    assert f"at epoch {state['epoch']}/3" in again.stdout
+    _run(cmd(clean), tmp_path)
+    a = torch.load(ckpt, map_location="cpu", weights_only=False)
+    b = torch.load(clean / "pretrain" / "opencell_demo" / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in b["teacher"]:
+        assert torch.equal(a["teacher"][k], b["teacher"][k]), k
+    pd.testing.assert_frame_equal(
+        pd.read_csv(ckpt.parent / "log.csv").drop(columns=["images_per_s", "seconds"]),
+        pd.read_csv(clean / "pretrain" / "opencell_demo" / "log.csv").drop(columns=["images_per_s", "seconds"]),
+    )
+
+
+def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_path):
+    out = tmp_path / "out"
+    cmd = [str(BIN / "dinoloc-run"), "-m", "row=imagenet_demo_mapping,hpa_demo_mapping", *_common(synth, out),
+           "classifier.epochs=600", "experiment_name=k"]
+    runs = out / "runs" / "k"
+    first = runs / "imagenet_demo__mapping" / "result.json"
+    _kill_when(cmd, tmp_path, first.exists, max_delay=0.5)
+    assert not (runs / "hpa_demo__mapping" / "result.json").exists(), "the sweep finished before it was killed"
+    _no_partial_files(runs)
+    stamp = first.stat().st_mtime_ns
+
+    again = _run(cmd, tmp_path)
+    assert first.stat().st_mtime_ns == stamp  # the finished row was kept, not redone
+    assert "skipping" in again.stdout + again.stderr
+    second = json.loads((runs / "hpa_demo__mapping" / "result.json").read_text())
+    assert second["classifier"]["epochs"] == 600 and len(second["folds"]) == 5
+
+
+def test_parallel_jobs_sharing_a_cache_compute_it_once(synth, tmp_path):
+    out = tmp_path / "out"
+    # Two jobs at once (joblib, 2 processes) need the same backbone x strategy embeddings.
+    _run([str(BIN / "dinoloc-run"), "-m", "hydra/launcher=local", "experiment_name=a,b", *_common(synth, out),
+          "backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=128", "classifier.epochs=2"],
+         tmp_path)
+    entries = [p for p in (out / "cache").iterdir() if p.is_dir()]
+    assert len(entries) == 1
+    results = [json.loads((out / "runs" / e / "opencell_demo__native" / "result.json").read_text()) for e in "ab"]
+    assert sorted(r["cache_hit"] for r in results) == [False, True]  # one computed, the other waited and reused
+    assert results[0]["cache_key"] == results[1]["cache_key"] == entries[0].name
+    emb = np.load(entries[0] / "embeddings.npy")
+    assert emb.shape[0] == len(pd.read_csv(entries[0] / "index.csv")) and np.isfinite(emb).all()
