@@ -106,10 +106,27 @@ def check_image_header(path: str | os.PathLike, *, min_size: int = 16) -> tuple[
     page's strip/tile offsets + byte counts (and a contiguous series' extent) must fit in the file,
     and tifffile must not have logged a broken page or tag offset.
     """
+    _, h, w = _open_checked(path, min_size, decode=False)
+    return h, w
+
+
+def read_image(path: str | os.PathLike, *, min_size: int = 16) -> np.ndarray:
+    """Read an OpenCell projection as float32 (2, H, W) in (protein, nucleus) order (16-bit values kept)."""
+    arr, h, w = _open_checked(path, min_size, decode=True)
+    axis, h, w = _layout(path, arr.shape, arr.dtype, min_size)
+    arr = arr.reshape(2, h, w) if axis == 0 and arr.ndim > 3 else arr
+    if axis == 2:
+        arr = np.moveaxis(arr.reshape(h, w, 2), 2, 0)
+    return np.ascontiguousarray(arr[_FILE_TO_PIPELINE], dtype=np.float32)
+
+
+def _open_checked(path: str | os.PathLike, min_size: int, decode: bool) -> tuple[np.ndarray | None, int, int]:
+    """Open the TIFF once: check its header (layout, dtype, byte extents), then decode the pixels if asked."""
     _check_exists(path)
     size = os.path.getsize(path)
     logger, errors = logging.getLogger("tifffile"), _TiffErrors()
     logger.addHandler(errors)
+    arr = None
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
@@ -120,6 +137,8 @@ def check_image_header(path: str | os.PathLike, *, min_size: int = 16) -> tuple[
             for page in tf.pages:
                 for off, n in zip(page.dataoffsets, page.databytecounts, strict=False):
                     end = max(end, int(off) + int(n))
+            if decode and end <= size and not errors.messages:
+                arr = np.asarray(series.asarray())
     except DinolocError:
         raise
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error, ... on bad files
@@ -129,22 +148,7 @@ def check_image_header(path: str | os.PathLike, *, min_size: int = 16) -> tuple[
     if end > size or errors.messages:
         why = f"header promises {end} bytes, file has {size}" if end > size else errors.messages[0]
         raise DinolocError(f"{path}: truncated or corrupted TIFF ({why}); re-download the file.")
-    return h, w
-
-
-def read_image(path: str | os.PathLike, *, min_size: int = 16) -> np.ndarray:
-    """Read an OpenCell projection as float32 (2, H, W) in (protein, nucleus) order (16-bit values kept)."""
-    check_image_header(path, min_size=min_size)
-    try:
-        arr = tifffile.imread(path)
-    except Exception as err:
-        raise _open_error(path, err) from err
-    arr = np.asarray(arr)
-    axis, h, w = _layout(path, arr.shape, arr.dtype, min_size)
-    arr = arr.reshape(2, h, w) if axis == 0 and arr.ndim > 3 else arr
-    if axis == 2:
-        arr = np.moveaxis(arr.reshape(h, w, 2), 2, 0)
-    return np.ascontiguousarray(arr[_FILE_TO_PIPELINE], dtype=np.float32)
+    return arr, h, w
 
 
 def find_images(root: str | os.PathLike) -> pd.DataFrame:

@@ -1,0 +1,306 @@
+"""One benchmark command: every performance figure of the pipeline as a ratio measured side by side in one run.
+
+Sections (each prints its rows; the run ends with a table and a one-line JSON of every figure):
+
+  extract   end-to-end extraction images/s (TIFF reading, preprocessing, model, cache writes) / model-only forward
+            images/s, same model and batch (scripts/bench_extract.py)                                goal >= 0.90
+  gpu       CUDA only: ViT-B/8 @ 224, bf16 autocast + SDPA: images/s and model FLOP utilisation against the card's
+            bf16 peak, FLOPs counted from the model with torch.utils.flop_counter                  goal >= 40% MFU
+  cache     the demo sweep (5 rows) run twice in one process: second run time / first run time, and the number of
+            backbone forward passes in the second run (and in a force=true rerun, which retrains but must reuse
+            the embeddings)                                                       goal <= 5 %, 0 forward passes
+  classify  the project's 5-fold classifier vs a plain DataLoader loop, same settings and features
+            (scripts/bench_classify.py)                                                       goal >= 3x, F1 equal
+  scaling   extraction and classifier time at 1x, 2x, 4x the images: t(2x)/t(1x) and t(4x)/t(1x)   linear: 2, 4
+  demo      `make demo` stage times from outputs/reports/demo/timings.json (run `make demo` first)  goal <= 300 s
+
+    python scripts/bench.py --quick            # CPU: small sizes, a few minutes on 2 cores
+    python scripts/bench.py                    # real sizes (classifier: 6,120 x 768 and x 3,072, 300 epochs)
+    python scripts/bench.py --only extract,gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("extract", "gpu", "cache", "classify", "scaling", "demo")
+# Dense bf16 tensor-core peaks (TFLOP/s, multiply and add counted separately), from the vendors' data sheets.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
+                    "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.0}
+
+
+def _script(name: str, *args: str) -> dict:
+    """Run scripts/<name> and return its last-line JSON (its own printout is passed through)."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                         cwd=ROOT, check=False)
+    sys.stdout.write(out.stdout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------------------
+def bench_extract(quick: bool, device: str) -> dict:
+    args = ["--device", device]
+    if device.startswith("cuda"):
+        args += ["--arch", "vit_base_patch8_224", "--img-size", "224", "--model-kwargs", "{}", "--image-px", "1024",
+                 "--workers", str(min(8, os.cpu_count() or 1)), "--n-images", "512" if quick else "2048"]
+    elif quick:
+        args += ["--quick"]
+    return _script("bench_extract.py", *args)
+
+
+def _peak_tflops(name: str) -> float | None:
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if all(part in name for part in key.split()):
+            return peak
+    return None
+
+
+def bench_gpu(quick: bool, peak_override: float | None, compile_model: bool) -> dict:
+    if not torch.cuda.is_available():
+        print("gpu: no CUDA device here; skipped (run on a GPU server for images/s and MFU)")
+        return {"skipped": "no CUDA device"}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dinoloc.backbones import create_vit
+
+    device = torch.device("cuda")
+    model = create_vit("vit_base_patch8_224", in_chans=3, img_size=224).to(device).eval()
+    with FlopCounterMode(display=False) as counter:  # FLOPs of one image, from the model itself
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, 224, 224, device=device))
+    flops_per_image = counter.get_total_flops()
+    if compile_model:
+        model = torch.compile(model)
+    name = torch.cuda.get_device_name()
+    peak = peak_override or _peak_tflops(name)
+    rows = {}
+    for bs in (64, 128, 256):
+        x = torch.randn(bs, 3, 224, 224, device=device)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(3):
+                model(x)
+            torch.cuda.synchronize()
+            n = 5 if quick else 20
+            t0 = time.perf_counter()
+            for _ in range(n):
+                model(x)
+            torch.cuda.synchronize()
+        ips = n * bs / (time.perf_counter() - t0)
+        mfu = ips * flops_per_image / (peak * 1e12) if peak else None
+        rows[bs] = {"images_per_s": round(ips, 1), "mfu": None if mfu is None else round(mfu, 4)}
+        print(f"gpu: {name} ViT-B/8 bf16 batch {bs}: {ips:8.1f} images/s"
+              + (f", MFU {100 * mfu:.1f}% of {peak:.0f} TFLOP/s" if mfu else " (peak unknown: --peak-tflops)"))
+    best = max(rows.values(), key=lambda r: r["images_per_s"])
+    return {"device": name, "gflops_per_image": round(flops_per_image / 1e9, 2), "peak_tflops": peak,
+            "compiled": compile_model, "by_batch": rows, **best}
+
+
+# ------------------------------------------------------------------------------------------------------------
+def bench_cache(quick: bool) -> dict:
+    """The demo sweep twice, in-process, counting backbone forward passes through build_backbone."""
+    from hydra import compose, initialize_config_dir
+
+    import dinoloc.backbones as backbones
+    from dinoloc.cli import CONFIG_PATH, run_classifier
+
+    forwards = {"n": 0}
+    original = backbones.build_backbone
+
+    def counting_build(*args, **kwargs):
+        model = original(*args, **kwargs)
+        model.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
+        return model
+
+    backbones.build_backbone = counting_build
+    rows = ["imagenet_demo_mapping", "imagenet_demo_replication", "hpa_demo_mapping", "hpa_demo_replication",
+            "opencell_demo_native"]
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [f"paths.output_dir={tmp}", "experiment=demo", "backbone.weights=", "allow_random_weights=true",
+                  "extract.num_workers=0", "data.generator.n_targets=40", "data.generator.image_size=96"]
+        if quick:
+            common.append("classifier.epochs=30")
+
+        def sweep(extra: list[str]) -> float:
+            with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+                cfgs = [compose("config", overrides=[*common, f"row={r}", *extra]) for r in rows]
+            t0 = time.perf_counter()
+            for cfg in cfgs:
+                run_classifier(cfg)
+            return time.perf_counter() - t0
+
+        with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+            from dinoloc.cli import prepare_data
+            prepare_data(compose("config", overrides=common))  # data generation is not part of the sweep
+        first = sweep([])
+        n_first = forwards["n"]
+        forwards["n"] = 0
+        second = sweep([])
+        n_second = forwards["n"]
+        forwards["n"] = 0
+        forced = sweep(["force=true"])
+        n_forced = forwards["n"]
+    backbones.build_backbone = original
+    frac = second / first
+    print(f"cache: first sweep {first:.1f} s ({n_first} forward passes), rerun {second:.2f} s = {100 * frac:.2f}% "
+          f"({n_second} forward passes); force=true rerun {forced:.1f} s ({n_forced} forward passes)")
+    return {"first_s": round(first, 2), "rerun_s": round(second, 3), "rerun_fraction": round(frac, 4),
+            "forward_passes_first": n_first, "forward_passes_rerun": n_second,
+            "forward_passes_forced_rerun": n_forced, "forced_rerun_s": round(forced, 2)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+def bench_classify(quick: bool, device: str) -> dict:
+    out = {}
+    for dim in (768, 3072):
+        args = ["--device", device, "--dim", str(dim)] + (["--quick"] if quick else [])
+        out[f"d{dim}"] = _script("bench_classify.py", *args)
+    return out
+
+
+def bench_scaling(quick: bool, device: str) -> dict:
+    """Extraction and classifier wall time at 1x, 2x, 4x the images (same everything else)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import functools
+
+    import yaml
+
+    from bench_classify import make_features  # type: ignore[import-not-found]
+    from bench_extract import write_images  # type: ignore[import-not-found]
+    from dinoloc.backbones import create_vit
+    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.data.opencell import read_image
+    from dinoloc.extract import extract
+    from dinoloc.strategies import embed_batch
+
+    base_n = 128 if quick else 512
+    model = create_vit("vit_tiny_patch16_224", in_chans=3, img_size=64, patch_size=8, embed_dim=96, depth=4,
+                       num_heads=3).eval()
+    embed_fn = functools.partial(embed_batch, strategy="mapping", backbone_channels=["R", "G", "B"],
+                                 channel_map={"protein": "R", "nucleus": "G"}, img_size=64, intensity="minmax",
+                                 mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], spatial="resize")
+    cfg = yaml.safe_load((ROOT / "configs" / "classifier" / "mlp.yaml").read_text())
+    cfg.pop("name", None)
+    cfg["epochs"] = 20 if quick else 100
+    params = ClassifierParams.from_dict(cfg)
+    times: dict[str, list[float]] = {"extract": [], "classify": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "img").mkdir()
+        paths = write_images(tmp / "img", 4 * base_n, 160)
+        for k, mult in enumerate((1, 2, 4)):
+            n = mult * base_n
+            t0 = time.perf_counter()
+            extract(image_ids=[p.stem for p in paths[:n]], paths=paths[:n], read_fn=read_image,
+                    model_factory=lambda: model, embed_fn=embed_fn, cache_dir=tmp / "cache", key=f"s{k}", meta={},
+                    resize_to=64, batch_size=64, num_workers=2, device=device, progress=False)
+            times["extract"].append(time.perf_counter() - t0)
+            X, Y, split, fold, ids, targets = make_features(mult * (300 if quick else 1530), 768)
+            t0 = time.perf_counter()
+            cross_validate(X, Y, split, fold, ids, targets, params, device=device, progress=False)
+            times["classify"].append(time.perf_counter() - t0)
+    out = {}
+    for stage, t in times.items():
+        out[stage] = {"seconds": [round(x, 2) for x in t], "x2": round(t[1] / t[0], 2), "x4": round(t[2] / t[0], 2)}
+        print(f"scaling: {stage:8s} 1x {t[0]:.2f} s, 2x {t[1]:.2f} s ({t[1] / t[0]:.2f}), "
+              f"4x {t[2]:.2f} s ({t[2] / t[0]:.2f})   linear = 2, 4")
+    return out
+
+
+def bench_demo() -> dict:
+    path = ROOT / "outputs" / "reports" / "demo" / "timings.json"
+    if not path.exists():
+        print("demo: no outputs/reports/demo/timings.json; run `make demo` first")
+        return {"skipped": "run make demo first"}
+    t = json.loads(path.read_text())
+    slowest = max(t["steps_s"], key=t["steps_s"].get)
+    print(f"demo: total {t['total_s']:.0f} s (goal <= 300); slowest stage: {slowest} {t['steps_s'][slowest]:.0f} s")
+    for k, v in t["steps_s"].items():
+        print(f"      {k:40s} {v:6.1f} s")
+    return {**t, "slowest": slowest}
+
+
+# ------------------------------------------------------------------------------------------------------------
+def summary_rows(res: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    if "extract" in res:
+        r = res["extract"]
+        rows.append((f"extraction e2e / model-only ({r['device']}, {r['arch']})", f"{r['ratio']:.2f}", ">= 0.90"))
+    if "gpu" in res and "skipped" not in res["gpu"]:
+        g = res["gpu"]
+        rows.append((f"ViT-B/8 bf16 MFU ({g['device']})", "n/a" if g["mfu"] is None else f"{100 * g['mfu']:.1f}%",
+                     ">= 40%"))
+    if "cache" in res:
+        c = res["cache"]
+        rows.append(("cached sweep rerun / first run", f"{100 * c['rerun_fraction']:.2f}%", "<= 5%"))
+        rows.append(("backbone forward passes on rerun", str(c["forward_passes_rerun"]), "0"))
+    if "classify" in res:
+        for k, c in res["classify"].items():
+            rows.append((f"classifier speedup vs DataLoader loop (D={k[1:]})", f"{c['speedup']:.2f}x", ">= 3x"))
+            rows.append((f"  test macro F1 ours / loop (D={k[1:]})", f"{c['f1_ours']:.3f} / {c['f1_baseline']:.3f}",
+                         "within noise"))
+    if "scaling" in res:
+        for stage, s in res["scaling"].items():
+            rows.append((f"{stage} time at 2x / 4x images", f"{s['x2']:.2f} / {s['x4']:.2f}", "2 / 4"))
+    if "demo" in res and "skipped" not in res["demo"]:
+        rows.append((f"make demo total (slowest: {res['demo']['slowest']})", f"{res['demo']['total_s']:.0f} s",
+                     "<= 300 s"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes for a CPU run")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 peak if not in the table")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the ViT-B/8 in the gpu section")
+    args = ap.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+               + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
+    print(f"dinoloc benchmark on {machine}; threads {torch.get_num_threads()}; {'quick' if args.quick else 'full'}")
+    res: dict = {}
+    for name in chosen:
+        print(f"\n== {name}", flush=True)
+        t0 = time.perf_counter()
+        if name == "extract":
+            res[name] = bench_extract(args.quick, args.device)
+        elif name == "gpu":
+            res[name] = bench_gpu(args.quick, args.peak_tflops, args.compile)
+        elif name == "cache":
+            res[name] = bench_cache(args.quick)
+        elif name == "classify":
+            res[name] = bench_classify(args.quick, args.device)
+        elif name == "scaling":
+            res[name] = bench_scaling(args.quick, args.device)
+        elif name == "demo":
+            res[name] = bench_demo()
+        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+    rows = summary_rows(res)
+    print("\n| figure | measured | goal |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    out = {"bench": "dinoloc", "machine": machine, "quick": args.quick, **res}
+    print(json.dumps(out, default=lambda o: o if not isinstance(o, np.generic) else o.item()))
+    return out
+
+
+if __name__ == "__main__":
+    main()
