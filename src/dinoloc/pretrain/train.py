@@ -50,8 +50,9 @@ _CONSUMED_ELSEWHERE = ("source", "image_dir")  # pretrain YAML keys the CLI uses
 # parameters
 # ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PretrainParams:
-    """The pretrain YAML's recipe keys. Defaults are official DINO's main_dino.py defaults."""
+class PretrainParams(CropSpec):
+    """The pretrain YAML's recipe keys: the crop recipe (inherited from CropSpec) and the training recipe.
+    Defaults are official DINO's main_dino.py defaults."""
 
     epochs: int = 100
     batch_size_per_gpu: int = 64
@@ -74,18 +75,6 @@ class PretrainParams:
     teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
-    global_crop_size: int = 224
-    local_crop_size: int = 96
-    global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    local_crops_number: int = 8
-    flip_prob: float = 0.5
-    warp_prob: float = 0.5
-    protein_rescale_prob: float = 0.2
-    channel_drop_prob: float = 0.2
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
     amp: str = "bf16"  # CUDA only; CPU runs in float32
     num_workers: int = 4
     seed: int = 0
