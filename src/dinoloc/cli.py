@@ -52,13 +52,19 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
         from dinoloc.classify import ClassifierParams
 
         ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
-    if not cfg.data.synthetic:
-        root = Path(str(cfg.data.root))
-        if not root.is_dir():
-            raise DinolocError(
-                f"data.root={root} does not exist. Point it at the OpenCell download (per-target folders of "
-                "OC-FOV_*_proj.tif), e.g. data.root=/data/opencell, or use data=synthetic for the demo."
-            )
+    validate_root(cfg)
+
+
+def validate_root(cfg: DictConfig) -> None:
+    """The real data's root must exist (the synthetic default is generated on demand)."""
+    if cfg.data.synthetic:
+        return
+    root = Path(str(cfg.data.root))
+    if not root.is_dir():
+        raise DinolocError(
+            f"data.root={root} does not exist. Point it at the OpenCell download (per-target folders of "
+            "OC-FOV_*_proj.tif), e.g. data.root=/data/opencell, or use data=synthetic for the demo."
+        )
 
 
 def _plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -334,17 +340,10 @@ def data_main(cfg: DictConfig) -> None:
     """dinoloc-data: build and validate the manifest and split; print a summary."""
     from dinoloc.data.split import summarize
 
-    if not cfg.data.synthetic:
-        validate_root(cfg)
+    validate_root(cfg)
     manifest, split = prepare_data(cfg)
     print(("SYNTHETIC DATA\n" if cfg.data.synthetic else "") + summarize(manifest, split))
     print(f"written: {Path(cfg.paths.data_dir) / 'manifest.csv'}, {Path(cfg.paths.data_dir) / 'split.csv'}")
-
-
-def validate_root(cfg: DictConfig) -> None:
-    root = Path(str(cfg.data.root))
-    if not root.is_dir():
-        raise DinolocError(f"data.root={root} does not exist; set data.root to the OpenCell download folder")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
@@ -379,6 +378,9 @@ def pretrain_main(cfg: DictConfig) -> None:
     bb, pt = cfg.backbone, cfg.pretrain
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
+    # Every config value is checked before the (possibly long) manifest and image scan.
+    params = PretrainParams.from_dict(_plain(pt, drop=("source", "image_dir")))
+    validate_root(cfg)
     out_dir = Path(str(bb.weights)).parent
     if pt.source == "opencell":
         from dinoloc.data.opencell import read_image
@@ -408,7 +410,6 @@ def pretrain_main(cfg: DictConfig) -> None:
         read_fn = functools.partial(read_multichannel, n_channels=len(channels))
     else:
         raise DinolocError(f"pretrain.source={pt.source!r}: use opencell or folder")
-    params = PretrainParams.from_dict(_plain(pt, drop=("source", "image_dir")))
     pp = bb.preprocess
     ckpt = train_dino(
         images, read_fn, channels, out_dir, arch=bb.arch, model_kwargs=_plain(bb.model_kwargs),
