@@ -20,7 +20,7 @@ def _first_image(root: Path) -> Path:
 def _replace_image(data):
     def corrupt(root: Path, csv: Path) -> str:
         p = _first_image(root)
-        tifffile.imwrite(p, data)
+        tifffile.imwrite(p, data, photometric="minisblack")
         return p.name
     return corrupt
 

@@ -89,13 +89,21 @@ def cell_warp(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def rescale_protein(x: torch.Tensor, protein: int, g: torch.Generator) -> torch.Tensor:
-    """Dino4Cells' protein rescaling: protein <- protein * U(0, 2) / max(protein) (skipped if max <= 0)."""
+    """Dino4Cells' protein rescaling: the protein signal above the channel's minimum (background) is multiplied
+    by U(0, 2) (skipped if the channel is flat).
+
+    Dino4Cells writes protein <- protein * U(0, 2) / max(protein) on images already scaled to [0, 1], i.e. a
+    random contrast factor around 1 (half the views dimmer, half brighter). Here the image arrives z-scored per
+    image (backbone.preprocess.intensity), where max(protein) is 5-15 on OpenCell-like images: dividing by it
+    dimmed the protein 2.5x to 100x in every rescaled view (never brighter) and shifted its background. Measuring
+    from the channel minimum keeps Dino4Cells' intent (min-max scaled input: identical) for any intensity mode.
+    """
     factor = _uniform(g, 0.0, 2.0)
-    peak = x[protein].max()
-    if peak <= 0:
+    lo = x[protein].min()
+    if x[protein].max() <= lo:
         return x
     x = x.clone()
-    x[protein] = x[protein] * factor / peak
+    x[protein] = lo + (x[protein] - lo) * factor
     return x
 
 
