@@ -15,6 +15,8 @@ Sections (each prints its rows; the run ends with a table and a one-line JSON of
   classify  the project's 5-fold classifier vs a plain DataLoader loop, same settings and features
             (scripts/bench_classify.py)                                                       goal >= 3x, F1 equal
   scaling   extraction and classifier time at 1x, 2x, 4x the images: t(2x)/t(1x) and t(4x)/t(1x)   linear: 2, 4
+  bf16      the demo's embeddings computed again under bf16 autocast (on CUDA when present, else CPU bf16): relative
+            difference to the fp32 cache and the change of the classifier's test macro F1 (needs `make demo` first)
   demo      `make demo` stage times from outputs/reports/demo/timings.json (run `make demo` first)  goal <= 300 s
 
     python scripts/bench.py --quick            # CPU: small sizes, a few minutes on 2 cores
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "demo")
+SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "bf16", "demo")
 # Dense bf16 tensor-core peaks (TFLOP/s, multiply and add counted separately), from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
                     "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.0}
@@ -293,6 +295,66 @@ def bench_scaling(quick: bool, device: str) -> dict:
     return out
 
 
+def bench_bf16(quick: bool, device: str) -> dict:
+    """fp32 (the demo's cache) vs bf16-autocast embeddings of the demo rows, and the classifier on both."""
+    import functools
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dinoloc.backbones import build_backbone
+    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.cli import CONFIG_PATH, prepare_data, run_extraction
+    from dinoloc.data.opencell import read_image
+    from dinoloc.ontology import CATEGORIES
+    from dinoloc.strategies import embed_batch
+
+    if not (ROOT / "outputs" / "runs" / "demo").is_dir():
+        print("bf16: no demo results under outputs/; run `make demo` first")
+        return {"skipped": "run make demo first"}
+    out = {}
+    dev = torch.device(device)
+    rows = ("imagenet_demo_mapping", "hpa_demo_replication", "opencell_demo_native")
+    for row in rows[-1:] if quick else rows:  # CPU bf16 kernels are slow without native bf16 support
+        with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+            cfg = compose("config", overrides=["experiment=demo", f"row={row}"])
+        manifest, split = prepare_data(cfg)
+        emb32, ids = run_extraction(cfg, manifest).load()
+        bb, pp = cfg.backbone, cfg.backbone.preprocess
+        plain = functools.partial(OmegaConf.to_container, resolve=True)
+        model = build_backbone(bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp.img_size,
+                               **plain(bb.model_kwargs)).to(dev)
+        embed = functools.partial(embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
+                                  channel_map=plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
+                                  mean=None if pp.mean is None else list(pp.mean),
+                                  std=None if pp.std is None else list(pp.std), spatial=pp.spatial)
+        root = Path(cfg.data.root)
+        path_of = dict(zip(manifest["image_id"], manifest["path"], strict=True))
+        rows16 = []
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            for lo in range(0, len(ids), 64):
+                x = torch.stack([torch.from_numpy(read_image(root / path_of[i])) for i in ids[lo:lo + 64]])
+                x = torch.nn.functional.interpolate(x, size=(pp.img_size, pp.img_size), mode="bilinear",
+                                                    antialias=True, align_corners=False)
+                rows16.append(embed(model, x.to(dev)).float().cpu().numpy())
+        emb16 = np.concatenate(rows16)
+        rel = float(np.linalg.norm(emb16 - emb32) / np.linalg.norm(emb32))
+        pos = {i: k for k, i in enumerate(ids)}
+        lab = split["split"].isin(["train", "test"]).to_numpy()
+        order = np.array([pos[i] for i in split["image_id"]])[lab]
+        y = manifest.set_index("image_id").loc[split["image_id"], list(CATEGORIES)].to_numpy()[lab]
+        args = (y, split["split"].to_numpy()[lab], split["fold"].fillna(-1).astype(int).to_numpy()[lab],
+                split["image_id"].to_numpy()[lab], split["target"].to_numpy()[lab])
+        params = ClassifierParams.from_dict(plain(cfg.classifier))
+        f1 = [cross_validate(e[order], *args, params, device=device, progress=False).summary["test_macro_f1_mean"]
+              for e in (emb32, emb16)]
+        out[row] = {"relative_difference": round(rel, 5), "f1_fp32": round(f1[0], 4), "f1_bf16": round(f1[1], 4),
+                    "delta_f1": round(f1[1] - f1[0], 4)}
+        print(f"bf16: {row:24s} |bf16 - fp32| / |fp32| = {rel:.2e}; test macro F1 fp32 {f1[0]:.4f}, "
+              f"bf16 {f1[1]:.4f} ({f1[1] - f1[0]:+.4f})")
+    return out
+
+
 def bench_demo() -> dict:
     path = ROOT / "outputs" / "reports" / "demo" / "timings.json"
     if not path.exists():
@@ -333,6 +395,10 @@ def summary_rows(res: dict) -> list[tuple[str, str, str]]:
         for stage, s in res["scaling"].items():
             rows.append((f"{stage} time at 2x / 4x images; marginal slope", f"{s['x2']:.2f} / {s['x4']:.2f}; "
                          f"{s['marginal']:.2f}", "2 / 4; 2"))
+    if "bf16" in res and "skipped" not in res["bf16"]:
+        for row, r in res["bf16"].items():
+            rows.append((f"bf16 vs fp32 embeddings ({row}): rel. diff; delta test F1",
+                         f"{r['relative_difference']:.1e}; {r['delta_f1']:+.4f}", "small; within noise"))
     if "demo" in res and "skipped" not in res["demo"]:
         rows.append((f"make demo total (slowest: {res['demo']['slowest']})", f"{res['demo']['total_s']:.0f} s",
                      "<= 300 s"))
@@ -370,6 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
             res[name] = bench_classify(args.quick, args.device)
         elif name == "scaling":
             res[name] = bench_scaling(args.quick, args.device)
+        elif name == "bf16":
+            res[name] = bench_bf16(args.quick, args.device)
         elif name == "demo":
             res[name] = bench_demo()
         print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
