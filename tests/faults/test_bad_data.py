@@ -85,3 +85,23 @@ def test_bad_data_fails_loudly_and_writes_nothing(tmp_path, write_opencell_tree,
     assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert culprit in errors[0]
     assert not list(out.rglob("manifest.csv")) and not list(out.rglob("split.csv"))
+
+
+def test_image_deleted_after_the_manifest_is_named_and_nothing_cached(tmp_path, write_opencell_tree):
+    root, _ = write_opencell_tree(n_targets=12, images_per_target=2, size=32)
+    out = tmp_path / "out"
+    common = ["data=opencell", f"data.root={root}", f"paths.output_dir={out}"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    assert subprocess.run([str(BIN / "dinoloc-data"), *common], capture_output=True, env=env).returncode == 0
+    gone = _first_image(root)
+    gone.unlink()
+    res = subprocess.run([str(BIN / "dinoloc-extract"), *common, "backbone=opencell_demo", "strategy=native",
+                          "backbone.weights=", "allow_random_weights=true", "extract.num_workers=0"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("dinoloc: error:")]
+    # The data folder is rescanned: the stored split no longer fits and the removed image is named.
+    image_id = gone.name.removesuffix("_proj.tif")
+    assert len(errors) == 1 and image_id in errors[0] and "removed" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not list(out.rglob("meta.json")) and not list(out.rglob("embeddings.npy"))

@@ -72,7 +72,7 @@ def _layout(path: str | os.PathLike, shape: tuple[int, ...], dtype: np.dtype, mi
             f"(found {min(shape[0], shape[2])} channels?), expected {EXPECTED_IMAGE}."
         )
     if h < min_size or w < min_size:
-        raise DinolocError(f"{path}: image is {h}x{w} px, smaller than the minimum {min_size} px per side.")
+        raise DinolocError(f"{path}: image is {h}x{w} px, smaller than the minimum {min_size} px per side; replace it with the full-size FOV or remove it.")
     return axis, int(h), int(w)
 
 
