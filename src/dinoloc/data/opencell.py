@@ -106,22 +106,24 @@ def check_image_header(path: str | os.PathLike, *, min_size: int = 16) -> tuple[
     page's strip/tile offsets + byte counts (and a contiguous series' extent) must fit in the file,
     and tifffile must not have logged a broken page or tag offset.
     """
-    _, h, w = _open_checked(path, min_size, decode=False)
+    _, _, h, w = _open_checked(path, min_size, decode=False)
     return h, w
 
 
 def read_image(path: str | os.PathLike, *, min_size: int = 16) -> np.ndarray:
     """Read an OpenCell projection as float32 (2, H, W) in (protein, nucleus) order (16-bit values kept)."""
-    arr, h, w = _open_checked(path, min_size, decode=True)
-    axis, h, w = _layout(path, arr.shape, arr.dtype, min_size)
+    arr, axis, h, w = _open_checked(path, min_size, decode=True)
     arr = arr.reshape(2, h, w) if axis == 0 and arr.ndim > 3 else arr
     if axis == 2:
         arr = np.moveaxis(arr.reshape(h, w, 2), 2, 0)
     return np.ascontiguousarray(arr[_FILE_TO_PIPELINE], dtype=np.float32)
 
 
-def _open_checked(path: str | os.PathLike, min_size: int, decode: bool) -> tuple[np.ndarray | None, int, int]:
-    """Open the TIFF once: check its header (layout, dtype, byte extents), then decode the pixels if asked."""
+def _open_checked(
+    path: str | os.PathLike, min_size: int, decode: bool
+) -> tuple[np.ndarray | None, int, int, int]:
+    """Open the TIFF once: check its header (layout, dtype, byte extents), then decode the pixels if asked.
+    Returns (pixels or None, channel axis (0 or 2), H, W)."""
     _check_exists(path)
     size = os.path.getsize(path)
     logger, errors = logging.getLogger("tifffile"), _TiffErrors()
@@ -130,7 +132,7 @@ def _open_checked(path: str | os.PathLike, min_size: int, decode: bool) -> tuple
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
-            _, h, w = _layout(path, series.shape, series.dtype, min_size)
+            axis, h, w = _layout(path, series.shape, series.dtype, min_size)
             end = 0
             if series.dataoffset is not None:  # contiguous data: one extent for all pages
                 end = int(series.dataoffset) + int(series.nbytes)
@@ -148,7 +150,7 @@ def _open_checked(path: str | os.PathLike, min_size: int, decode: bool) -> tuple
     if end > size or errors.messages:
         why = f"header promises {end} bytes, file has {size}" if end > size else errors.messages[0]
         raise DinolocError(f"{path}: truncated or corrupted TIFF ({why}); re-download the file.")
-    return arr, h, w
+    return arr, axis, h, w
 
 
 def find_images(root: str | os.PathLike) -> pd.DataFrame:
