@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, precision_recall_fscore_support
+from torch.optim.adamw import adamw as adamw_update
 from tqdm import tqdm
 
 from dinoloc.io import DinolocError, read_json, write_csv, write_json
@@ -305,7 +306,13 @@ def train_folds(
         t.requires_grad_(True)
     exp_avg = [torch.zeros_like(t) for t in tensors]
     exp_avg_sq = [torch.zeros_like(t) for t in tensors]
-    step_count = np.zeros(K, dtype=np.int64)
+    # torch's AdamW state per fold: the fold's slice of every tensor, and its own step count (float32 on the
+    # device, as the fused kernel keeps it).
+    fold_state = [
+        ([t[k] for t in tensors], [m[k] for m in exp_avg], [v[k] for v in exp_avg_sq],
+         [torch.zeros((), dtype=torch.float32, device=device) for _ in tensors])
+        for k in range(K)
+    ]
     beta1, beta2 = params.betas
 
     sample_gens = [torch.Generator(device=device).manual_seed(fold_seed(params.seed, k, 1)) for k in range(K)]
@@ -351,32 +358,21 @@ def train_folds(
             denom = torch.as_tensor(np.maximum(counts, 1) * C, dtype=logits.dtype, device=device)
             loss = ((bce * v).sum(1) / denom).sum()  # per fold: BCEWithLogitsLoss(mean) over its own batch
             grads = torch.autograd.grad(loss, tensors)
-            step_count += active
-            _adamw_step(tensors, grads, exp_avg, exp_avg_sq, step_count, active, lr, beta1, beta2,
-                        params.weight_decay)
+            _adamw_step(fold_state, grads, active, lr, beta1, beta2, params.weight_decay)
     return [w.detach() for w in weights], [b.detach() for b in biases]
 
 
 @torch.no_grad()
-def _adamw_step(params: list[torch.Tensor], grads: tuple[torch.Tensor, ...], exp_avg: list[torch.Tensor],
-                exp_avg_sq: list[torch.Tensor], step_count: np.ndarray, active: np.ndarray, lr: float,
-                beta1: float, beta2: float, weight_decay: float) -> None:
-    """torch.optim.AdamW's update (decoupled decay, bias correction, eps outside the sqrt), applied to
-    stacked (K, ...) tensors with a per-fold step count; inactive folds (no sample this step) are untouched."""
-    device = params[0].device
-    steps = np.maximum(step_count, 1)
-    a = torch.as_tensor(active.astype(np.float32), device=device)
-    step_size = torch.as_tensor(np.where(active, lr / (1 - beta1**steps), 0.0), dtype=torch.float32, device=device)
-    bc2_sqrt = torch.as_tensor(np.sqrt(1 - beta2**steps), dtype=torch.float32, device=device)
-    decay = 1 - lr * weight_decay * a
-    w1, w2 = (1 - beta1) * a, (1 - beta2) * a
-    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq, strict=True):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        p.mul_(decay.view(shape))
-        m.lerp_(g, w1.view(shape))  # m += (1 - beta1) (g - m), only where active
-        v.lerp_(g * g, w2.view(shape))
-        denom = v.sqrt().div_(bc2_sqrt.view(shape)).add_(ADAM_EPS)
-        p.sub_(m.div(denom).mul_(step_size.view(shape)))
+def _adamw_step(fold_state: list[tuple[list[torch.Tensor], ...]], grads: tuple[torch.Tensor, ...],
+                active: np.ndarray, lr: float, beta1: float, beta2: float, weight_decay: float) -> None:
+    """torch's own AdamW update (functional, fused: one pass per tensor) on each active fold's slices; a fold
+    with no sample in this step (past the end of its epoch) is untouched, its step count included."""
+    for k in np.flatnonzero(active):
+        params, exp_avg, exp_avg_sq, steps = fold_state[k]
+        adamw_update(
+            params, [g[k] for g in grads], exp_avg, exp_avg_sq, [], steps, fused=True,
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
+        )
 
 
 @torch.no_grad()
