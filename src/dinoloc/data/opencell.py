@@ -116,7 +116,10 @@ def read_image(path: str | os.PathLike, *, min_size: int = 16) -> np.ndarray:
     arr = arr.reshape(2, h, w) if axis == 0 and arr.ndim > 3 else arr
     if axis == 2:
         arr = np.moveaxis(arr.reshape(h, w, 2), 2, 0)
-    return np.ascontiguousarray(arr[_FILE_TO_PIPELINE], dtype=np.float32)
+    out = np.empty((2, h, w), dtype=np.float32)
+    for dst, src in enumerate(_FILE_TO_PIPELINE):  # reorder and convert in one pass per channel
+        out[dst] = arr[src]
+    return out
 
 
 def _open_checked(
