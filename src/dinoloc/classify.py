@@ -9,8 +9,8 @@ dimension (K, ...), the forward pass is `torch.baddbmm`, and every step each fol
 from its own index stream. A fold with n_k training samples makes ceil(n_k / batch) steps per epoch, exactly
 as a separate model would; all folds run ceil(max_k n_k / batch) steps, and in the steps past a fold's own
 end its samples are padding: masked out of its loss, and its AdamW update (incl. weight decay, moments and
-step count) is skipped. AdamW is elementwise, so the stacked update is the separate updates side by side;
-the fold losses are summed, and as no parameter is shared each fold's gradient is its own loss's gradient.
+step count) is skipped. The update is torch's own fused AdamW applied to each fold's slices with the fold's
+own step count, so it is the separate optimizers side by side; the fold losses are summed, and as no parameter is shared each fold's gradient is its own loss's gradient.
 `tests/test_classify.py` checks this against independent per-fold `nn.Sequential` + `torch.optim.AdamW`.
 """
 

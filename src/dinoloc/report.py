@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dinoloc.classify import macro_f1
 from dinoloc.io import DinolocError, atomic_path, read_json, write_csv, write_text
 from dinoloc.ontology import CATEGORIES
 
@@ -70,15 +71,7 @@ TABLE_COLUMNS = [
 # macro F1 (the classifier's definition)
 # ----------------------------------------------------------------------------------------------------------
 def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The classify stage's macro F1; imported so the report can never drift from it."""
-    try:
-        from dinoloc.classify import macro_f1
-    except ImportError:  # classify not installed in this checkout: the same definition, locally
-        from sklearn.metrics import f1_score
-
-        f1 = f1_score(y_true, y_pred, average=None, zero_division=0, labels=list(range(y_true.shape[1])))
-        present = y_true.sum(axis=0) > 0
-        return float(f1[present].mean()) if present.any() else float("nan")
+    """The classify stage's macro F1, imported so the report can never drift from it."""
     return float(macro_f1(y_true, y_pred)[0])
 
 
