@@ -83,6 +83,7 @@ DEMO_ROWS = ("imagenet_demo_mapping", "imagenet_demo_replication", "hpa_demo_map
 # sizes: the real run and the dry run differ only here
 @dataclass(frozen=True)
 class Sizes:
+    label: str
     arch: str
     model_kwargs: dict[str, Any]
     img_size: int
@@ -104,7 +105,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    arch="vit_base_patch8_224", model_kwargs={}, img_size=224, vit_batches=(64, 128, 256, 512, 1024),
+    label="ViT-B/8", arch="vit_base_patch8_224", model_kwargs={}, img_size=224, vit_batches=(64, 128, 256, 512, 1024),
     n_tiffs=2000, tiff_px=1024, pretrain_batches=(16, 32, 64, 96, 128, 160, 192, 256), global_px=224, local_px=96,
     head={"out_dim": 65536, "hidden_dim": 2048, "bottleneck_dim": 256},
     # 6,120 labelled images (Table I) -> 5,508 train rows, ~4,406 per fold; 1,536 = ViT-B's 768 x 2 replication views.
@@ -113,7 +114,7 @@ FULL = Sizes(
     measure_s=2.0,
 )
 DRY = Sizes(
-    arch="vit_tiny_patch16_224", model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+    label="toy ViT", arch="vit_tiny_patch16_224", model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
     img_size=32, vit_batches=(2, 4), n_tiffs=8, tiff_px=64, pretrain_batches=(2, 4), global_px=32, local_px=16,
     head={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}, clf_n=150, clf_dim=16, clf_epochs=2,
     demo_rows=("imagenet_demo_replication", "opencell_demo_native"), demo_targets=20, demo_px=64,
@@ -203,6 +204,9 @@ def seconds_per_call(fn: Callable[[], Any], device: torch.device, min_s: float, 
     return (time.perf_counter() - t0) / n
 
 
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16  # V100: no bf16 tensor cores
@@ -258,7 +262,7 @@ def section_vit(run: Run, out: dict[str, Any], budget: Budget) -> None:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.zeros(1, 3, s.img_size, s.img_size, device=dev))
     flops = counter.get_total_flops()
-    out.update(arch=s.arch, img_size=s.img_size, dtype=str(dtype).removeprefix("torch."),
+    out.update(model=s.label, arch=s.arch, img_size=s.img_size, dtype=DTYPE_NAMES[dtype],
                flops_per_image=flops, gflops_per_image=round(flops / 1e9, 3), peak_tflops=run.peak_tflops)
 
     def measure(m: torch.nn.Module, x: torch.Tensor) -> float:
@@ -459,8 +463,8 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
     cfg |= {"local_crops_number": run.local_crops, "global_crop_size": s.global_px, "local_crop_size": s.local_px,
             **s.head}
     p = PretrainParams.from_dict(cfg)
-    out.update(arch=s.arch, crops=f"2x{p.global_crop_size} + {p.local_crops_number}x{p.local_crop_size}",
-               dtype=str(autocast_dtype(run.device)).removeprefix("torch."))
+    out.update(model=s.label, arch=s.arch, dtype=DTYPE_NAMES[autocast_dtype(run.device)],
+               crops=f"2 × {p.global_crop_size} + {p.local_crops_number} × {p.local_crop_size}")
     measure_dino_steps(run, p, out, budget)
     free_memory(run.device)
     measure_multicrop_loader(run, p, out, budget)
@@ -593,20 +597,20 @@ def pct(v: float | None) -> str:
 def markdown_table(res: dict[str, Any]) -> str:
     sec, rows = res["sections"], []
     if v := sec.get("vit"):
-        rows += [(f"ViT-B/8 @ {v.get('img_size')} {v.get('dtype')}, model only, batch {v.get('batch')}: "
+        rows += [(f"{v.get('model')} @ {v.get('img_size')} px {v.get('dtype')}, model only, batch {v.get('batch')}: "
                   "eager / torch.compile", f"{fmt(v.get('images_per_s_eager'))} / "
                   f"{fmt(v.get('images_per_s_compiled'))} images/s", ""),
                  (f"MFU eager / compiled ({fmt(v.get('gflops_per_image'))} GFLOP/image, peak "
                   f"{fmt(v.get('peak_tflops'), '.0f')} TFLOP/s)",
                   f"{pct(v.get('mfu_eager'))} / {pct(v.get('mfu_compiled'))}", "≥ 40 %"),
-                 ("peak GPU memory at that batch", fmt(v.get("peak_mem_gib"), ".1f", " GiB"), "")]
+                 ("peak memory at that batch (GPU; in a dry run the process's CPU peak)", fmt(v.get("peak_mem_gib"), ".1f", " GiB"), "")]
     if v := sec.get("extract"):
         rows += [(f"extraction end to end / strategy + model alone ({fmt(v.get('n_images'), ',')} TIFFs of "
                   f"{v.get('image_px')} px, {v.get('workers')} workers, batch {v.get('batch')})",
                   f"{fmt(v.get('e2e_ips'))} / {fmt(v.get('model_only_ips'))} images/s = {fmt(v.get('ratio'), '.2f')}",
                   "≥ 0.90")]
     if v := sec.get("pretrain"):
-        rows += [(f"DINO step, ViT-B/8 {v.get('crops')} {v.get('dtype')}, largest batch that fits "
+        rows += [(f"DINO step, {v.get('model')}, {v.get('crops')} crops, {v.get('dtype')}, largest batch that fits "
                   f"({v.get('batch')})", f"{fmt(v.get('step_s'), '.3f')} s/step, {fmt(v.get('images_per_s'))} "
                   f"images/s, MFU {pct(v.get('mfu'))}, {fmt(v.get('peak_mem_gib'), '.1f')} GiB", ""),
                  (f"multi-crop loader ({v.get('loader_workers')} workers)",
@@ -625,13 +629,14 @@ def markdown_table(res: dict[str, Any]) -> str:
         rows += [(f"`make demo` sweep ({v.get('rows_done')} of {len(DEMO_ROWS)} rows: extraction + classifier) on "
                   "the GPU / on the CPU",
                   f"{fmt(v.get('gpu_sweep_s'))} s / {fmt(v.get('cpu_sweep_s'))} s", ""),
-                 ("  max |test macro F1 GPU − CPU| over the rows", fmt(v.get("max_abs_delta_f1"), ".4f"),
+                 ("  largest difference in test macro F1, GPU − CPU, over the rows", fmt(v.get("max_abs_delta_f1"), ".4f"),
                   "≤ 2 fold std")]
     for name, v in sec.items():
         if v.get("timed_out") or v.get("error"):
             rows.append((f"({name}: {'ran out of its time budget' if v.get('timed_out') else v['error']})", "", ""))
     head = f"Measured on {res['machine']['device']}, torch {res['machine']['torch']}, `{res['command']}`:\n\n"
-    return head + "| figure | measured | goal |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]  # a '|' in an error text would split a cell
+    return head + "| figure | measured | goal |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in cells)
 
 
 def run_section(name: str, fn: Callable[[Run, dict[str, Any], Budget], None], run: Run, budget_s: float
@@ -700,7 +705,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     res: dict[str, Any] = {
         "gpu_check": 1, "dry_run": args.dry_run, "command": command.strip(),
-        "machine": {"device": name, "cpu_cores": cores, "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"device": name, "cpu_cores": cores, "torch": torch.__version__, "python": platform.python_version(),
+                    # loader workers hand batches over in shared memory: a small /dev/shm fails extract and pretrain
+                    "dev_shm_gib": round(shutil.disk_usage("/dev/shm").total / 2**30, 1) if Path("/dev/shm").is_dir()
+                    else None},
         "sections": {},
     }
     try:
