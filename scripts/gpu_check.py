@@ -619,7 +619,7 @@ def markdown_table(res: dict[str, Any]) -> str:
                   "one GPU", f"{fmt(v.get('projected_hours'))} h ({fmt(v.get('projected_hours_gpu_only'))} h "
                   "GPU-bound)", "")]
     if v := sec.get("classify"):
-        rows += [(f"classifier, {fmt(v.get('train_rows_per_fold'), ',')} × {v.get('dim')} per fold, "
+        rows += [(f"classifier, {fmt(v.get('train_rows_per_fold'), ',')} × {fmt(v.get('dim'), ',')} per fold, "
                   f"{v.get('epochs')} epochs, batch {v.get('batch')}, 5 folds: dinoloc / DataLoader loop",
                   f"{fmt(v.get('ours_s'))} s / {fmt(v.get('baseline_s'))} s = {fmt(v.get('speedup'), '.1f', '×')}",
                   "≥ 3×"),
