@@ -56,7 +56,7 @@ def make_features(n: int, dim: int, seed: int = 0, test_fraction: float = 0.2):
     X = (Y @ proj + offset[tgt] + 1.5 * rng.normal(size=(n, dim)).astype(np.float32)).astype(np.float32)
     perm = rng.permutation(n_targets)
     is_test_t = np.zeros(n_targets, dtype=bool)
-    n_test = round(n_targets * test_fraction)
+    n_test = int(n_targets * test_fraction + 1e-9)  # floor: test_fraction=0.2 keeps the earlier n_targets // 5
     is_test_t[perm[:n_test]] = True
     fold_t = np.full(n_targets, -1)
     fold_t[perm[n_test:]] = np.arange(n_targets - n_test) % 5
