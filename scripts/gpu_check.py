@@ -463,7 +463,8 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
     cfg |= {"local_crops_number": run.local_crops, "global_crop_size": s.global_px, "local_crop_size": s.local_px,
             **s.head}
     p = PretrainParams.from_dict(cfg)
-    out.update(model=s.label, arch=s.arch, dtype=DTYPE_NAMES[autocast_dtype(run.device)],
+    cuda = run.device.type == "cuda"  # the training loop runs fp32 on the CPU, as here
+    out.update(model=s.label, arch=s.arch, dtype=DTYPE_NAMES[autocast_dtype(run.device)] if cuda else "fp32",
                crops=f"2 × {p.global_crop_size} + {p.local_crops_number} × {p.local_crop_size}")
     measure_dino_steps(run, p, out, budget)
     free_memory(run.device)
