@@ -6,6 +6,7 @@ Classifier: lr_scaling (linear scaling rule), schedule_step (per-step cosine), s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -158,3 +159,184 @@ def test_resample_none_ignores_the_sampler():
     tr = events["folds"][0]["train"]
     for e in events["epochs"]:
         assert sorted(e["rows"][0][e["valid"][0]]) == sorted(tr)
+
+
+# ---------------------------------------------------------------------------------------------------- full resolution
+ARCH, TINY = "vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}
+
+
+class _OfficialStyleViT(torch.nn.Module):
+    """The forward of facebookresearch/dino vision_transformer.py (prepare_tokens + interpolate_pos_encoding,
+    copied), around a timm model's weights (blocks / norm are the same modules the official ViT has)."""
+
+    def __init__(self, vit: torch.nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+        self.patch_size = vit.patch_embed.proj.kernel_size[0]
+
+    def interpolate_pos_encoding(self, x, w, h):
+        npatch = x.shape[1] - 1
+        N = self.vit.pos_embed.shape[1] - 1
+        if npatch == N and w == h:
+            return self.vit.pos_embed
+        class_pos_embed = self.vit.pos_embed[:, 0]
+        patch_pos_embed = self.vit.pos_embed[:, 1:]
+        dim = x.shape[-1]
+        w0 = w // self.patch_size
+        h0 = h // self.patch_size
+        w0, h0 = w0 + 0.1, h0 + 0.1
+        patch_pos_embed = torch.nn.functional.interpolate(
+            patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+            scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
+            mode="bicubic",
+        )
+        assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+        return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+    def forward(self, x):
+        B, nc, w, h = x.shape
+        x = self.vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.vit.cls_token.expand(B, -1, -1), x), dim=1)
+        x = x + self.interpolate_pos_encoding(x, w, h)
+        for blk in self.vit.blocks:
+            x = blk(x)
+        return self.vit.norm(x)[:, 0]
+
+
+@pytest.mark.parametrize("size", [24, 56, 40])  # grid 3 (shrinks), 7 (grows), 5 vs the checkpoint's 4
+def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, size):
+    from dinoloc.backbones import build_backbone, create_vit
+    from dinoloc.strategies import embed_batch
+
+    torch.manual_seed(0)
+    ref = create_vit(ARCH, in_chans=2, img_size=32, **TINY).eval()  # trained at 32 px: a 4x4 grid
+    with torch.no_grad():
+        ref.pos_embed.normal_(0, 1.0)  # a non-smooth embedding, so interpolation methods really differ
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in ref.state_dict().items()}}, path)
+    model = build_backbone(ARCH, 2, str(path), img_size=224, **TINY)  # img_size ignored by `full`
+    raw = torch.rand(3, 2, size, size, generator=torch.Generator().manual_seed(1)) * 1000
+    kw = dict(strategy="native", backbone_channels=["protein", "nucleus"], channel_map={"protein": "protein",
+              "nucleus": "nucleus"}, img_size=224, intensity="zscore", mean=None, std=None)
+    with torch.no_grad():
+        got = embed_batch(model, raw, spatial="full", **kw)
+        from dinoloc.preprocess import scale_intensity
+
+        expected = _OfficialStyleViT(ref)(scale_intensity(raw, "zscore"))
+        assert got.shape == (3, 48)
+        assert (got - expected).abs().max().item() < 1e-4
+        # timm's own (antialiased, size-based) resampling would not have matched
+        timm_model = create_vit(ARCH, in_chans=2, img_size=32, **TINY).eval()
+        timm_model.load_state_dict(ref.state_dict())
+        assert (timm_model(scale_intensity(raw, "zscore")) - expected).abs().max().item() > 1e-3
+        # resize (the default) differs from full at a non-224 size
+        assert not torch.allclose(embed_batch(model, raw, spatial="resize", **{**kw, "img_size": 32}), got)
+
+
+# ---------------------------------------------------------------------------------------------------- empty channels
+def test_empty_channels_zero_before_or_after_imagenet_norm():
+    from dinoloc.strategies import embed_batch
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x.mean(dim=(2, 3))
+
+    raw = torch.rand(2, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 100
+    kw = dict(strategy="mapping", backbone_channels=["R", "G", "B"], channel_map={"protein": "R", "nucleus": "G"},
+              img_size=16, intensity="minmax", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    embed_batch(Spy(), raw, **kw)
+    embed_batch(Spy(), raw, empty_channels="zero_after_norm", **kw)
+    before, after = seen
+    assert torch.allclose(before[:, 2], torch.full_like(before[:, 2], -0.406 / 0.225))  # B = 0, then normalised
+    assert torch.equal(after[:, 2], torch.zeros_like(after[:, 2]))  # B = 0 in the model input
+    assert torch.equal(before[:, :2], after[:, :2])  # mapped channels untouched
+    with pytest.raises(DinolocError, match="strategy.empty_channels"):
+        embed_batch(Spy(), raw, empty_channels="bogus", **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- pretraining z-score
+def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
+    from dinoloc.pretrain.augment import CropSpec, MultiCropAugment, sample_generator
+    from dinoloc.preprocess import scale_intensity
+
+    g = torch.Generator().manual_seed(0)
+    # an image with structure: bright blobs on one side, so crops of the z-scored image are not unit-std
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    img = torch.stack([torch.exp(-((xx - 20) ** 2 + (yy - 30) ** 2) / 200) * 1000, xx * 3 + yy]) + torch.rand(2, 96, 96, generator=g)
+    img = scale_intensity(img[None], "zscore")[0]
+    base = dict(global_crop_size=32, local_crop_size=16, local_crops_number=4, warp_prob=0.0, jitter_prob=0.0,
+                protein_rescale_prob=0.0, channel_drop_prob=0.0)
+    stds = {}
+    for mode in ("image", "crop"):
+        aug = MultiCropAugment(CropSpec(**base, zscore=mode), ["protein", "nucleus"])
+        crops = aug(img, sample_generator(0, 0, 0))
+        stds[mode] = torch.stack([c.std(dim=(-2, -1), unbiased=False) for c in crops])
+        if mode == "crop":
+            means = torch.stack([c.mean(dim=(-2, -1)) for c in crops])
+            assert means.abs().max() < 1e-4
+    np.testing.assert_allclose(stds["crop"].numpy(), 1.0, atol=1e-4)
+    assert (stds["image"] - 1).abs().max() > 0.05
+
+
+def test_crop_zscore_refused_for_non_zscored_backbone(tmp_path):
+    from dinoloc.pretrain import PretrainParams, train_dino
+
+    params = PretrainParams.from_dict({"zscore": "crop", "epochs": 1})
+    with pytest.raises(DinolocError, match="pretrain.zscore=crop"):
+        train_dino([("a", "a.tif")], lambda p: None, ["R", "G", "B"], tmp_path, arch=ARCH, model_kwargs=TINY,
+                   in_chans=3, intensity="minmax", mean=None, std=None, params=params, device="cpu")
+    with pytest.raises(DinolocError, match="pretrain.zscore"):
+        PretrainParams.from_dict({"zscore": "bogus"})
+
+
+# ---------------------------------------------------------------------------------------------------- variants
+VARIANTS = {
+    "lr_linear": [("classifier.lr_scaling", "linear"), ("classifier.schedule_step", "step")],
+    "sampler_class_uniform": [("classifier.sampler", "class_uniform")],
+    "full_res": [("backbone.preprocess.spatial", "full")],
+    "zscore_crop": [("pretrain.zscore", "crop")],
+    "empty_after_norm": [("strategy.empty_channels", "zero_after_norm")],
+    "hpa_rgby": [("backbone.channels", ["microtubules", "protein", "nucleus", "er"])],
+}
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dinoloc.cli import CONFIG_PATH
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _get(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_composes_and_changes_the_key_it_names(name):
+    from dinoloc.cli import CONFIG_PATH
+
+    assert (Path(CONFIG_PATH) / "variant" / f"{name}.yaml").is_file()
+    rows = ["row=hpa_mapping", "data.root=/x"]  # a real row: hpa_rgby acts only on the real HPA backbone
+    base = _compose(*rows)
+    var = _compose(*rows, f"+variant={name}")
+    assert var["variant"] == name
+    for key, value in VARIANTS[name]:
+        assert _get(var, key) == value and _get(base, key) != value, key
+    # nothing else moved
+    changed = {k for k in ("classifier", "backbone", "strategy", "pretrain", "data") if var[k] != base[k]}
+    assert changed == {k.split(".")[0] for k, _ in VARIANTS[name]}
+
+
+def test_hpa_rgby_leaves_other_backbones_alone():
+    for row in ("imagenet_mapping", "hpa_demo_mapping"):
+        assert _compose(f"row={row}", "+variant=hpa_rgby")["backbone"] == _compose(f"row={row}")["backbone"]
