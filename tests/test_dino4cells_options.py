@@ -340,3 +340,26 @@ def test_variant_composes_and_changes_the_key_it_names(name):
 def test_hpa_rgby_leaves_other_backbones_alone():
     for row in ("imagenet_mapping", "hpa_demo_mapping"):
         assert _compose(f"row={row}", "+variant=hpa_rgby")["backbone"] == _compose(f"row={row}")["backbone"]
+
+
+# ---------------------------------------------------------------------------------------------------- HPA order check
+def test_hpa_channel_order_check_measures_collapse_and_knn():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_hpa_channel_order.py"
+    spec = importlib.util.spec_from_file_location("check_hpa_channel_order", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(60, 16))
+    # collapsed: every embedding near one point, varying along a single direction
+    collapsed = np.ones((60, 16)) + 0.05 * rng.normal(size=(60, 1)) * rng.normal(size=(1, 16))
+    a, b = mod.collapse_stats(spread), mod.collapse_stats(collapsed)
+    assert b["mean_cosine"] > 0.99 > 0.2 > abs(a["mean_cosine"])
+    assert a["effective_rank"] > 8 and b["effective_rank"] < 1.1
+    # kNN F1: embeddings that carry the labels beat embeddings that do not
+    y = np.zeros((60, N_CLASSES), dtype=int)
+    y[np.arange(60), np.arange(60) % 3] = 1
+    group = np.arange(60) % 5
+    informative = y[:, :3] * 5.0 + 0.1 * rng.normal(size=(60, 3))
+    assert mod.knn_macro_f1(informative, y, group) > 0.9 > mod.knn_macro_f1(rng.normal(size=(60, 3)), y, group)
