@@ -13,7 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.classify import ClassifierParams, class_uniform_weights, cross_validate, fit_standardizer, fold_seed, init_mlp
+from dinoloc.classify import (
+    ClassifierParams,
+    class_uniform_weights,
+    cross_validate,
+    fit_standardizer,
+    fold_seed,
+    init_mlp,
+)
 from dinoloc.io import DinolocError
 from dinoloc.ontology import N_CLASSES
 from test_classify import P_COLS, _collect_hook, make_data, small_params, yaml_dict
@@ -260,8 +267,8 @@ def test_empty_channels_zero_before_or_after_imagenet_norm():
 
 # ---------------------------------------------------------------------------------------------------- pretraining z-score
 def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
-    from dinoloc.pretrain.augment import CropSpec, MultiCropAugment, sample_generator
     from dinoloc.preprocess import scale_intensity
+    from dinoloc.pretrain.augment import CropSpec, MultiCropAugment, sample_generator
 
     g = torch.Generator().manual_seed(0)
     # an image with structure: bright blobs on one side, so crops of the z-scored image are not unit-std

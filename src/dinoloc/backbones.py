@@ -14,9 +14,9 @@ import math
 import os
 import pickle
 import re
+import types
 import urllib.error
 import urllib.parse
-import types
 from pathlib import Path
 from typing import Any
 
