@@ -31,6 +31,7 @@ def run(data, params, **kw):
 
 
 # ---------------------------------------------------------------------------------------------------- lr scaling
+@pytest.mark.filterwarnings("ignore:fold .* no positive")
 def test_linear_lr_scaling_at_batch_512_one_process_is_2e4():
     d = yaml_dict()
     assert (d["lr"], d["batch_size"], d["lr_scaling"]) == (1e-4, 512, "none")  # the paper's values, unscaled
@@ -158,6 +159,7 @@ def test_class_uniform_sampler_draw_frequencies_match_its_definition():
     assert not np.allclose(w / w.sum(), expected)
 
 
+@pytest.mark.filterwarnings("ignore:fold .* no positive")
 def test_resample_none_ignores_the_sampler():
     data = make_data(n_targets=40, dim=4)
     events, hook = _collect_hook()
