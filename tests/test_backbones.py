@@ -94,17 +94,24 @@ def test_wrapped_state_dict(tmp_path, wrapper):
         assert torch.equal(_build(path)(_x()), ref(_x()))
 
 
-def test_pos_embed_resampled_for_other_img_size(tmp_path):
+def test_pos_embed_kept_at_checkpoint_grid_and_interpolated_officially(tmp_path):
     ref = _vit(4, img_size=32)  # grid 4x4
     path = tmp_path / "w.pth"
     torch.save(ref.state_dict(), path)
-    model = _build(path, img_size=48)  # grid 6x6
-    assert model.pos_embed.shape == (1, 1 + 36, 48)
-    expected = resample_abs_pos_embed(ref.pos_embed.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)
-    assert torch.allclose(model.pos_embed, expected)
-    assert torch.equal(model.pos_embed[:, 0], ref.pos_embed[:, 0])  # class token kept
+    model = _build(path, img_size=48)  # asked for 48 px: the model keeps the checkpoint's 4x4 grid ...
+    assert torch.equal(model.pos_embed, ref.pos_embed)
+    # ... and a 48 px input (grid 6x6) gets official DINO's interpolation, not timm's antialiased resize
+    official = backbones.dino_interpolate_pos_encoding(ref.pos_embed.detach(), 6, 6)
+    timm_way = resample_abs_pos_embed(ref.pos_embed.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)
+    assert torch.equal(official[:, 0], ref.pos_embed[:, 0])  # class token kept
+    assert not torch.allclose(official, timm_way)
+    x = model.patch_embed(_x(size=48))
     with torch.no_grad():
+        tokens = model._pos_embed(x)
+        assert torch.allclose(tokens[:, 0], model.cls_token[:, 0] + official[:, 0])
+        assert torch.allclose(tokens[:, 1:], x.reshape(2, 36, 48) + official[:, 1:])
         assert model(_x(size=48)).shape == (2, 48)
+        assert torch.equal(model(_x()), ref(_x()))  # at the checkpoint's own size nothing is interpolated
 
 
 def test_wrong_keys_listed(tmp_path):

@@ -22,7 +22,7 @@ def test_every_backbone_composes_with_consistent_channels(backbone):
     bb = cfg.backbone
     assert len(bb.channels) == bb.in_chans
     assert set(bb.channel_map.values()) <= set(bb.channels)
-    assert bb.preprocess.spatial in {"resize", "tile"}
+    assert bb.preprocess.spatial in {"resize", "tile", "full"}
 
 
 @pytest.mark.parametrize(

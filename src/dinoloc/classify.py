@@ -37,6 +37,9 @@ from dinoloc.io import DinolocError, read_json, write_csv, write_json
 from dinoloc.ontology import CATEGORIES, N_CLASSES
 
 RESAMPLE_CHOICES = ("rarest_label", "none")
+SAMPLER_CHOICES = ("rarest_label", "class_uniform")
+LR_SCALING_CHOICES = ("none", "linear")
+SCHEDULE_STEP_CHOICES = ("epoch", "step")
 SCHEDULER_CHOICES = ("cosine", "none")
 LOSS_CHOICES = ("bce_with_logits",)
 SPLITS = ("train", "test", "unlabeled")
@@ -69,6 +72,9 @@ class ClassifierParams:
     unlabeled_weight: float
     standardize: bool
     seed: int
+    lr_scaling: str = "none"
+    schedule_step: str = "epoch"
+    sampler: str = "rarest_label"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierParams:
@@ -81,7 +87,8 @@ class ClassifierParams:
                 f"unknown classifier key(s) {['classifier.' + k for k in unknown]}; "
                 f"valid keys are {names} (see configs/classifier/mlp.yaml)"
             )
-        missing = [k for k in names if k not in d]
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = [k for k in names if k not in d and k not in optional]
         if missing:
             raise DinolocError(
                 f"missing classifier key(s) {['classifier.' + k for k in missing]}; "
@@ -144,7 +151,11 @@ class ClassifierParams:
         if not all(0 <= b < 1 for b in betas):
             raise bad("betas", "each beta must satisfy 0 <= beta < 1")
         out["betas"] = (betas[0], betas[1])
-        for key, choices in (("scheduler", SCHEDULER_CHOICES), ("loss", LOSS_CHOICES), ("resample", RESAMPLE_CHOICES)):
+        for key, choices in (("scheduler", SCHEDULER_CHOICES), ("loss", LOSS_CHOICES), ("resample", RESAMPLE_CHOICES),
+                             ("lr_scaling", LR_SCALING_CHOICES), ("schedule_step", SCHEDULE_STEP_CHOICES),
+                             ("sampler", SAMPLER_CHOICES)):
+            if key not in d:  # an optional key left out: its dataclass default
+                continue
             if d[key] not in choices:
                 raise bad(key, f"must be one of {list(choices)}")
             out[key] = str(d[key])
@@ -158,6 +169,19 @@ class ClassifierParams:
         d = dataclasses.asdict(self)
         d["hidden"], d["betas"] = list(self.hidden), list(self.betas)
         return d
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        """The learning rate the optimizer uses: `lr`, or with lr_scaling=linear Dino4Cells' linear scaling
+        rule lr x batch_size x world_size / 256 (`utils/classification_utils.py` get_optimizer). dinoloc trains
+        the classifier in one process, so world_size is 1 (a batch of 512 gives 2 x lr)."""
+        if self.lr_scaling == "linear":
+            return self.lr * self.batch_size * world_size / 256.0
+        return self.lr
+
+    @property
+    def effective_sampler(self) -> str:
+        """How each epoch is drawn: `none` (every sample once) or the balanced sampler's name."""
+        return "none" if self.resample == "none" else self.sampler
 
 
 @dataclass
@@ -217,6 +241,18 @@ def rarest_label_weights(y: np.ndarray, unlabeled_weight: float) -> tuple[np.nda
     return w, absent
 
 
+def class_uniform_weights(y: np.ndarray) -> np.ndarray:
+    """Per-draw probability of each training row under Dino4Cells' `AutoBalancedPrecomputedFeatures`
+    (data_utils/file_dataset.py): draw a class uniformly among the classes with a positive, then one of its
+    positives uniformly. So P(i) = (1 / C+) * sum_c y_ic / n_c; a row without a positive is never drawn."""
+    y = np.asarray(y, dtype=np.float64)
+    n_c = y.sum(axis=0)
+    present = n_c > 0
+    if not present.any():
+        return np.zeros(len(y))
+    return (y[:, present] / n_c[present]).sum(axis=1) / present.sum()
+
+
 def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) like sklearn's StandardScaler (ddof 0, std 0 -> 1), computed in float64."""
     x = np.asarray(x, dtype=np.float64)
@@ -245,7 +281,8 @@ def init_mlp(dim: int, hidden: tuple[int, ...], n_out: int, seed: int) -> list[t
 
 def epoch_lrs(lr: float, epochs: int, scheduler: str) -> list[float]:
     """The learning rate of each epoch, read off torch's own CosineAnnealingLR(T_max=epochs) stepped once
-    per epoch (so the schedule is the library's, to the last bit)."""
+    per epoch (so the schedule is the library's, to the last bit). With T_max = the total number of
+    optimizer steps and "epochs" = steps, the same function gives Dino4Cells' per-step schedule."""
     if scheduler == "none":
         return [lr] * epochs
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
@@ -255,6 +292,23 @@ def epoch_lrs(lr: float, epochs: int, scheduler: str) -> list[float]:
         out.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return out
+
+
+def fold_lr_schedules(params: ClassifierParams, n_train: list[int], world_size: int = 1) -> list[list[float]]:
+    """Per fold, the lr of each of its optimizer updates (epochs x ceil(n_k / batch) of them).
+
+    schedule_step=epoch: the cosine steps once per epoch (T_max = epochs), every update of an epoch shares it.
+    schedule_step=step: Dino4Cells (run_end_to_end.py: CosineAnnealingLR(optim, epochs * len(train_dl)),
+    scheduler.step() after every batch): T_max = all of the fold's updates, a new lr each update."""
+    lr = params.effective_lr(world_size)
+    out = []
+    for n in n_train:
+        steps = math.ceil(n / params.batch_size)
+        if params.schedule_step == "step":
+            out.append(epoch_lrs(lr, params.epochs * steps, params.scheduler))
+        else:
+            out.append([v for v in epoch_lrs(lr, params.epochs, params.scheduler) for _ in range(steps)])
     return out
 
 
@@ -317,10 +371,14 @@ def train_folds(
 
     sample_gens = [torch.Generator(device=device).manual_seed(fold_seed(params.seed, k, 1)) for k in range(K)]
     drop_gen = torch.Generator(device=device).manual_seed(fold_seed(params.seed, 0, 2))
-    if params.resample == "rarest_label":
+    sampler = params.effective_sampler
+    if sampler != "none":
         probs = []
         for k in range(K):
-            w, _ = rarest_label_weights(Y[rows_t[k]].cpu().numpy(), params.unlabeled_weight)
+            if sampler == "class_uniform":
+                w = class_uniform_weights(Y[rows_t[k]].cpu().numpy())
+            else:
+                w, _ = rarest_label_weights(Y[rows_t[k]].cpu().numpy(), params.unlabeled_weight)
             if w.sum() <= 0:
                 raise DinolocError(
                     f"fold {k}: every training sample has resampling weight 0 (no positive label and "
@@ -331,13 +389,14 @@ def train_folds(
     # Standardize once per fold, not once per step: (K, N, D) stays on the device (376 MB at 6,120 x 3,072 x 5).
     Xs = (X[None] - means[:, None, :]) / stds[:, None, :]
     fold_idx = torch.arange(K, device=device)[:, None]
-    lrs = epoch_lrs(params.lr, params.epochs, params.scheduler)
+    lrs = fold_lr_schedules(params, n)
+    steps_done = [0] * K  # each fold's own update count (its position in its schedule)
     for epoch in tqdm(range(params.epochs), desc="classifier epochs", disable=not progress, leave=False):
         # Each fold's draw for this epoch, padded to steps * B; padding positions are masked everywhere.
         rows = torch.zeros(K, steps * B, dtype=torch.long, device=device)
         valid = torch.zeros(K, steps * B, dtype=torch.bool, device=device)
         for k in range(K):
-            if params.resample == "rarest_label":
+            if sampler != "none":
                 local = torch.multinomial(probs[k], n[k], replacement=True, generator=sample_gens[k])
             else:
                 local = torch.randperm(n[k], generator=sample_gens[k], device=device)
@@ -345,7 +404,6 @@ def train_folds(
             valid[k, : n[k]] = True
         if hook is not None:
             hook("epoch", {"epoch": epoch, "rows": rows.cpu().numpy(), "valid": valid.cpu().numpy()})
-        lr = lrs[epoch]
         for s in range(steps):
             lo = s * B
             width = min(B, max(n) - lo)  # no fold has anything past its own n_k: trim the common padding
@@ -358,20 +416,24 @@ def train_folds(
             denom = torch.as_tensor(np.maximum(counts, 1) * C, dtype=logits.dtype, device=device)
             loss = ((bce * v).sum(1) / denom).sum()  # per fold: BCEWithLogitsLoss(mean) over its own batch
             grads = torch.autograd.grad(loss, tensors)
-            _adamw_step(fold_state, grads, active, lr, beta1, beta2, params.weight_decay)
+            fold_lr = [lrs[k][min(steps_done[k], len(lrs[k]) - 1)] for k in range(K)]
+            _adamw_step(fold_state, grads, active, fold_lr, beta1, beta2, params.weight_decay)
+            for k in np.flatnonzero(active):
+                steps_done[k] += 1
     return [w.detach() for w in weights], [b.detach() for b in biases]
 
 
 @torch.no_grad()
 def _adamw_step(fold_state: list[tuple[list[torch.Tensor], ...]], grads: tuple[torch.Tensor, ...],
-                active: np.ndarray, lr: float, beta1: float, beta2: float, weight_decay: float) -> None:
+                active: np.ndarray, lr: list[float], beta1: float, beta2: float, weight_decay: float) -> None:
     """torch's own AdamW update (functional, fused: one pass per tensor) on each active fold's slices; a fold
-    with no sample in this step (past the end of its epoch) is untouched, its step count included."""
+    with no sample in this step (past the end of its epoch) is untouched, its step count included. `lr[k]` is
+    fold k's learning rate for this update."""
     for k in np.flatnonzero(active):
         params, exp_avg, exp_avg_sq, steps = fold_state[k]
         adamw_update(
             params, [g[k] for g in grads], exp_avg, exp_avg_sq, [], steps, fused=True,
-            amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=lr[k], weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
         )
 
 
@@ -523,6 +585,16 @@ def cross_validate(
     summary["folds"] = folds
     summary["warnings"] = warns
     summary["classifier"] = params.to_dict()
+    # What training actually used, for the report's deviations list (the YAML's lr may be scaled).
+    n_train = [len(s["train"]) for s in sets.values()]
+    summary["classifier_effective"] = {
+        "lr": params.effective_lr(),
+        "lr_scaling": params.lr_scaling,
+        "world_size": 1,
+        "schedule_step": params.schedule_step,
+        "sampler": params.effective_sampler,
+        "steps_per_epoch": [math.ceil(n / params.batch_size) for n in n_train],
+    }
     summary["n_features"] = int(X.shape[1])
     return CVResult(summary, pd.concat(pred_frames, ignore_index=True), pd.concat(class_frames, ignore_index=True))
 

@@ -116,9 +116,17 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
         "checkpoint_key": bb.checkpoint_key,
         "strategy": cfg.strategy.name,
         "channel_map": _plain(bb.channel_map) if cfg.strategy.name == "mapping" else None,
+        # only when not the default, so the default's cache keys stay what they were
+        **({"empty_channels": ec} if (ec := _empty_channels(cfg)) != "zero_before_norm" else {}),
         "preprocess": _plain(bb.preprocess),
         "images": images_fingerprint(manifest, cfg.data.root),
     }
+
+
+def _empty_channels(cfg: DictConfig) -> str:
+    """strategy.empty_channels for mapping (what the unmapped channels hold); the default for other strategies."""
+    return str(cfg.strategy.get("empty_channels", "zero_before_norm")) if cfg.strategy.name == "mapping" \
+        else "zero_before_norm"
 
 
 def run_extraction(cfg: DictConfig, manifest):
@@ -153,7 +161,7 @@ def run_extraction(cfg: DictConfig, manifest):
         embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
         channel_map=_plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
         mean=None if pp.mean is None else list(pp.mean), std=None if pp.std is None else list(pp.std),
-        spatial=pp.spatial,
+        spatial=pp.spatial, empty_channels=_empty_channels(cfg),
     )
     root = Path(cfg.data.root)
     ex = cfg.extract

@@ -18,7 +18,8 @@ from dinoloc.ontology import OPENCELL_CHANNELS
 from dinoloc.preprocess import normalize, resize, scale_intensity, tile
 
 STRATEGIES = ("mapping", "replication", "native")
-SPATIAL_MODES = ("resize", "tile")
+SPATIAL_MODES = ("resize", "tile", "full")
+EMPTY_CHANNEL_MODES = ("zero_before_norm", "zero_after_norm")
 
 
 def check_strategy(
@@ -129,14 +130,18 @@ def embed_batch(
     std: Sequence[float] | None,
     spatial: str = "resize",
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
+    empty_channels: str = "zero_before_norm",
 ) -> torch.Tensor:
     """Raw (B, n_source, H, W) batch -> (B, n_views * D) float32 embeddings; the whole per-batch path.
 
     resize: resize -> scale_intensity -> strategy -> normalize -> model.
     tile: scale_intensity on the whole image (so every tile shares the image's statistics) -> tiles ->
     strategy -> normalize -> model -> mean over the image's tiles.
-    Intensity scaling always acts on the source channels before the strategy, so the channels that
-    mapping leaves empty are exactly zero before the fixed normalisation.
+    full: scale_intensity -> strategy -> normalize -> model on the whole image, no resize (Dino4Cells' test
+    transform); the backbone interpolates its position embeddings as official DINO does.
+    Intensity scaling always acts on the source channels before the strategy. The channels that mapping
+    leaves empty are zero before the fixed normalisation (empty_channels=zero_before_norm, so e.g. ImageNet's
+    B becomes -0.406/0.225 = -1.80) or zero in the model input (zero_after_norm).
     """
     if x.ndim != 4:
         raise DinolocError(f"embed_batch: expected a (B, C, H, W) batch, got {tuple(x.shape)}")
@@ -145,11 +150,21 @@ def embed_batch(
         x, n_tiles = scale_intensity(resize(x, img_size), intensity), 1
     elif spatial == "tile":
         x, n_tiles = tile(scale_intensity(x, intensity), img_size)
+    elif spatial == "full":
+        x, n_tiles = scale_intensity(x, intensity), 1
     else:
         raise DinolocError(
             f"backbone.preprocess.spatial={spatial!r} is unknown; use one of {', '.join(SPATIAL_MODES)}"
         )
+    if empty_channels not in EMPTY_CHANNEL_MODES:
+        raise DinolocError(
+            f"strategy.empty_channels={empty_channels!r} is unknown; use one of {', '.join(EMPTY_CHANNEL_MODES)}"
+        )
     x = normalize(apply_strategy(x, strategy, backbone_channels, channel_map, source_channels), mean, std)
+    if strategy == "mapping" and empty_channels == "zero_after_norm" and mean is not None:
+        mapped = {channel_map[c] for c in source_channels}
+        empty = [i for i, name in enumerate(backbone_channels) if name not in mapped]
+        x[:, empty] = 0.0
     emb = model(x).float()  # rows ordered (image, tile, view)
     v = n_views(strategy, source_channels)
     emb = emb.reshape(b, n_tiles, v, -1).mean(dim=1).reshape(b * v, -1)

@@ -16,7 +16,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from dinoloc.preprocess import normalize
+from dinoloc.preprocess import normalize, scale_intensity
+
+ZSCORE_MODES = ("image", "crop")
 
 
 def sample_generator(*keys: int) -> torch.Generator:
@@ -146,6 +148,10 @@ class CropSpec:
     jitter_prob: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
+    # image: z-score the whole image once (backbone.preprocess.intensity), then crop, as extraction does.
+    # crop: also z-score every view after its augmentations (Dino4Cells: `self_normalize` closes each crop's
+    # transform, utils/yaml_tfms.py), so each crop's channels have mean 0, std 1.
+    zscore: str = "image"
 
 
 class MultiCropAugment:
@@ -179,6 +185,8 @@ class MultiCropAugment:
             x = jitter_channels(x, s.brightness, s.contrast, g)
         if _coin(g, s.channel_drop_prob):
             x = remove_channel(x, self.protein, g)
+        if s.zscore == "crop":
+            x = scale_intensity(x[None], "zscore")[0]
         return normalize(x[None], self.mean, self.std)[0].contiguous()
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from dinoloc.backbones import create_vit, read_checkpoint
 from dinoloc.io import DinolocError, atomic_path, text_sha256, write_csv
 from dinoloc.preprocess import INTENSITY_MODES, scale_intensity
-from dinoloc.pretrain.augment import CropSpec, MultiCropAugment, sample_generator
+from dinoloc.pretrain.augment import ZSCORE_MODES, CropSpec, MultiCropAugment, sample_generator
 from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
 from dinoloc.pretrain.loss import DINOLoss, collapse_stats, cosine_scheduler
 
@@ -116,6 +116,7 @@ class PretrainParams(CropSpec):
             lo, hi = getattr(self, key)
             need(0 < lo <= hi <= 1, key, "[low, high] with 0 < low <= high <= 1")
         need(self.amp in AMP_MODES, "amp", f"one of {AMP_MODES}")
+        need(self.zscore in ZSCORE_MODES, "zscore", f"one of {ZSCORE_MODES}")
 
     def crop_spec(self) -> CropSpec:
         return CropSpec(**{f.name: getattr(self, f.name) for f in fields(CropSpec)})
@@ -346,6 +347,11 @@ def train_dino(
     if intensity not in INTENSITY_MODES:
         raise DinolocError(f"backbone.preprocess.intensity={intensity!r}: use one of {INTENSITY_MODES}")
     params.validate()
+    if params.zscore == "crop" and intensity != "zscore":
+        raise DinolocError(
+            f"pretrain.zscore=crop z-scores each crop, but backbone.preprocess.intensity={intensity!r}; use it with "
+            "intensity: zscore (the z-scored backbones) or set pretrain.zscore=image"
+        )
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
     d = _setup(device)
