@@ -366,16 +366,27 @@ class ValidateSweep(Callback):
         from hydra import compose
 
         from dinoloc import sweep
+        from dinoloc.console import error_line
 
         jobs = sweep_jobs(config)
+        # The user's config directories (hydra.searchpath) must be seen by this compose too.
+        searchpath = list(config.hydra.get("searchpath") or [])
+        extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
         bad, composed = [], []
         for job in jobs:
-            cfg = compose(config_name="config", overrides=job)
-            composed.append(cfg)
+            # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
             try:
+                cfg = compose(config_name="config", overrides=job + extra)
+                composed.append(cfg)
                 validate(cfg, classifier=True)
             except DinolocError as e:
                 bad.append(f"  {' '.join(job)}: {e}")
+            except Exception as e:
+                line = error_line(e)
+                if line is None:
+                    raise
+                print(f"dinoloc: error: {line}", file=sys.stderr)
+                sys.exit(2)
         if bad:
             print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
             sys.exit(2)
