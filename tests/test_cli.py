@@ -282,3 +282,16 @@ def test_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     assert len(summary) == 2
     assert summary[1].startswith("  job 0 (data.split.n_folds=1000 ") and "too few labeled units" in summary[1]
     assert "[sweep] job 2 of 2 starting: data.split.n_folds=2" in err
+
+
+@pytest.mark.parametrize("fn", [cli.run_main, cli.report_main])
+def test_help_opens_with_what_the_command_does(fn, capsys, monkeypatch):
+    command = {"run_main": "dinoloc-run", "report_main": "dinoloc-report"}[fn.__name__]
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with pytest.raises(SystemExit) as e:
+        fn()
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    first, _, rest = out.partition("\n")
+    assert first.startswith(f"{command}: ") and "powered by Hydra" not in out
+    assert rest.lstrip("\n").startswith("Most common:\n  " + command)
