@@ -213,8 +213,17 @@ def _compute_chunks_or_report(**kwargs: Any) -> None:
     except ExtractionInterrupted:
         raise
     except KeyboardInterrupt:
+        _close_bars()
         n = len(kwargs["paths"])
         raise ExtractionInterrupted(_kept_images(kwargs["chunks_dir"], n, kwargs["chunk_size"]), n) from None
+
+
+def _close_bars() -> None:
+    """End any open progress bar's line, so the one-line message that follows starts on its own line."""
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _remove_empty(folder: Path) -> None:
