@@ -548,7 +548,8 @@ def report_main(cfg: DictConfig) -> None:
     from dinoloc.report import write_report
 
     expected = list(cfg.get("expected_rows") or []) or None
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected)
+    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected,
+                         figure2_colors=str(cfg.get("figure2_colors") or "magenta_green"))
     print(Path(paths["table3.md"]).read_text())
     for name, p in paths.items():
         print(f"{name}: {p}")

@@ -424,6 +424,7 @@ def write_report(
     expected: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    figure2_colors: str = "magenta_green",
 ) -> dict[str, Path]:
     """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1, figure2 (best row's
     best fold) and per_class_f1 (heatmap), each figure as .png and .pdf. Returns {file name: path}."""
@@ -445,7 +446,7 @@ def write_report(
     paths["figure1.pdf"] = paths["figure1.png"].with_suffix(".pdf")
     best_dir = table.loc[table["test_f1_mean"].idxmax(), "run_dir"]
     paths["figure2.png"] = out_dir / "figure2.png"
-    shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed)
+    shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed, colors=figure2_colors)
     print(f"Figure 2: {', '.join(shown)} from {best_dir}", file=sys.stderr)
     paths["per_class_f1.png"] = out_dir / "per_class_f1.png"
     plot_per_class(paths["per_class.csv"], paths["per_class_f1.png"], synthetic=synthetic,
