@@ -99,18 +99,19 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
                           linewidth=0.5, error_kw={"elinewidth": 1.2})
             bars.patches[0].set_gid(f"{group} / {strategy}")
             handles.setdefault(label, Patch(facecolor=colour, edgecolor="black", linewidth=0.5, label=label))
-            top = h + err
+            tops.append(h + err)
             if has_ci and pd.notna(r.get("ci_low")) and pd.notna(r.get("ci_high")):
-                # The CI sits beside the std whisker so neither hides the other.
-                xc = x + width * 0.28
-                ax.plot([xc, xc], [float(r["ci_low"]), float(r["ci_high"])], color=_CI_COLOUR, lw=3.5,
-                        alpha=0.55, solid_capstyle="butt", zorder=3)
-                top = max(top, float(r["ci_high"]))
-            tops.append(top)
-            ax.text(x, top + 0.012, f"{h:.3f}", ha="center", va="bottom", fontsize=7.5)
+                # The CI runs near the bar's right edge, clear of the std whisker and of the value label
+                # (centred above the whisker), so neither hides the other.
+                xc = x + width * 0.33
+                ax.plot([xc, xc], [float(r["ci_low"]), float(r["ci_high"])], color=_CI_COLOUR, lw=3.0,
+                        alpha=0.6, solid_capstyle="butt", zorder=3)
+                tops.append(float(r["ci_high"]))
+            ax.text(x, h + err + 0.01 * max(1.0, float(df["test_f1_mean"].max())), f"{h:.3f}", ha="center",
+                    va="bottom", fontsize=7.5)
     extra = [Line2D([], [], color="black", marker="_", markersize=8, lw=1.2, label="± std over folds")]
     if has_ci:
-        extra.append(Line2D([], [], color=_CI_COLOUR, lw=3.5, alpha=0.55, label="95% CI (bootstrap)"))
+        extra.append(Line2D([], [], color=_CI_COLOUR, lw=3.0, alpha=0.6, label="95% CI (bootstrap)"))
     for _, r in floors.iterrows():
         h = float(r["test_f1_mean"])
         name = "random weights (floor)" if len(floors) == 1 else f"random weights (floor): {r['weights']} {r['strategy']}"
