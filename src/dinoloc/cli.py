@@ -3,6 +3,7 @@ library functions (data, extract, classify, pretrain, report) and do nothing els
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -14,6 +15,7 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from dinoloc.console import friendly, run_console
 from dinoloc.io import DinolocError
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
@@ -53,11 +55,37 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
 
         ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
     validate_root(cfg)
+    problem = missing_weights(cfg)
+    if problem:
+        raise DinolocError(problem)
+
+
+def missing_weights(cfg: DictConfig) -> str | None:
+    """A local weights file that does not exist, with the command (or download) that makes it; else None.
+    URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
+    from dinoloc.backbones import TIMM_PREFIX, _is_url
+
+    bb = cfg.backbone
+    weights = str(bb.weights or "")
+    if not weights or weights.startswith(TIMM_PREFIX) or _is_url(weights) or Path(weights).expanduser().is_file():
+        return None
+    how = str(bb.get("weights_from") or "point backbone.weights at the checkpoint file, a URL or timm:<name>")
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    if root is not None and not cfg.data.synthetic:
+        how = how.replace("data.root=…", f"data.root={root}")
+    return f"backbone={bb.name}: weights file {weights} does not exist; to get it: {how}"
 
 
 def validate_root(cfg: DictConfig) -> None:
     """The real data's root must exist (the synthetic default is generated on demand)."""
     if cfg.data.synthetic:
+        expected = Path(str(cfg.paths.synthetic_dir)) / "opencell"
+        if Path(str(cfg.data.root)).resolve() != expected.resolve():
+            # Reading a user's real-format folder under the synthetic config would label it SYNTHETIC.
+            raise DinolocError(
+                f"data.root={cfg.data.root} is set but data=synthetic (the default) is selected; add data=opencell "
+                f"to read your OpenCell-format folder, e.g. data=opencell data.root={cfg.data.root}"
+            )
         return
     root = Path(str(cfg.data.root))
     if not root.is_dir():
@@ -203,6 +231,18 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def run_fingerprint(cfg: DictConfig, manifest, split) -> dict[str, Any]:
+    """What, besides the embeddings, decides a run's result: a finished run with the same is reused."""
+    from dinoloc.io import frame_sha256
+    from dinoloc.ontology import CATEGORIES
+
+    return {
+        "classifier": _plain(cfg.classifier),
+        "split_sha256": frame_sha256(split),
+        "labels_sha256": frame_sha256(manifest[["image_id", *CATEGORIES]]),
+    }
+
+
 def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
     import time
@@ -218,15 +258,11 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     bb = cfg.backbone
     run_dir = Path(cfg.paths.runs_dir) / f"{bb.name}__{cfg.strategy.name}"
     params = ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
-    run_fingerprint = {
-        "classifier": _plain(cfg.classifier),
-        "split_sha256": frame_sha256(split),
-        "labels_sha256": frame_sha256(manifest[["image_id", *CATEGORIES]]),
-    }
+    fingerprint = run_fingerprint(cfg, manifest, split)
     previous = load_result(run_dir)
     if previous is not None and not cfg.force:
         key = cache_key(extraction_fields(cfg, manifest))
-        if previous.get("cache_key") == key and previous.get("run_fingerprint") == run_fingerprint:
+        if previous.get("cache_key") == key and previous.get("run_fingerprint") == fingerprint:
             log.info("%s: result exists for this config and cache key; skipping (force=true to redo)", run_dir)
             return previous
 
@@ -264,7 +300,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "random_weights": bool(meta.get("random_weights", False)),
         "cache_key": entry.key,
         "cache_hit": entry.hit,
-        "run_fingerprint": run_fingerprint,
+        "run_fingerprint": fingerprint,
         "data": {
             "name": cfg.data.name,
             "root": str(Path(cfg.data.root).resolve()),
@@ -299,53 +335,133 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# sweeps: refuse invalid pairs before any job starts
+# sweeps: everything checked before the first job; progress; failed jobs summarised at the end
 # ----------------------------------------------------------------------------------------------------------
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job of the multirun `config` would launch (sweeper params + command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task_overrides = list(config.hydra.overrides.task)
+    sweep_params = config.hydra.sweeper.get("params") or {}
+    overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
+    overrides += task_overrides
+    parser = OverridesParser.create()
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
+    return [list(j) for b in batches for j in b]
+
+
+def refuse_sweep_without_multirun(hydra_cfg: Any, command: str) -> None:
+    """A preset that defines a sweep (experiment=table3) run without -m would run one default job instead."""
+    from hydra.types import RunMode
+
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return
+    params = hydra_cfg.sweeper.get("params") or {}
+    given = {o.split("=")[0].lstrip("+~") for o in hydra_cfg.overrides.task}
+    swept = [f"{k}={v}" for k, v in params.items() if k not in given]
+    if swept:
+        raise DinolocError(
+            f"this preset defines a sweep ({'; '.join(swept)}) but -m is missing, so it would run one default job; "
+            f"add -m: {command} -m {' '.join(hydra_cfg.overrides.task)}"
+        )
+
+
 class ValidateSweep(Callback):
-    """Compose every job of a multirun up front and validate it, so a bad pair fails before any work."""
+    """Compose every job of a multirun up front and validate it (pairs, values, weights files), so a bad
+    job fails before any work; `dry_run=true` lists the jobs and exits. While the sweep runs: job i of n,
+    elapsed and remaining time; a failed job is recorded, the others run, and the sweep exits 1 at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        task_overrides = list(config.hydra.overrides.task)
-        sweep_params = config.hydra.sweeper.get("params") or {}
-        overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
-        overrides += task_overrides
-        parser = OverridesParser.create()
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
-        bad = []
-        for job in [j for b in batches for j in b]:
+        from dinoloc import sweep
+        from dinoloc.console import error_line
+
+        jobs = sweep_jobs(config)
+        # The user's config directories (hydra.searchpath) must be seen by this compose too.
+        searchpath = list(config.hydra.get("searchpath") or [])
+        extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+        bad, composed = [], []
+        for job in jobs:
+            # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
             try:
-                validate(compose(config_name="config", overrides=list(job)), classifier=True)
+                cfg = compose(config_name="config", overrides=job + extra)
+                composed.append(cfg)
+                validate(cfg, classifier=True)
             except DinolocError as e:
                 bad.append(f"  {' '.join(job)}: {e}")
+            except Exception as e:
+                line = error_line(e)
+                if line is None:
+                    raise
+                print(f"dinoloc: error: {line}", file=sys.stderr)
+                sys.exit(2)
         if bad:
             print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
             sys.exit(2)
+        if config.get("dry_run"):
+            print(f"{len(jobs)} jobs (dry_run=true: nothing is run):")
+            for i, (job, cfg) in enumerate(zip(jobs, composed, strict=True), 1):
+                print(f"  {i}. {' '.join(job)}\n     {sweep.describe_job(cfg)}")
+            sys.exit(0)
+        sweep.start(config.hydra.sweep.dir, jobs)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dinoloc import sweep
+
+        if _is_multirun(config):
+            sweep.job_started(config.hydra.sweep.dir, int(config.hydra.job.num), list(config.hydra.overrides.task))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from dinoloc import sweep
+
+        if _is_multirun(config):
+            sweep.job_finished(config.hydra.sweep.dir, int(config.hydra.job.num))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dinoloc import sweep
+
+        text, ok = sweep.summary(config.hydra.sweep.dir)
+        print(text, file=sys.stderr)
+        if not ok:
+            sys.exit(1)
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
 
 
 # ----------------------------------------------------------------------------------------------------------
-# entry points
+# entry points: `<command> --help` (configs/hydra/help/<command>.yaml), one-line errors (dinoloc.console)
 # ----------------------------------------------------------------------------------------------------------
-def _friendly(fn):
-    """Run a stage; a DinolocError becomes one clear message and exit code 2 instead of a traceback."""
+def _console(command: str):
+    """Turn a task function into console script `command` (a Hydra app; errors as one line, exit 2)."""
 
-    def wrapper(cfg: DictConfig) -> Any:
-        try:
-            return fn(cfg)
-        except DinolocError as e:
-            print(f"dinoloc: error: {e}", file=sys.stderr)
-            sys.exit(2)
+    def decorate(task):
+        task = friendly(task)
+        hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")(task)
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
+        @functools.wraps(task)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is not None:
+                return task(cfg_passthrough)
+            return run_console(hydra_main, command)
+
+        return main
+
+    return decorate
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-@_friendly
+def _hydra_cfg() -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+@_console("dinoloc-data")
 def data_main(cfg: DictConfig) -> None:
     """dinoloc-data: build and validate the manifest and split; print a summary."""
     from dinoloc.data.split import summarize
@@ -356,10 +472,11 @@ def data_main(cfg: DictConfig) -> None:
     print(f"written: {Path(cfg.paths.data_dir) / 'manifest.csv'}, {Path(cfg.paths.data_dir) / 'split.csv'}")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-@_friendly
+@_console("dinoloc-extract")
 def extract_main(cfg: DictConfig) -> None:
     """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
+    if (hc := _hydra_cfg()) is not None:
+        refuse_sweep_without_multirun(hc, "dinoloc-extract")
     _init_distributed()
     validate(cfg)
     manifest, _ = prepare_data(cfg)
@@ -370,16 +487,21 @@ def extract_main(cfg: DictConfig) -> None:
               + ("  [SYNTHETIC]" if meta.get("synthetic") else ""))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-@_friendly
+@_console("dinoloc-run")
 def run_main(cfg: DictConfig) -> None:
     """dinoloc-run: extract (cached) + 5-fold CV classifier for one backbone x strategy."""
+    if (hc := _hydra_cfg()) is not None:
+        refuse_sweep_without_multirun(hc, "dinoloc-run")
     validate(cfg, classifier=True)
+    if cfg.get("dry_run"):
+        from dinoloc.sweep import describe_job
+
+        print(f"1 job (dry_run=true: nothing is run):\n  {describe_job(cfg)}")
+        return
     run_classifier(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-@_friendly
+@_console("dinoloc-pretrain")
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
     from dinoloc.pretrain import PretrainParams, select_pretrain_images, train_dino
@@ -430,14 +552,14 @@ def pretrain_main(cfg: DictConfig) -> None:
         print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if cfg.data.synthetic or bb.synthetic else ""))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-@_friendly
+@_console("dinoloc-report")
 def report_main(cfg: DictConfig) -> None:
     """dinoloc-report: aggregate the experiment's run folders into Table III and Figures 1 and 2."""
     from dinoloc.report import write_report
 
     expected = list(cfg.get("expected_rows") or []) or None
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected)
+    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected,
+                         figure2_colors=str(cfg.get("figure2_colors") or "magenta_green"))
     print(Path(paths["table3.md"]).read_text())
     for name, p in paths.items():
         print(f"{name}: {p}")

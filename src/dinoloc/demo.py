@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "timings.json").write_text(json.dumps({"total_s": total, "steps_s": timings}, indent=2) + "\n")
     print("Stage times (s): " + ", ".join(f"{k}: {v}" for k, v in timings.items()))
-    print(f"dinoloc demo finished in {total:.0f} s. Figures: {report_dir / 'figure1.png'}, {report_dir / 'figure2.png'}")
+    print(f"dinoloc demo finished in {total:.0f} s. Figures (PNG + PDF): {report_dir / 'figure1.png'}, "
+          f"{report_dir / 'figure2.png'}, {report_dir / 'per_class_f1.png'}")
 
 
 if __name__ == "__main__":

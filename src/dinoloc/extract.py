@@ -172,7 +172,7 @@ def extract(
         _barrier()
         entry = lookup(cache_dir, key)
         if entry is None:
-            _compute_chunks(
+            _compute_chunks_or_report(
                 paths=[Path(p) for p in paths], read_fn=read_fn, model_factory=model_factory, embed_fn=embed_fn,
                 chunks_dir=folder / "chunks", resize_to=resize_to, batch_size=batch_size, num_workers=num_workers,
                 chunk_size=chunk_size, device=torch.device(device), amp=amp, progress=progress and rank == 0,
@@ -186,7 +186,53 @@ def extract(
     finally:
         if lock is not None:
             lock.release()
+        if lookup(cache_dir, key) is None:
+            _remove_empty(folder)
     return entry
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during extraction, with how many images are kept (whole chunks) for the resume."""
+
+    def __init__(self, kept: int, total: int) -> None:
+        self.kept, self.total = kept, total
+        super().__init__(f"interrupted: kept {kept} of {total} images; rerun the same command to resume")
+
+
+def _kept_images(chunks_dir: Path, n: int, chunk_size: int) -> int:
+    """Images in finished chunk files (a chunk is written whole, so its size follows from its number)."""
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    return sum(min(n, (c + 1) * chunk_size) - c * chunk_size
+               for c in range(n_chunks) if _chunk_path(chunks_dir, c).exists())
+
+
+def _compute_chunks_or_report(**kwargs: Any) -> None:
+    """_compute_chunks; a Ctrl-C becomes ExtractionInterrupted saying how much is kept for the resume."""
+    try:
+        _compute_chunks(**kwargs)
+    except ExtractionInterrupted:
+        raise
+    except KeyboardInterrupt:
+        _close_bars()
+        n = len(kwargs["paths"])
+        raise ExtractionInterrupted(_kept_images(kwargs["chunks_dir"], n, kwargs["chunk_size"]), n) from None
+
+
+def _close_bars() -> None:
+    """End any open progress bar's line, so the one-line message that follows starts on its own line."""
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _remove_empty(folder: Path) -> None:
+    """A failed or interrupted extraction leaves no empty `chunks/` or key folder behind (kept chunks stay)."""
+    for d in (folder / "chunks", folder):
+        try:
+            d.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
 
 
 def _chunk_path(chunks_dir: Path, c: int) -> Path:

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,20 @@ import numpy as np
 import pandas as pd
 
 from dinoloc.classify import macro_f1
-from dinoloc.io import DinolocError, atomic_path, read_json, write_csv, write_text
+from dinoloc.figures import (  # noqa: F401 (re-exported: the figures moved to dinoloc.figures)
+    SYNTHETIC_MARKER,
+    _compositor,
+    _image_reader,
+    plot_figure1,
+    plot_figure2,
+    plot_per_class,
+)
+from dinoloc.io import DinolocError, read_json, write_csv, write_text
 from dinoloc.ontology import CATEGORIES
 
-SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
 _FAMILY_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
 _STRATEGY_ORDER = ("mapping", "replication", "native")
-_STRATEGY_STYLE = {  # legend label, colour
-    "mapping": ("channel mapping", "tab:blue"),
-    "replication": ("channel replication", "tab:orange"),
-    "native": ("native (2 channels)", "tab:green"),
-}
 _REQUIRED_RESULT_KEYS = (
     "backbone",
     "strategy",
@@ -422,199 +424,6 @@ def markdown_table(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# figures
-# ----------------------------------------------------------------------------------------------------------
-def _save_figure(fig: Any, out: Path, fmt: str, title: str) -> None:
-    # The title also goes into the file's metadata so a reader (or a test) can check the synthetic marker.
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata={"Title": title})
-
-
-def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> list[tuple[str, float, float]]:
-    """The paper's Figure 1 from table3.csv alone: mean test macro F1 bars with ±1 std error bars, grouped
-    by pretraining weights, coloured by strategy. Writes out_png and a PDF beside it. Returns the
-    (label, height, err) of the bars as read back from the drawn Axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.container import BarContainer
-
-    table_csv, out_png = Path(table_csv), Path(out_png)
-    if not table_csv.is_file():
-        raise DinolocError(f"{table_csv} does not exist; make it with dinoloc-report")
-    df = pd.read_csv(table_csv)
-    missing = [c for c in ("weights", "strategy", "test_f1_mean", "test_f1_std") if c not in df.columns]
-    if missing:
-        raise DinolocError(f"{table_csv} lacks column(s) {missing}; it is not a dinoloc table3.csv")
-    if df.empty:
-        raise DinolocError(f"{table_csv} has no rows; run the experiment first (dinoloc-run -m experiment=...)")
-    synthetic = bool(df["synthetic"].astype(str).str.lower().eq("true").any()) if "synthetic" in df else False
-
-    groups = list(dict.fromkeys(df["weights"].astype(str)))  # order of the table (the paper's)
-    width = 0.8 / max(df.groupby("weights").size().max(), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(groups)), 4.2))
-    seen: set[str] = set()
-    for gi, group in enumerate(groups):
-        rows = df[df["weights"].astype(str) == group]
-        for k, (_, r) in enumerate(rows.iterrows()):
-            strategy = str(r["strategy"])
-            label, colour = _STRATEGY_STYLE.get(strategy, (strategy, "tab:gray"))
-            x = gi + (k - (len(rows) - 1) / 2) * width
-            h, err = float(r["test_f1_mean"]), float(r["test_f1_std"])
-            bars = ax.bar(
-                [x], [h], width * 0.95, yerr=[err], capsize=4, color=colour, edgecolor="black", linewidth=0.5,
-                label=label if strategy not in seen else "_nolegend_",
-            )
-            bars.patches[0].set_gid(f"{group} / {strategy}")
-            seen.add(strategy)
-            ax.text(x, h + err + 0.01, f"{h:.4f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_xlabel("Pretraining dataset")
-    ax.set_ylabel("Macro F1")
-    top = float((df["test_f1_mean"] + df["test_f1_std"]).max())
-    ax.set_ylim(0, min(1.1, top + 0.12) if np.isfinite(top) else 1.0)
-    ax.legend(loc="lower right", fontsize=8)
-    n_folds = df["n_folds"].iloc[0] if "n_folds" in df else "k"
-    title = f"Test macro F1 (mean ± std over {n_folds} folds)"
-    if synthetic:
-        title = f"{SYNTHETIC_MARKER}\n{title}"
-    ax.set_title(title, color="red" if synthetic else "black")
-    fig.tight_layout()
-
-    drawn = []
-    for container in ax.containers:
-        if isinstance(container, BarContainer):
-            patch = container.patches[0]
-            (seg,) = container.errorbar.lines[2][0].get_segments()
-            drawn.append((patch.get_gid(), float(patch.get_height()), float(abs(seg[1][1] - seg[0][1]) / 2)))
-    _save_figure(fig, out_png, "png", title)
-    _save_figure(fig, out_png.with_suffix(".pdf"), "pdf", title)
-    plt.close(fig)
-    return drawn
-
-
-def _image_reader() -> Callable[[str | os.PathLike], np.ndarray]:
-    from dinoloc.data.opencell import read_image
-
-    return read_image
-
-
-def _compositor() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    from dinoloc.viz import composite
-
-    return composite
-
-
-def _stretch(channel: np.ndarray) -> np.ndarray:
-    """Display scaling of one channel: 0.5-99.5 percentile to [0, 1] (16-bit images are mostly dark)."""
-    lo, hi = np.percentile(channel, [0.5, 99.5])
-    return np.clip((channel - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(channel)
-
-
-def plot_figure2(
-    best_row_run_dir: str | os.PathLike, out_png: str | os.PathLike, n_images: int = 2, seed: int = 0
-) -> list[str]:
-    """The paper's Figure 2: for `n_images` labelled test images of the best fold (highest test macro F1)
-    of a run, the composite (protein red, nucleus green), each channel, and a table of ground truth vs
-    prediction with probabilities. Returns the image ids shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir, out_png = Path(best_row_run_dir), Path(out_png)
-    result_path = run_dir / "result.json"
-    if not result_path.is_file():
-        raise DinolocError(f"{result_path} is missing; pass a finished run folder")
-    result = read_json(result_path)
-    result["run_dir"] = str(run_dir)
-    threshold = _threshold(result)
-    folds = result.get("folds") or []
-    if not folds:
-        raise DinolocError(f"{result_path} has no per-fold results ('folds'); rerun the row")
-    best = max(folds, key=lambda f: (float(f["test_macro_f1"]), -int(f["fold"])))
-    test = _test_rows(read_predictions(run_dir), str(run_dir))
-    rows = test[test["fold"] == best["fold"]]
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
-    labelled = rows[rows[y_cols].to_numpy().sum(axis=1) > 0].sort_values("image_id")
-    if labelled.empty:
-        raise DinolocError(f"{run_dir / 'predictions.csv'}: fold {best['fold']} has no labelled test image")
-    # Deterministic choice, preferring distinct proteins so the panels are not near-duplicates.
-    order = np.random.default_rng(seed).permutation(len(labelled))
-    chosen, targets = [], set()
-    for i in order:
-        if labelled.iloc[i]["target"] not in targets:
-            chosen.append(i)
-            targets.add(labelled.iloc[i]["target"])
-    chosen += [i for i in order if i not in chosen]
-    picked = labelled.iloc[chosen[:n_images]]
-
-    data = result.get("data") or {}
-    manifest_path = Path(str(data.get("manifest", "")))
-    if not manifest_path.is_file():
-        raise DinolocError(
-            f"{result_path}: data.manifest={manifest_path} does not exist; Figure 2 needs the images. "
-            "Restore the data folder or rerun dinoloc-data"
-        )
-    manifest = pd.read_csv(manifest_path, dtype={"image_id": str}).set_index("image_id")
-    root = Path(str(data.get("root", manifest_path.parent)))
-    read_image, composite = _image_reader(), _compositor()
-
-    synthetic = bool(result.get("synthetic", False))
-    fig, axes = plt.subplots(
-        len(picked), 4, figsize=(15, 3.6 * len(picked)), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 1.4]}
-    )
-    for row_axes, (_, r) in zip(axes, picked.iterrows(), strict=True):
-        image_id = str(r["image_id"])
-        if image_id not in manifest.index:
-            raise DinolocError(f"{manifest_path}: image_id {image_id} (from predictions.csv) is not in the manifest")
-        image = read_image(root / str(manifest.loc[image_id, "path"]))
-        protein, nucleus = image[0], image[1]
-        panels = [
-            (composite(protein, nucleus), None, "Composite (protein red, nucleus green)"),
-            (_stretch(protein), "gray", "Protein"),
-            (_stretch(nucleus), "gray", "Nucleus"),
-        ]
-        for ax, (img, cmap, name) in zip(row_axes[:3], panels, strict=True):
-            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
-            ax.set_title(f"{name}\n{image_id} ({r['target']})", fontsize=8)
-            ax.axis("off")
-        y, prob = r[y_cols].to_numpy(dtype=float), r[p_cols].to_numpy(dtype=float)
-        shown = [i for i, c in enumerate(CATEGORIES) if y[i] > 0 or prob[i] > threshold]
-        cells = [
-            [CATEGORIES[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > threshold else "no", f"{prob[i]:.2f}"]
-            for i in shown
-        ]
-        tax = row_axes[3]
-        tax.axis("off")
-        tab = tax.table(
-            cellText=cells,
-            colLabels=["class", "target", "predicted", "probability"], loc="center",
-            colWidths=[0.4, 0.18, 0.2, 0.22],
-        )
-        tab.auto_set_font_size(False)
-        tab.set_fontsize(8)
-        tab.scale(1.0, 1.3)
-        for k, i in enumerate(shown, start=1):  # green when prediction matches the ground truth
-            ok = (y[i] > 0) == (prob[i] > threshold)
-            for col in range(4):
-                tab[k, col].set_facecolor("#d9f2d9" if ok else "#f8d7da")
-    title = (
-        f"{result.get('backbone_display', result['backbone'])} · {result['strategy']} · best fold {best['fold']} "
-        f"(test macro F1 {float(best['test_macro_f1']):.4f}); threshold {threshold:g}"
-    )
-    if synthetic:
-        title = f"{SYNTHETIC_MARKER}\n{title}"
-    fig.suptitle(title, color="red" if synthetic else "black")
-    fig.tight_layout()
-    _save_figure(fig, out_png, "png", title)
-    plt.close(fig)
-    return picked["image_id"].astype(str).tolist()
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the whole stage
 # ----------------------------------------------------------------------------------------------------------
 def write_report(
@@ -623,9 +432,10 @@ def write_report(
     expected: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    figure2_colors: str = "magenta_green",
 ) -> dict[str, Path]:
-    """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1.png (+ .pdf) and
-    figure2.png (best row's best fold). Returns {file name: path}."""
+    """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1, figure2 (best row's
+    best fold) and per_class_f1 (heatmap), each figure as .png and .pdf. Returns {file name: path}."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     results = collect_runs(runs_dir)
     if not results:
@@ -645,6 +455,11 @@ def write_report(
     paths["figure1.pdf"] = paths["figure1.png"].with_suffix(".pdf")
     best_dir = table.loc[table["test_f1_mean"].idxmax(), "run_dir"]
     paths["figure2.png"] = out_dir / "figure2.png"
-    shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed)
+    shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed, colors=figure2_colors)
     print(f"Figure 2: {', '.join(shown)} from {best_dir}", file=sys.stderr)
+    paths["per_class_f1.png"] = out_dir / "per_class_f1.png"
+    plot_per_class(paths["per_class.csv"], paths["per_class_f1.png"], synthetic=synthetic,
+                   labels={r["run"]: f"{r['weights']} · {r['strategy']}" for _, r in table.iterrows()})
+    for name in ("figure2", "per_class_f1"):
+        paths[f"{name}.pdf"] = out_dir / f"{name}.pdf"
     return paths

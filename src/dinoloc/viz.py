@@ -24,9 +24,15 @@ def _stretch(channel: np.ndarray) -> np.ndarray:
     return np.clip((channel.astype(np.float32) - lo) / (hi - lo), 0, 1)
 
 
-def composite(protein: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1]: protein red, nucleus green, blue empty; each channel rescaled by its
-    0.5 / 99.8 percentiles and clipped."""
+COMPOSITE_SCHEMES = ("red_green", "magenta_green")
+
+
+def composite(protein: np.ndarray, nucleus: np.ndarray, scheme: str = "red_green") -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]: protein red (scheme red_green) or magenta = red + blue (magenta_green,
+    readable with red-green colour blindness), nucleus green; each channel rescaled by its 0.5 / 99.8
+    percentiles and clipped."""
+    if scheme not in COMPOSITE_SCHEMES:
+        raise DinolocError(f"composite colours {scheme!r}: use one of {', '.join(COMPOSITE_SCHEMES)}")
     protein, nucleus = np.asarray(protein), np.asarray(nucleus)
     if protein.ndim != 2 or protein.shape != nucleus.shape:
         raise DinolocError(
@@ -36,6 +42,8 @@ def composite(protein: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
     rgb = np.zeros((*protein.shape, 3), dtype=np.float32)
     rgb[..., 0] = _stretch(protein)
     rgb[..., 1] = _stretch(nucleus)
+    if scheme == "magenta_green":
+        rgb[..., 2] = rgb[..., 0]
     return rgb
 
 

@@ -8,6 +8,7 @@ changed dataset is refused rather than silently re-split, since results on diffe
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,9 @@ def _ensure_test_coverage(y: np.ndarray, test: np.ndarray, rng: np.random.Genera
     return test
 
 
-def _assign_units(y: np.ndarray, test_size: float, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _assign_units(
+    y: np.ndarray, test_size: float, n_folds: int, seed: int, unit: str = "targets"
+) -> tuple[np.ndarray, np.ndarray]:
     """Per unit: is_test (bool) and fold (-1 for test)."""
     n = len(y)
     n_test = int(np.ceil(n * test_size))
@@ -82,7 +85,18 @@ def _assign_units(y: np.ndarray, test_size: float, n_folds: int, seed: int) -> t
     _, test_idx = next(sss.split(x, y))
     is_test = np.zeros(n, dtype=bool)
     is_test[test_idx] = True
+    requested = int(is_test.sum())
     is_test = _ensure_test_coverage(y, is_test, np.random.default_rng(seed))
+    actual = int(is_test.sum())
+    if actual > requested:
+        # On small datasets covering every class in test can take far more than test_size: say so.
+        warnings.warn(
+            f"test share grew: split.test_size={test_size:g} asked for {requested} of {n} {unit} "
+            f"({requested / n:.0%}), but putting every class with >= 2 {unit} into the test set took "
+            f"{actual} of {n} ({actual / n:.0%})",
+            UserWarning,
+            stacklevel=3,
+        )
 
     fold = np.full(n, -1, dtype=np.int64)
     train_idx = np.flatnonzero(~is_test)
@@ -119,7 +133,7 @@ def make_split(
         unit_of_image = pd.Series(np.full(len(manifest), np.nan))
         unit_of_image[labeled] = np.arange(int(labeled.sum()))
         y = y_img[labeled]
-    is_test, fold = _assign_units(y, test_size, n_folds, seed)
+    is_test, fold = _assign_units(y, test_size, n_folds, seed, unit="targets" if group_by == "target" else "images")
 
     split = np.full(len(manifest), "unlabeled", dtype=object)
     folds = pd.array([pd.NA] * len(manifest), dtype="Int64")
