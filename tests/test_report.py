@@ -15,6 +15,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from dinoloc import report
+from dinoloc import stats as dstats
 from dinoloc.io import DinolocError
 from dinoloc.ontology import CATEGORIES
 
@@ -53,6 +54,7 @@ def write_run(
     synthetic: bool = False,
     manifest: Path | None = None,
     probs: dict[int, np.ndarray] | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """A run folder: predictions.csv (test + val rows per fold), per_class.csv, result.json consistent with them."""
     rng = np.random.default_rng(seed)
@@ -102,6 +104,7 @@ def write_run(
         "n_folds": N_FOLDS, "folds": folds, "warnings": [], "classifier": {"threshold": 0.5},
         "n_features": 768, "versions": {},
     }
+    result.update(extra or {})
     (run_dir / "result.json").write_text(json.dumps(result))
     return run_dir
 
@@ -177,7 +180,7 @@ def test_recomputed_test_f1_equals_result_json(study, recwarn):
         assert abs(stats["recomputed"] - r["test_macro_f1_mean"]) <= 1e-9
         # the count-based statistic the bootstrap uses, with every target drawn once, is the same number
         ones = np.ones((1, len(stats["targets"])))
-        assert abs(report._fold_mean_macro_f1(stats["counts"], ones)[0] - r["test_macro_f1_mean"]) <= 1e-9
+        assert abs(dstats.macro_f1(stats["counts"], ones, stats["classes"])[0] - r["test_macro_f1_mean"]) <= 1e-9
     assert not [w for w in recwarn if "differs" in str(w.message)]
 
 
@@ -222,6 +225,32 @@ def test_paired_p_values(study):
     assert t.loc["imagenet__mapping", "p_vs_best"] < 0.05  # clearly worse
     assert t.loc["opencell__native", "p_vs_best"] > 0.5  # identical predictions
     assert t.loc["opencell__native", "delta_vs_best"] == 0
+
+
+def test_floor_row_holm_bias_and_estimate_inside(tmp_path):
+    test_set = make_test_set(n_images=80, n_targets=30)
+    runs = tmp_path / "runs"
+    write_run(runs, "hpa", "mapping", test_set, quality=0.9, seed=1)
+    write_run(runs, "imagenet", "mapping", test_set, quality=0.5, seed=2)
+    write_run(runs, "random", "mapping", test_set, quality=0.0, seed=3, extra={"random_weights": True})
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=400)
+    t = table.set_index("run")
+    assert t.loc["random__mapping", "random_weights"] and not t.loc["hpa__mapping", "random_weights"]
+    assert t.loc["random__mapping", "weights"].startswith("random init")
+    # the floor is never "best", and every other row is compared with it
+    assert t.loc["hpa__mapping", "delta_vs_best"] == 0
+    assert np.isnan(t.loc["random__mapping", "p_vs_floor"])
+    assert t.loc["hpa__mapping", "p_vs_floor"] < 0.01
+    for _, r in table.iterrows():
+        assert r["ci_low"] <= r["test_f1_mean"] <= r["ci_high"]
+        assert np.isfinite(r["ci_bias"]) and abs(r["ci_bias"]) < 0.1
+    raw = table[["p_vs_best", "p_vs_floor"]].to_numpy().ravel()
+    adj = table[["p_vs_best_holm", "p_vs_floor_holm"]].to_numpy().ravel()
+    ok = np.isfinite(raw)
+    assert ok.sum() == 4  # 2 vs best (imagenet, random) + 2 vs floor (hpa, imagenet)
+    assert np.all(adj[ok] >= raw[ok]) and np.allclose(adj[ok], dstats.holm(raw[ok]))
+    md = report.markdown_table(table, [], synthetic=False, n_boot=400, results=report.collect_runs(runs))
+    assert "floor" in md and "Deviations from the paper" in md and "Open choices" in md
 
 
 def test_different_test_sets_give_no_p_value(tmp_path):

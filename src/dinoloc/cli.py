@@ -427,7 +427,9 @@ def report_main(cfg: DictConfig) -> None:
     from dinoloc.report import write_report
 
     expected = list(cfg.get("expected_rows") or []) or None
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected)
+    rep = cfg.report
+    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
+                         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method))
     print(Path(paths["table3.md"]).read_text())
     for name, p in paths.items():
         print(f"{name}: {p}")
