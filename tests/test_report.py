@@ -376,3 +376,32 @@ def test_bad_predictions_file_names_the_file(study):
     pd.read_csv(pred).drop(columns=["p_golgi"]).to_csv(pred, index=False)
     with pytest.raises(DinolocError, match=r"hpa__mapping.*predictions\.csv.*p_golgi"):
         report.build_table(report.collect_runs(runs), n_boot=10)
+
+
+def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp_path):
+    test_set = make_test_set()
+    run_dir = write_run(tmp_path, "hpa", "mapping", test_set, quality=0.6, seed=1)
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    other = pred.copy()
+    p_cols = [f"p_{c}" for c in CATEGORIES]
+    other[p_cols] = np.random.default_rng(9).random(other[p_cols].shape)  # seed 1: a much worse classifier
+    both = pd.concat([pred.assign(seed=0), other.assign(seed=1)], ignore_index=True)
+    both.to_csv(run_dir / "predictions.csv", index=False)
+    result = json.loads((run_dir / "result.json").read_text())
+    y = test_set[list(CATEGORIES)].to_numpy()
+    seed1 = []
+    for fold in range(N_FOLDS):
+        rows = other[(other["split"] == "test") & (other["fold"] == fold)]
+        seed1.append({**result["folds"][fold], "seed": 1,
+                      "test_macro_f1": _sk_macro(y, (rows[p_cols].to_numpy() > 0.5).astype(int))})
+    seed0 = [{**f, "seed": 0} for f in result["folds"]]
+    m0, m1 = np.mean([f["test_macro_f1"] for f in seed0]), np.mean([f["test_macro_f1"] for f in seed1])
+    result.update({"folds": seed0 + seed1, "n_seeds": 2, "test_macro_f1_mean": float((m0 + m1) / 2),
+                   "test_macro_f1_seed_std": float(np.std([m0, m1]))})
+    (run_dir / "result.json").write_text(json.dumps(result))
+    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=200)
+    row = table.iloc[0]
+    assert row["notes"] == ""  # the recomputed mean over (seed, fold) equals result.json's
+    assert row["n_seeds"] == 2 and row["test_f1_seed_std"] == pytest.approx(abs(m0 - m1) / 2)
+    assert row["ci_low"] <= row["test_f1_mean"] <= row["ci_high"]
+    assert "(seeds ± " in report.markdown_table(table, [], synthetic=False)

@@ -200,7 +200,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 
     import numpy as np
 
-    from dinoloc.classify import ClassifierParams, cross_validate, load_result, save_run
+    from dinoloc.classify import ClassifierParams, cross_validate_seeds, load_result, save_run
     from dinoloc.extract import cache_key
     from dinoloc.io import frame_sha256
     from dinoloc.ontology import CATEGORIES
@@ -233,7 +233,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     m = manifest.set_index("image_id").loc[split["image_id"]]
     fold = split["fold"].fillna(-1).astype(int).to_numpy()
     t0 = time.perf_counter()
-    cv = cross_validate(
+    cv = cross_validate_seeds(
         emb[rows][labeled], m[list(CATEGORIES)].to_numpy()[labeled].astype(int),
         split["split"].to_numpy()[labeled], fold[labeled],
         split["image_id"].to_numpy()[labeled], split["target"].to_numpy()[labeled],
