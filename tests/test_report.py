@@ -405,3 +405,26 @@ def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp
     assert row["n_seeds"] == 2 and row["test_f1_seed_std"] == pytest.approx(abs(m0 - m1) / 2)
     assert row["ci_low"] <= row["test_f1_mean"] <= row["ci_high"]
     assert "(seeds ± " in report.markdown_table(table, [], synthetic=False)
+
+
+def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
+    test_set = make_test_set(n_images=60, n_targets=25)
+    runs = tmp_path / "runs"
+    write_run(runs, "hpa", "mapping", test_set, quality=0.8, seed=1)
+    crop = write_run(runs / "c", "hpa", "mapping", test_set, quality=0.3, seed=2, extra={"variant": "crop600"})
+    crop.rename(runs / "hpa__mapping__crop600")
+    relabelled = test_set.copy()
+    relabelled[CATEGORIES[0]] = 1 - relabelled[CATEGORIES[0]]  # other labels (as min_grade=2 would give)
+    grade = write_run(runs / "g", "hpa", "mapping", relabelled, quality=0.8, seed=3, extra={"variant": "min_grade2"})
+    grade.rename(runs / "hpa__mapping__min_grade2")
+    (runs / "c").rmdir(), (runs / "g").rmdir()
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=300)
+    assert sorted(table["run"]) == ["hpa__mapping", "hpa__mapping__crop600", "hpa__mapping__min_grade2"]
+    sens = pd.DataFrame(table.attrs["sensitivity"]).set_index("variant")
+    assert sens.loc["crop600", "shared_test_set"] and sens.loc["crop600", "p"] < 0.05
+    assert sens.loc["crop600", "delta"] == pytest.approx(
+        table.set_index("run").loc["hpa__mapping__crop600", "test_f1_mean"] - table.iloc[0]["test_f1_mean"])
+    assert not sens.loc["min_grade2", "shared_test_set"] and np.isnan(sens.loc["min_grade2", "p"])
+    assert sens.loc["crop600", "p_holm"] == pytest.approx(sens.loc["crop600", "p"])  # the only test
+    md = report.sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300)
+    assert "crop600" in md and "other test set" in md

@@ -171,15 +171,15 @@ def health_problem(health: dict[str, Any]) -> str | None:
     return None
 
 
-def weights_record(weights: str | None, default: str | None, info: dict[str, Any], checkpoint: dict[str, Any]) -> dict:
-    """result.json's provenance of the weights: path, sha256, whether they are the preset's default, and what
-    the checkpoint file says about itself."""
+def weights_record(weights: str | None, info: dict[str, Any], checkpoint: dict[str, Any], default: bool) -> dict:
+    """result.json's provenance of the weights: path, sha256, whether they are the preset's default (False:
+    the user's own, set on the command line), and what the checkpoint file says about itself."""
     weights = str(weights or "")
     return {
         "weights_path": weights,
         "weights_file": Path(weights).name if weights else "",
         "weights_sha256": info.get("weights_sha256"),
-        "weights_default": weights == str(default or ""),
+        "weights_default": bool(default),
         "random_weights": bool(info.get("random_init", False)),
         "random_seed": info.get("random_seed"),
         "checkpoint": checkpoint,

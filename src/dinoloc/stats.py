@@ -187,6 +187,31 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# embedding health
+# ----------------------------------------------------------------------------------------------------------
+def embedding_health(emb: np.ndarray, max_rows: int = 20000) -> dict[str, float]:
+    """Effective rank (exp of the entropy of the normalised covariance spectrum, Roy & Vetterli 2007), the
+    first principal component's share of the variance, and the mean per-feature std of embeddings (n, d).
+    A collapsed DINO model, a dead channel or channels in the wrong order show as rank near 1."""
+    x = np.asarray(emb, dtype=np.float64)[:max_rows]
+    if x.ndim != 2 or x.shape[0] < 2:
+        return {"effective_rank": float("nan"), "top_component_share": float("nan"), "mean_std": float("nan")}
+    x = x - x.mean(axis=0)
+    sv = np.linalg.svd(x, compute_uv=False)
+    var = sv**2
+    total = var.sum()
+    if total <= 0:
+        return {"effective_rank": 0.0, "top_component_share": float("nan"), "mean_std": 0.0}
+    p = var / total
+    p = p[p > 0]
+    return {
+        "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+        "top_component_share": float(var[0] / total),
+        "mean_std": float(x.std(axis=0).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
 # simulation: an OpenCell-like population, to check coverage
 # ----------------------------------------------------------------------------------------------------------
 # Share of OpenCell targets per class (17 classes, rough portal frequencies): at a 10% test share of
