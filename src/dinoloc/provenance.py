@@ -85,9 +85,7 @@ def deviations_list(results: Sequence[dict]) -> list[str]:
 _CHOICE_TEXT = {
     "split.group_by": lambda v: "the split is grouped by protein (no target in two sets)" if v == "target"
     else "the split is at image level (a protein may be in train and test)",
-    "preprocess.spatial": lambda v, r=None: v,
     "labels.min_grade": lambda v: f"a label counts from grade {v}",
-    "preprocess.intensity": lambda v: v,
 }
 
 
