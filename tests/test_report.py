@@ -428,3 +428,14 @@ def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
     assert sens.loc["crop600", "p_holm"] == pytest.approx(sens.loc["crop600", "p"])  # the only test
     md = report.sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300)
     assert "crop600" in md and "other test set" in md
+
+
+def test_weights_label_and_epochs_come_from_what_was_loaded():
+    base = {"backbone": "imagenet", "backbone_display": "ImageNet-1k", "strategy": "mapping"}
+    user = {**base, "dino_epochs_config": 300,
+            "provenance": {"weights_default": False, "weights_path": "/w/my_dino_ep3.pth", "checkpoint": {"epoch": 3}}}
+    preset = {**base, "dino_epochs_config": 300, "provenance": {"weights_default": True, "checkpoint": {}}}
+    assert report._weights_label(user) == "user's weights (my_dino_ep3.pth) [ImageNet-1k preset]"
+    assert report._weights_label(preset) == "ImageNet-1k"
+    assert report._checkpoint_epochs(user) == 3 and report._epochs_source(user) == "checkpoint"
+    assert report._checkpoint_epochs(preset) == 300 and report._epochs_source(preset) == "config"

@@ -49,6 +49,7 @@ TABLE_COLUMNS = [
     "model",
     "approach",
     "dino_epochs",  # from the checkpoint when it records one, else backbone.dino_epochs
+    "dino_epochs_source",  # checkpoint | config
     "test_f1_mean",
     "test_f1_std",  # fold std (mean over classifier seeds of each seed's fold std)
     "test_f1_seed_std",  # std over classifier seeds of the seed's fold-mean (NaN with one seed)
@@ -144,6 +145,12 @@ def _weights_label(result: dict) -> str:
     if prov.get("weights_default") is False:
         return f"user's weights ({Path(str(prov.get('weights_path', '?'))).name}) [{display} preset]"
     return display
+
+
+def _epochs_source(result: dict) -> str:
+    if ((result.get("provenance") or {}).get("checkpoint") or {}).get("epoch") is not None:
+        return "checkpoint"
+    return "config" if result.get("dino_epochs_config", result.get("dino_epochs")) is not None else ""
 
 
 def _checkpoint_epochs(result: dict) -> Any:
@@ -358,6 +365,7 @@ def build_table(
                 "model": r.get("model_label", r.get("arch", "")),
                 "approach": NATIVE_APPROACH if strategy == "native" else strategy,
                 "dino_epochs": _checkpoint_epochs(r),
+                "dino_epochs_source": _epochs_source(r),
                 "test_f1_mean": float(r["test_macro_f1_mean"]),
                 "test_f1_std": float(r["test_macro_f1_std"]),
                 "test_f1_seed_std": r.get("test_macro_f1_seed_std", float("nan")),
@@ -548,10 +556,12 @@ def markdown_table(
     for idx, r in table.iterrows():
         epochs = "–" if pd.isna(r["dino_epochs"]) else str(int(r["dino_epochs"]))
         cfg_epochs = r.get("dino_epochs_config")
-        if not pd.isna(r["dino_epochs"]) and not r.get("random_weights") and (
-            cfg_epochs is None or pd.isna(cfg_epochs) or int(cfg_epochs) != int(r["dino_epochs"])
+        if r.get("dino_epochs_source") == "config":
+            epochs += "*"
+        elif not pd.isna(r["dino_epochs"]) and cfg_epochs is not None and not pd.isna(cfg_epochs) and (
+            int(cfg_epochs) != int(r["dino_epochs"])
         ):
-            epochs += "†" if cfg_epochs is not None and not pd.isna(cfg_epochs) else ""
+            epochs += "†"
         delta = "best" if idx == best else f"{r['delta_vs_best']:+.4f}"
         floor = "floor" if r.get("random_weights") else (
             f"{_fmt_p(r['p_vs_floor'], n_boot)} / {_fmt_p(r['p_vs_floor_holm'], n_boot)}"
@@ -594,8 +604,9 @@ def markdown_table(
         + (f"; thin classes left out: {', '.join(thin)}." if thin else ".")
         + " p are two-sided paired bootstrap tests on the same replicates and class set (replicate differences "
         "centred on their mean), against the best row and against the random-weights floor; Holm adjusts over "
-        "every comparison in the table (–: the row itself, or a different test set). † DINO epochs read from "
-        "the checkpoint differ from backbone.dino_epochs.",
+        "every comparison in the table (–: the row itself, or a different test set). DINO epochs are read from "
+        "the checkpoint; * the file records none, so backbone.dino_epochs is shown; † the checkpoint's count "
+        "differs from backbone.dino_epochs.",
     ]
     if results:
         lines += ["", provenance.choices_note(results)]
@@ -831,6 +842,10 @@ def write_report(
             "dinoloc-report with the same experiment"
         )
     table, missing = build_table(results, expected=expected, n_boot=n_boot, seed=seed, level=level, method=method)
+    from dinoloc.provenance import embedding_warnings
+
+    for message in embedding_warnings(results):
+        _warn(message)
     synthetic = bool(table["synthetic"].any())
     paths = {name: out_dir / name for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png")}
     write_csv(paths["table3.csv"], table)
