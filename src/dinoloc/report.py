@@ -353,8 +353,7 @@ def build_table(
     all_notes = [list(s["notes"]) for s in st]
     p_best = np.array([compare(i, best, all_notes[i], "best") for i in range(len(results))])
     p_floor = np.array([compare(i, floor, all_notes[i], "random-weights") for i in range(len(results))])
-    adjusted = stats.holm(np.concatenate([p_best, p_floor]))  # one family: every comparison in the table
-    p_best_holm, p_floor_holm = adjusted[: len(results)], adjusted[len(results):]
+    p_best_holm, p_floor_holm = _holm_over_pairs(p_best, p_floor, best, floor)
     rows = []
     for i, (r, s) in enumerate(zip(results, st, strict=True)):
         strategy = str(r["strategy"])
@@ -409,6 +408,22 @@ def build_table(
     # records, not a DataFrame: pandas compares attrs when it propagates them
     table.attrs["sensitivity"] = _sensitivity(table, st, compare).to_dict("records")
     return table, missing
+
+
+def _holm_over_pairs(
+    p_best: np.ndarray, p_floor: np.ndarray, best: int, floor: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Holm over the table's distinct comparisons: every row vs the best and vs the floor, the pair
+    (best, floor) counted once although it appears in both columns."""
+    family = list(p_best) + [p for i, p in enumerate(p_floor) if i != best]
+    adjusted = stats.holm(family)
+    n = len(p_best)
+    p_best_holm = adjusted[:n]
+    rest = iter(adjusted[n:])
+    p_floor_holm = np.array([np.nan if i == best else next(rest) for i in range(n)])
+    if floor is not None and np.isfinite(p_floor[best]):
+        p_floor_holm[best] = p_best_holm[floor]  # the same comparison as the floor row's p vs best
+    return p_best_holm, p_floor_holm
 
 
 SENSITIVITY_COLUMNS = [
