@@ -340,6 +340,9 @@ def build_table(
     floors = [i for i, r in enumerate(results) if _is_floor(r)]
     floor = floors[0] if floors else None
     candidates = [i for i in range(len(results)) if i not in floors] or list(range(len(results)))
+    # In a sensitivity sweep "best" and the floor are the baseline's: variants are compared in their own table.
+    baseline = [i for i in candidates if (results[i].get("variant") or "baseline") == "baseline"]
+    candidates = baseline or candidates
     best = max(candidates, key=lambda i: means[i])
 
     def compare(i: int, j: int | None, notes: list[str], what: str) -> float:
@@ -581,8 +584,9 @@ def markdown_table(
         floor = "floor" if r.get("random_weights") else (
             f"{_fmt_p(r['p_vs_floor'], n_boot)} / {_fmt_p(r['p_vs_floor_holm'], n_boot)}"
         )
+        approach = r["approach"] if r.get("variant", "baseline") == "baseline" else f"{r['approach']} ({r['variant']})"
         lines.append(
-            f"| {r['weights']} | {r['model']} | {r['approach']} | {epochs} | {_fmt_std(r)} | "
+            f"| {r['weights']} | {r['model']} | {approach} | {epochs} | {_fmt_std(r)} | "
             f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
             f"{_fmt(r['ws_f1'])} [{_fmt(r['ws_ci_low'])}, {_fmt(r['ws_ci_high'])}] | {_fmt(r['train_f1_mean'])} | "
             f"{_fmt(r['val_f1_mean'])} | {delta} | "
