@@ -3,9 +3,9 @@
 For each stand-in backbone (pretrained by `make demo` / dinoloc-pretrain) the synthetic OpenCell images are embedded
 twice, with the pretrained teacher and with random weights of the same architecture, and two cheap probes are scored by macro F1
 (the classifier stage's definition):
-a cosine kNN (k = 5) and a one-vs-rest logistic regression on standardised features, each fitted 6 times
-(leave one of the split's target-grouped folds out: the 5 train folds and the test split) and scored on the pooled
-held-out predictions. Ends with a one-line JSON.
+a cosine kNN (k = 5) and a one-vs-rest logistic regression on standardised features, each fitted 5 times
+(leave one of the split's 5 target-grouped train folds out) and scored on the pooled held-out predictions.
+The test split is never used: it stays untouched for Table III. Ends with a one-line JSON.
 
     python scripts/probe_standins.py [--only=opencell_demo] [paths.output_dir=outputs]
 """
@@ -41,14 +41,21 @@ def _fit_predict(emb: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 
 
 def probes(emb: np.ndarray, y: np.ndarray, group: np.ndarray) -> dict[str, float]:
-    """Macro F1 of predictions pooled over the grouped folds: every labelled image is predicted once by a
-    probe that never saw its target. (The 10% test split alone holds ~10 targets: far too noisy here.)"""
+    """Macro F1 of predictions pooled over the grouped folds: every image is predicted once by a probe that
+    never saw its target. Pass training rows only (see `probe_rows`)."""
     pred = {"knn": np.zeros_like(y), "linear": np.zeros_like(y)}
     for g in np.unique(group):
         held = group == g
         for name, p in _fit_predict(emb, y, ~held, held).items():
             pred[name][held] = p
     return {name: macro_f1(y, p)[0] for name, p in pred.items()}
+def probe_rows(split_col: np.ndarray, fold_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, group): the rows the probes may use (the train split only; test rows are kept out, as every
+    stage keeps them out of model fitting and selection) and their target-grouped fold."""
+    mask = np.asarray(split_col) == "train"
+    return mask, np.asarray(fold_col)[mask]
+
+
 def main(argv: list[str]) -> None:
     only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]  # e.g. --only=opencell_demo
     overrides = [a for a in argv if not a.startswith("--only=")]
@@ -64,10 +71,8 @@ def main(argv: list[str]) -> None:
                 pos = {i: k for k, i in enumerate(ids)}
                 rows = np.array([pos[i] for i in split["image_id"]])
                 y = manifest.set_index("image_id").loc[split["image_id"], list(CATEGORIES)].to_numpy().astype(int)
-                s, f = split["split"].to_numpy(), split["fold"].fillna(-1).astype(int).to_numpy()
-                group = np.where(s == "test", f.max() + 1, f)  # the 5 train folds + the test split: 6 groups
-                lab = s != "unlabeled"
-                r = probes(emb[rows][lab], y[lab], group[lab])
+                lab, group = probe_rows(split["split"].to_numpy(), split["fold"].fillna(-1).astype(int).to_numpy())
+                r = probes(emb[rows][lab], y[lab], group)
                 results.append({"backbone": backbone, "strategy": strategy, "init": init, **r})
                 print(f"{backbone:14s} {strategy:12s} {init:10s} kNN F1 {r['knn']:.3f}  linear F1 {r['linear']:.3f}",
                       flush=True)

@@ -68,7 +68,9 @@ def test_official_backbone_state_dict(tmp_path):
         assert not torch.allclose(_vit(5)(_x()), ref(_x()))  # another init really differs
     info = model.dinoloc_info
     assert info == {"weights": str(path), "weights_sha256": file_sha256(path), "checkpoint_epoch": None,
-                    "random_init": False}
+                    "random_init": False,
+                    # what the file says about itself: a bare backbone has no epoch; the rest from its weights
+                    "checkpoint": {"epoch": None, "embed_dim": 48, "in_chans": 3, "patch_size": 8}}
     assert weights_fingerprint(str(path)) == file_sha256(path)
 
 

@@ -338,3 +338,23 @@ def test_save_and_load_run(tmp_path):
     (run_dir / "result.json").write_text("{not json")
     with pytest.raises(DinolocError, match="result.json"):
         load_result(run_dir)
+
+
+def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():
+    from dinoloc.classify import cross_validate_seeds
+
+    data = make_data(n_targets=60, dim=8)
+    two = cross_validate_seeds(*data, small_params(n_seeds=2, seed=3), progress=False)
+    one = [run(data, small_params(seed=s)) for s in (3, 4)]
+    means = [cv.summary["test_macro_f1_mean"] for cv in one]
+    assert two.summary["n_seeds"] == 2 and two.summary["seeds"] == [3, 4]
+    assert two.summary["test_macro_f1_mean"] == pytest.approx(np.mean(means), abs=1e-9)
+    assert two.summary["test_macro_f1_seed_std"] == pytest.approx(np.std(means), abs=1e-9)
+    assert two.summary["test_macro_f1_std"] == pytest.approx(np.mean([cv.summary["test_macro_f1_std"] for cv in one]))
+    assert sorted(two.predictions["seed"].unique()) == [3, 4]
+    assert len(two.predictions) == 2 * len(one[0].predictions)
+    assert len(two.summary["folds"]) == 2 * len(one[0].summary["folds"])
+    single = cross_validate_seeds(*data, small_params(seed=3), progress=False)
+    assert single.summary["test_macro_f1_mean"] == one[0].summary["test_macro_f1_mean"]
+    with pytest.raises(DinolocError, match="classifier.n_seeds"):
+        small_params(n_seeds=0)

@@ -22,7 +22,7 @@ def test_every_backbone_composes_with_consistent_channels(backbone):
     bb = cfg.backbone
     assert len(bb.channels) == bb.in_chans
     assert set(bb.channel_map.values()) <= set(bb.channels)
-    assert bb.preprocess.spatial in {"resize", "tile", "full"}
+    assert bb.preprocess.spatial in {"resize", "tile", "center_crop", "full"}
 
 
 @pytest.mark.parametrize(
@@ -35,10 +35,14 @@ def test_rows_select_backbone_and_strategy(row, backbone, strategy):
     assert (cfg.backbone.name, cfg.strategy.name) == (backbone, strategy)
 
 
-def test_table3_preset_sweeps_the_papers_five_rows():
+def test_table3_preset_sweeps_the_papers_five_rows_and_the_floor():
     cfg = _compose("experiment=table3", "data.root=/x", hydra=True)
     rows = cfg.hydra.sweeper.params.row.split(",")
-    assert len(rows) == 5 and cfg.data.name == "opencell" and cfg.experiment_name == "table3"
+    assert len(rows) == 6 and cfg.data.name == "opencell" and cfg.experiment_name == "table3"
+    floor = _compose("experiment=table3", f"row={rows[-1]}", "data.root=/x")
+    imagenet = _compose("experiment=table3", f"row={rows[0]}", "data.root=/x")
+    assert floor.allow_random_weights and not floor.backbone.weights
+    assert floor.backbone.arch == imagenet.backbone.arch and floor.strategy.name == imagenet.strategy.name
     pairs = []
     for r in rows:
         c = _compose("experiment=table3", f"row={r}", "data.root=/x")
@@ -105,3 +109,31 @@ def test_demo_preset_keeps_the_paper_classifier_except_its_batch():
     demo, paper = _compose("experiment=demo").classifier, _compose().classifier
     assert demo.batch_size == 32 and paper.batch_size == 512
     assert {k: v for k, v in demo.items() if k != "batch_size"} == {k: v for k, v in paper.items() if k != "batch_size"}
+
+
+def test_demo_has_the_floor_row():
+    cfg = _compose("experiment=demo", hydra=True)
+    rows = cfg.hydra.sweeper.params.row.split(",")
+    floor = _compose("experiment=demo", f"row={rows[-1]}")
+    assert floor.allow_random_weights and not floor.backbone.weights and floor.backbone.name == "random_demo"
+    assert "random_demo__mapping" in cfg.expected_rows
+
+
+@pytest.mark.parametrize("preset", ["table3_sensitivity", "demo_sensitivity"])
+def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset):
+    from dinoloc.cli import run_name
+
+    cfg = _compose(f"experiment={preset}", "data.root=/x", hydra=True)
+    variants = cfg.hydra.sweeper.params.variant.split(",")
+    assert variants == ["baseline", "image_split", "crop600", "min_grade2"]
+    row = cfg.hydra.sweeper.params.row.split(",")[0]
+    made = {v: _compose(f"experiment={preset}", f"row={row}", f"variant={v}", "data.root=/x") for v in variants}
+    base = made["baseline"]
+    assert run_name(base) == f"{base.backbone.name}__{base.strategy.name}"
+    assert run_name(made["crop600"]) == f"{base.backbone.name}__{base.strategy.name}__crop600"
+    assert made["image_split"].data.split.group_by == "none" and base.data.split.group_by == "target"
+    assert made["crop600"].backbone.preprocess.spatial == "center_crop"
+    assert made["min_grade2"].data.labels.min_grade == 2
+    # a variant with another manifest or split gets its own data folder; one with the same shares it
+    assert len({made[v].paths.data_dir for v in ("baseline", "image_split", "min_grade2")}) == 3
+    assert made["crop600"].paths.data_dir == base.paths.data_dir

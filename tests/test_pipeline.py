@@ -45,6 +45,28 @@ def test_report_table_equals_run_results(sweep):
         assert set(preds["fold"]) == {0, 1, 2, 3, 4}
 
 
+def test_table_carries_uncertainty_provenance_and_deviations(sweep):
+    """The real-format dataset's table: estimate inside its CI, bias, raw + adjusted p, floor flag, epochs,
+    and a deviations list generated from the runs' resolved configs."""
+    out, *_ = sweep
+    table = pd.read_csv(out / "reports" / "tiny" / "table3.csv")
+    for _, row in table.iterrows():
+        assert row["ci_low"] <= row["test_f1_mean"] <= row["ci_high"]
+        assert pd.notna(row["ci_bias"])
+        assert row["random_weights"]  # this sweep embeds with random weights (allow_random_weights=true)
+        res = json.loads((Path(row["run_dir"]) / "result.json").read_text())
+        assert res["resolved"]["classifier"]["epochs"] == 5 and res["resolved"]["split"]["group_by"] == "target"
+        assert res["provenance"]["random_weights"] is True and res["provenance"]["weights_sha256"] is None
+        health = res["provenance"]["embedding_health"]
+        assert health["effective_rank"] >= 1 and 0 < health["top_component_share"] <= 1
+        meta = json.loads((out / "cache" / res["cache_key"] / "meta.json").read_text())
+        assert meta["embedding_health"] == health
+    assert {"p_vs_best", "p_vs_best_holm", "p_vs_floor", "p_vs_floor_holm", "dino_epochs"} <= set(table.columns)
+    md = (out / "reports" / "tiny" / "table3.md").read_text()
+    assert "Deviations from the paper" in md and "`classifier.epochs` = 5 (paper: 300) — all rows" in md
+    assert "`preprocess.img_size` = 64 (paper: 224)" in md and "Open choices" in md
+
+
 def test_report_lists_missing_rows_and_figures(sweep):
     out, *_, report = sweep
     md = (out / "reports" / "tiny" / "table3.md").read_text()

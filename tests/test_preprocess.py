@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dinoloc.io import DinolocError
-from dinoloc.preprocess import normalize, resize, scale_intensity, tile
+from dinoloc.preprocess import center_crop, normalize, resize, scale_intensity, tile
 
 
 def _raw(shape=(2, 2, 9, 11), seed=0) -> torch.Tensor:
@@ -97,3 +97,26 @@ def test_normalize():
     assert normalize(x, None, None) is x
     with pytest.raises(DinolocError, match="one value per backbone input channel"):
         normalize(x, [0.5, 0.5], [0.1, 0.1])
+
+
+def test_center_crop_takes_the_centred_square():
+    x = torch.arange(2 * 10 * 12, dtype=torch.float32).reshape(1, 2, 10, 12)
+    c = center_crop(x, 4)
+    assert torch.equal(c, x[..., 3:7, 4:8])
+    assert torch.equal(center_crop(x, 600), x[..., :, 1:11])  # smaller image: its largest centred square
+    with pytest.raises(DinolocError, match="crop_size"):
+        center_crop(x, 0)
+
+
+def test_embed_batch_center_crop_is_crop_then_resize():
+    from dinoloc.strategies import embed_batch
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 40, 40) * 1000
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+    kw = dict(strategy="mapping", backbone_channels=["R", "G", "B"], channel_map={"protein": "R", "nucleus": "G"},
+              img_size=16, intensity="minmax", mean=None, std=None)
+    cropped = embed_batch(model, x, spatial="center_crop", crop_size=20, **kw)
+    manual = embed_batch(model, x[..., 10:30, 10:30], spatial="resize", **kw)
+    whole = embed_batch(model, x, spatial="resize", **kw)
+    assert torch.allclose(cropped, manual) and not torch.allclose(cropped, whole)

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -285,7 +286,7 @@ def test_checkpoint_format_logs_and_frozen_last_layer(tmp_path):
     torch.manual_seed(0)
     init = train_mod.build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
     last = "head.last_layer.parametrizations.weight.original1"
-    assert torch.equal(state["student"][f"module.{last}"], init[last])
+    assert torch.equal(state["student"]["module.head.last_layer.weight_v"], init[last])  # official key
     assert not torch.equal(state["student"]["module.head.mlp.0.weight"], init["head.mlp.0.weight"])
     assert not torch.equal(state["student"]["module.backbone.blocks.0.attn.qkv.weight"],
                            init["backbone.blocks.0.attn.qkv.weight"])
@@ -301,7 +302,7 @@ def test_last_layer_moves_when_not_frozen(tmp_path):
     torch.manual_seed(0)
     init = train_mod.build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
     last = "head.last_layer.parametrizations.weight.original1"
-    assert not torch.equal(state["student"][f"module.{last}"], init[last])
+    assert not torch.equal(state["student"]["module.head.last_layer.weight_v"], init[last])
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
@@ -403,3 +404,43 @@ def test_loss_falls_on_structured_images(tmp_path):
     assert len(log) == 80
     assert log["loss"].tail(5).mean() < log["loss"].max() - 0.8
     assert log["teacher_entropy"].tail(5).mean() < math.log(256) - 1.5
+
+
+class _OfficialDINOHead(torch.nn.Module):
+    """Built like official DINO's DINOHead (facebookresearch/dino vision_transformer.py, use_bn=False):
+    Linear/GELU MLP, L2 normalisation, then nn.utils.weight_norm's last layer (keys weight_g, weight_v)."""
+
+    def __init__(self, in_dim, out_dim, nlayers=3, hidden_dim=2048, bottleneck_dim=256):
+        super().__init__()
+        layers = [torch.nn.Linear(in_dim, hidden_dim), torch.nn.GELU()]
+        for _ in range(nlayers - 2):
+            layers += [torch.nn.Linear(hidden_dim, hidden_dim), torch.nn.GELU()]
+        layers.append(torch.nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = torch.nn.Sequential(*layers)
+        with warnings.catch_warnings():  # torch deprecates nn.utils.weight_norm; official DINO uses it
+            warnings.simplefilter("ignore")
+            self.last_layer = torch.nn.utils.weight_norm(torch.nn.Linear(bottleneck_dim, out_dim, bias=False))
+
+    def forward(self, x):
+        return self.last_layer(torch.nn.functional.normalize(self.mlp(x), dim=-1, p=2))
+
+
+def test_checkpoint_head_uses_official_keys_and_loads_into_official_head(tmp_path):
+    from dinoloc.pretrain.head import from_official_keys
+
+    state = load_ckpt(run_tiny(tmp_path / "run", tiny_images(), epochs=1))
+    assert "head.last_layer.weight_g" in state["teacher"] and "head.last_layer.weight_v" in state["teacher"]
+    assert "module.head.last_layer.weight_v" in state["student"]
+    assert not any("parametrizations" in k for k in [*state["teacher"], *state["student"]])
+    p = tiny_params()
+    head_state = {k.removeprefix("head."): v for k, v in state["teacher"].items() if k.startswith("head.")}
+    embed_dim = TINY_KW["embed_dim"]
+    official = _OfficialDINOHead(embed_dim, p.out_dim, p.nlayers, p.hidden_dim, p.bottleneck_dim)
+    official.load_state_dict(head_state, strict=True)
+    ours = DINOHead(embed_dim, p.out_dim, p.nlayers, p.hidden_dim, p.bottleneck_dim)
+    ours.load_state_dict(from_official_keys(head_state), strict=True)  # and back into dinoloc's head
+    x = torch.randn(5, embed_dim)
+    with torch.no_grad():
+        assert torch.allclose(official(x), ours(x), atol=1e-6)
+    # a checkpoint in the older parametrization form still loads (either key form is read)
+    assert from_official_keys(ours.state_dict()).keys() == ours.state_dict().keys()

@@ -15,6 +15,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from dinoloc import report
+from dinoloc import stats as dstats
 from dinoloc.io import DinolocError
 from dinoloc.ontology import CATEGORIES
 
@@ -53,6 +54,7 @@ def write_run(
     synthetic: bool = False,
     manifest: Path | None = None,
     probs: dict[int, np.ndarray] | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """A run folder: predictions.csv (test + val rows per fold), per_class.csv, result.json consistent with them."""
     rng = np.random.default_rng(seed)
@@ -102,6 +104,7 @@ def write_run(
         "n_folds": N_FOLDS, "folds": folds, "warnings": [], "classifier": {"threshold": 0.5},
         "n_features": 768, "versions": {},
     }
+    result.update(extra or {})
     (run_dir / "result.json").write_text(json.dumps(result))
     return run_dir
 
@@ -177,7 +180,7 @@ def test_recomputed_test_f1_equals_result_json(study, recwarn):
         assert abs(stats["recomputed"] - r["test_macro_f1_mean"]) <= 1e-9
         # the count-based statistic the bootstrap uses, with every target drawn once, is the same number
         ones = np.ones((1, len(stats["targets"])))
-        assert abs(report._fold_mean_macro_f1(stats["counts"], ones)[0] - r["test_macro_f1_mean"]) <= 1e-9
+        assert abs(dstats.macro_f1(stats["counts"], ones, stats["classes"])[0] - r["test_macro_f1_mean"]) <= 1e-9
     assert not [w for w in recwarn if "differs" in str(w.message)]
 
 
@@ -222,6 +225,40 @@ def test_paired_p_values(study):
     assert t.loc["imagenet__mapping", "p_vs_best"] < 0.05  # clearly worse
     assert t.loc["opencell__native", "p_vs_best"] > 0.5  # identical predictions
     assert t.loc["opencell__native", "delta_vs_best"] == 0
+
+
+def test_floor_row_holm_bias_and_estimate_inside(tmp_path):
+    test_set = make_test_set(n_images=80, n_targets=30)
+    runs = tmp_path / "runs"
+    write_run(runs, "hpa", "mapping", test_set, quality=0.9, seed=1)
+    write_run(runs, "imagenet", "mapping", test_set, quality=0.3, seed=2)
+    write_run(runs, "random", "mapping", test_set, quality=0.0, seed=3, extra={"random_weights": True})
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=400)
+    t = table.set_index("run")
+    assert t.loc["random__mapping", "random_weights"] and not t.loc["hpa__mapping", "random_weights"]
+    assert t.loc["random__mapping", "weights"].startswith("random init")
+    # the floor is never "best", and every other row is compared with it
+    assert t.loc["hpa__mapping", "delta_vs_best"] == 0
+    assert np.isnan(t.loc["random__mapping", "p_vs_floor"])
+    assert t.loc["hpa__mapping", "p_vs_floor"] < 0.01
+    for _, r in table.iterrows():
+        assert r["ci_low"] <= r["test_f1_mean"] <= r["ci_high"]
+        assert np.isfinite(r["ci_bias"]) and abs(r["ci_bias"]) < 0.1
+    raw = table[["p_vs_best", "p_vs_floor"]].to_numpy().ravel()
+    adj = table[["p_vs_best_holm", "p_vs_floor_holm"]].to_numpy().ravel()
+    ok = np.isfinite(raw)
+    assert ok.sum() == 4  # 2 vs best (imagenet, random) + 2 vs floor (hpa, imagenet)
+    assert np.all(adj[ok] >= raw[ok])
+    # Holm over the 3 distinct comparisons: hpa-random appears in both columns but counts once
+    family = [t.loc["imagenet__mapping", "p_vs_best"], t.loc["random__mapping", "p_vs_best"],
+              t.loc["imagenet__mapping", "p_vs_floor"]]
+    expect = dstats.holm(family)
+    assert t.loc["imagenet__mapping", "p_vs_best_holm"] == pytest.approx(expect[0])
+    assert t.loc["random__mapping", "p_vs_best_holm"] == pytest.approx(expect[1])
+    assert t.loc["imagenet__mapping", "p_vs_floor_holm"] == pytest.approx(expect[2])
+    assert t.loc["hpa__mapping", "p_vs_floor_holm"] == t.loc["random__mapping", "p_vs_best_holm"]
+    md = report.markdown_table(table, [], synthetic=False, n_boot=400, results=report.collect_runs(runs))
+    assert "floor" in md and "Deviations from the paper" in md and "Open choices" in md
 
 
 def test_different_test_sets_give_no_p_value(tmp_path):
@@ -351,3 +388,66 @@ def test_bad_predictions_file_names_the_file(study):
     pd.read_csv(pred).drop(columns=["p_golgi"]).to_csv(pred, index=False)
     with pytest.raises(DinolocError, match=r"hpa__mapping.*predictions\.csv.*p_golgi"):
         report.build_table(report.collect_runs(runs), n_boot=10)
+
+
+def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp_path):
+    test_set = make_test_set()
+    run_dir = write_run(tmp_path, "hpa", "mapping", test_set, quality=0.6, seed=1)
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    other = pred.copy()
+    p_cols = [f"p_{c}" for c in CATEGORIES]
+    other[p_cols] = np.random.default_rng(9).random(other[p_cols].shape)  # seed 1: a much worse classifier
+    both = pd.concat([pred.assign(seed=0), other.assign(seed=1)], ignore_index=True)
+    both.to_csv(run_dir / "predictions.csv", index=False)
+    result = json.loads((run_dir / "result.json").read_text())
+    y = test_set[list(CATEGORIES)].to_numpy()
+    seed1 = []
+    for fold in range(N_FOLDS):
+        rows = other[(other["split"] == "test") & (other["fold"] == fold)]
+        seed1.append({**result["folds"][fold], "seed": 1,
+                      "test_macro_f1": _sk_macro(y, (rows[p_cols].to_numpy() > 0.5).astype(int))})
+    seed0 = [{**f, "seed": 0} for f in result["folds"]]
+    m0, m1 = np.mean([f["test_macro_f1"] for f in seed0]), np.mean([f["test_macro_f1"] for f in seed1])
+    result.update({"folds": seed0 + seed1, "n_seeds": 2, "test_macro_f1_mean": float((m0 + m1) / 2),
+                   "test_macro_f1_seed_std": float(np.std([m0, m1]))})
+    (run_dir / "result.json").write_text(json.dumps(result))
+    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=200)
+    row = table.iloc[0]
+    assert row["notes"] == ""  # the recomputed mean over (seed, fold) equals result.json's
+    assert row["n_seeds"] == 2 and row["test_f1_seed_std"] == pytest.approx(abs(m0 - m1) / 2)
+    assert row["ci_low"] <= row["test_f1_mean"] <= row["ci_high"]
+    assert "(seeds ± " in report.markdown_table(table, [], synthetic=False)
+
+
+def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
+    test_set = make_test_set(n_images=60, n_targets=25)
+    runs = tmp_path / "runs"
+    write_run(runs, "hpa", "mapping", test_set, quality=0.8, seed=1)
+    crop = write_run(runs / "c", "hpa", "mapping", test_set, quality=0.3, seed=2, extra={"variant": "crop600"})
+    crop.rename(runs / "hpa__mapping__crop600")
+    relabelled = test_set.copy()
+    relabelled[CATEGORIES[0]] = 1 - relabelled[CATEGORIES[0]]  # other labels (as min_grade=2 would give)
+    grade = write_run(runs / "g", "hpa", "mapping", relabelled, quality=0.8, seed=3, extra={"variant": "min_grade2"})
+    grade.rename(runs / "hpa__mapping__min_grade2")
+    (runs / "c").rmdir(), (runs / "g").rmdir()
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=300)
+    assert sorted(table["run"]) == ["hpa__mapping", "hpa__mapping__crop600", "hpa__mapping__min_grade2"]
+    sens = pd.DataFrame(table.attrs["sensitivity"]).set_index("variant")
+    assert sens.loc["crop600", "shared_test_set"] and sens.loc["crop600", "p"] < 0.05
+    assert sens.loc["crop600", "delta"] == pytest.approx(
+        table.set_index("run").loc["hpa__mapping__crop600", "test_f1_mean"] - table.iloc[0]["test_f1_mean"])
+    assert not sens.loc["min_grade2", "shared_test_set"] and np.isnan(sens.loc["min_grade2", "p"])
+    assert sens.loc["crop600", "p_holm"] == pytest.approx(sens.loc["crop600", "p"])  # the only test
+    md = report.sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300)
+    assert "crop600" in md and "other test set" in md
+
+
+def test_weights_label_and_epochs_come_from_what_was_loaded():
+    base = {"backbone": "imagenet", "backbone_display": "ImageNet-1k", "strategy": "mapping"}
+    user = {**base, "dino_epochs_config": 300,
+            "provenance": {"weights_default": False, "weights_path": "/w/my_dino_ep3.pth", "checkpoint": {"epoch": 3}}}
+    preset = {**base, "dino_epochs_config": 300, "provenance": {"weights_default": True, "checkpoint": {}}}
+    assert report._weights_label(user) == "user's weights (my_dino_ep3.pth) [ImageNet-1k preset]"
+    assert report._weights_label(preset) == "ImageNet-1k"
+    assert report._checkpoint_epochs(user) == 3 and report._epochs_source(user) == "checkpoint"
+    assert report._checkpoint_epochs(preset) == 300 and report._epochs_source(preset) == "config"

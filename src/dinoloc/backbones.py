@@ -352,6 +352,24 @@ def _checkpoint_epoch(obj: Any) -> int | None:
     return int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
 
 
+def checkpoint_facts(obj: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says about itself: its epoch (official DINO stores the number of finished epochs),
+    the arch and patch size of its `args` when present, and the patch size, input channels and width read
+    from the patch embedding's weight (so a bare backbone file has them too)."""
+    facts: dict[str, Any] = {"epoch": _checkpoint_epoch(obj)}
+    args = obj.get("args") if isinstance(obj, dict) else None
+    args = vars(args) if hasattr(args, "__dict__") else (args if isinstance(args, dict) else {})
+    for key in ("arch", "patch_size", "epochs"):
+        value = args.get(key)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            facts[f"args_{key}" if key == "epochs" else key] = value
+    w = state.get("patch_embed.proj.weight")
+    if isinstance(w, torch.Tensor) and w.ndim == 4:
+        facts["embed_dim"], facts["in_chans"] = int(w.shape[0]), int(w.shape[1])
+        facts.setdefault("patch_size", int(w.shape[-1]))
+    return facts
+
+
 def build_backbone(
     arch: str,
     in_chans: int,
@@ -382,6 +400,7 @@ def build_backbone(
             torch.manual_seed(RANDOM_INIT_SEED)
             model = create_vit(arch, in_chans, img_size, **model_kwargs)
         info["random_init"] = True
+        info["random_seed"] = RANDOM_INIT_SEED
     elif weights.startswith(TIMM_PREFIX):
         model = _timm_pretrained(weights[len(TIMM_PREFIX):], arch, in_chans, img_size, model_kwargs)
     else:
@@ -395,6 +414,7 @@ def build_backbone(
         load_backbone_state(model, state, source)
         info["weights_sha256"] = _sha256_of(path)
         info["checkpoint_epoch"] = _checkpoint_epoch(obj)
+        info["checkpoint"] = checkpoint_facts(obj, state)
     use_official_pos_interpolation(model)
     model.eval()
     model.dinoloc_info = info

@@ -75,6 +75,7 @@ class ClassifierParams:
     lr_scaling: str = "none"
     schedule_step: str = "epoch"
     sampler: str = "rarest_label"
+    n_seeds: int = 1  # CV repeats with seeds seed, seed+1, ... (cross_validate_seeds); the paper: 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierParams:
@@ -129,6 +130,10 @@ class ClassifierParams:
         out["seed"] = as_int("seed")
         if out["seed"] < 0:
             raise bad("seed", "must be >= 0")
+        if "n_seeds" in d:
+            out["n_seeds"] = as_int("n_seeds")
+            if out["n_seeds"] < 1:
+                raise bad("n_seeds", "must be >= 1")
         out["lr"] = as_float("lr")
         if out["lr"] <= 0:
             raise bad("lr", "must be > 0")
@@ -597,6 +602,52 @@ def cross_validate(
     }
     summary["n_features"] = int(X.shape[1])
     return CVResult(summary, pd.concat(pred_frames, ignore_index=True), pd.concat(class_frames, ignore_index=True))
+
+
+def cross_validate_seeds(
+    X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndarray, image_ids: np.ndarray,
+    targets: np.ndarray, params: ClassifierParams, device: str = "cpu", progress: bool = True,
+) -> CVResult:
+    """`cross_validate` repeated with classifier seeds params.seed, params.seed + 1, ... (params.n_seeds).
+
+    The summary's means are over every (seed, fold); `test_macro_f1_std` is the mean over seeds of each
+    seed's fold std, and `test_macro_f1_seed_std` the std over seeds of each seed's fold mean (NaN for one
+    seed), so fold noise and seed noise are reported apart. predictions.csv and per_class.csv get a `seed`
+    column; with n_seeds = 1 the result is cross_validate's, plus that column."""
+    n_seeds = params.n_seeds
+    runs = []
+    for i in range(int(n_seeds)):
+        p = dataclasses.replace(params, seed=params.seed + i)
+        runs.append((p.seed, cross_validate(X, Y, split, fold, image_ids, targets, p, device, progress)))
+    if n_seeds == 1:
+        seed, cv = runs[0]
+        cv.predictions.insert(1, "seed", seed)
+        cv.per_class.insert(0, "seed", seed)
+        for f in cv.summary["folds"]:
+            f["seed"] = seed
+        cv.summary.update({"n_seeds": 1, "seeds": [seed], "test_macro_f1_seed_std": float("nan")})
+        return cv
+    folds, preds, per_class = [], [], []
+    for seed, cv in runs:
+        folds += [{**f, "seed": seed} for f in cv.summary["folds"]]
+        preds.append(cv.predictions.assign(seed=seed))
+        per_class.append(cv.per_class.assign(seed=seed))
+    summary = dict(runs[0][1].summary)
+    for name in ("test", "train", "val"):
+        per_seed_mean = np.array([cv.summary[f"{name}_macro_f1_mean"] for _, cv in runs])
+        per_seed_std = np.array([cv.summary[f"{name}_macro_f1_std"] for _, cv in runs])
+        summary[f"{name}_macro_f1_mean"] = float(per_seed_mean.mean())
+        summary[f"{name}_macro_f1_std"] = float(per_seed_std.mean())
+        summary[f"{name}_macro_f1_seed_std"] = float(per_seed_mean.std(ddof=0))
+    summary["folds"] = folds
+    summary["warnings"] = [w for _, cv in runs for w in cv.summary["warnings"]]
+    summary["n_seeds"] = int(n_seeds)
+    summary["seeds"] = [seed for seed, _ in runs]
+    predictions = pd.concat(preds, ignore_index=True)
+    predictions.insert(1, "seed", predictions.pop("seed"))
+    per_class = pd.concat(per_class, ignore_index=True)
+    per_class.insert(0, "seed", per_class.pop("seed"))
+    return CVResult(summary, predictions, per_class)
 
 
 # ----------------------------------------------------------------------------------------------------------

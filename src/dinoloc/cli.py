@@ -182,14 +182,16 @@ def run_extraction(cfg: DictConfig, manifest):
         )
         info = getattr(model, "dinoloc_info", {})
         meta["checkpoint_epoch"] = info.get("checkpoint_epoch")
+        meta["checkpoint"] = info.get("checkpoint") or {}
         meta["random_weights"] = bool(info.get("random_init", False))
+        meta["random_seed"] = info.get("random_seed")
         return model
 
     embed_fn = functools.partial(
         embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
         channel_map=_plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
         mean=None if pp.mean is None else list(pp.mean), std=None if pp.std is None else list(pp.std),
-        spatial=pp.spatial, empty_channels=_empty_channels(cfg),
+        spatial=pp.spatial, empty_channels=_empty_channels(cfg), crop_size=int(pp.get("crop_size", 600)),
     )
     root = Path(cfg.data.root)
     ex = cfg.extract
@@ -249,14 +251,16 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 
     import numpy as np
 
-    from dinoloc.classify import ClassifierParams, cross_validate, load_result, save_run
+    from dinoloc.classify import ClassifierParams, cross_validate_seeds, load_result, save_run
     from dinoloc.extract import cache_key
     from dinoloc.io import frame_sha256
     from dinoloc.ontology import CATEGORIES
+    from dinoloc.provenance import weights_record
+    from dinoloc.stats import embedding_health
 
     manifest, split = prepare_data(cfg)
     bb = cfg.backbone
-    run_dir = Path(cfg.paths.runs_dir) / f"{bb.name}__{cfg.strategy.name}"
+    run_dir = Path(cfg.paths.runs_dir) / run_name(cfg)
     params = ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
     fingerprint = run_fingerprint(cfg, manifest, split)
     previous = load_result(run_dir)
@@ -278,7 +282,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     m = manifest.set_index("image_id").loc[split["image_id"]]
     fold = split["fold"].fillna(-1).astype(int).to_numpy()
     t0 = time.perf_counter()
-    cv = cross_validate(
+    cv = cross_validate_seeds(
         emb[rows][labeled], m[list(CATEGORIES)].to_numpy()[labeled].astype(int),
         split["split"].to_numpy()[labeled], fold[labeled],
         split["image_id"].to_numpy()[labeled], split["target"].to_numpy()[labeled],
@@ -287,15 +291,28 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     arch = str(bb.arch)
     found = re.search(r"patch(\d+)", arch)
     patch = bb.model_kwargs.get("patch_size") or (int(found.group(1)) if found else "?")
+    ckpt = meta.get("checkpoint") or {}
+    if not ckpt and meta.get("checkpoint_epoch") is not None:
+        ckpt = {"epoch": meta.get("checkpoint_epoch")}
+    prov = weights_record(
+        bb.weights or None, {"weights_sha256": _sha_of(meta.get("weights")), "random_init": meta.get("random_weights"),
+                             "random_seed": meta.get("random_seed")}, ckpt, default=_weights_are_default(),
+    )
+    prov["embedding_health"] = meta.get("embedding_health") or embedding_health(emb)
     result = {
         "experiment": cfg.experiment_name,
+        "variant": str(cfg.get("variant") or "baseline"),
         "backbone": bb.name,
         "backbone_display": bb.display_name,
         "arch": arch,
         "model_label": f"{arch.split('_patch')[0]}/{patch}",
         "model_kwargs": _plain(bb.model_kwargs),
         "strategy": cfg.strategy.name,
-        "dino_epochs": bb.dino_epochs if bb.dino_epochs is not None else meta.get("checkpoint_epoch"),
+        # The checkpoint's own count wins; the config's value only where the file records none.
+        "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
+        "dino_epochs_config": bb.dino_epochs,
+        "provenance": prov,
+        "resolved": resolved_config(cfg, params),
         "synthetic": bool(meta.get("synthetic")),
         "random_weights": bool(meta.get("random_weights", False)),
         "cache_key": entry.key,
@@ -320,6 +337,41 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "  [SYNTHETIC]" if result["synthetic"] else "",
     )
     return result
+
+
+def run_name(cfg: DictConfig) -> str:
+    """`<backbone>__<strategy>`, plus `__<variant>` for a sensitivity variant other than the baseline."""
+    name = f"{cfg.backbone.name}__{cfg.strategy.name}"
+    variant = str(cfg.get("variant") or "baseline")
+    return name if variant == "baseline" else f"{name}__{variant}"
+
+
+def resolved_config(cfg: DictConfig, params: Any) -> dict[str, Any]:
+    """The values the paper's comparison depends on, as this run used them (diffed by dinoloc.provenance)."""
+    s = cfg.data.split
+    return {
+        "classifier": params.to_dict(),
+        "split": {"test_size": s.test_size, "n_folds": s.n_folds, "group_by": s.group_by, "seed": s.seed},
+        "labels": {"min_grade": cfg.data.labels.min_grade},
+        "preprocess": _plain(cfg.backbone.preprocess),
+    }
+
+
+def _sha_of(fingerprint: Any) -> str | None:
+    """The weights' sha256 from the cache's weights fingerprint (None for random init and timm names)."""
+    text = str(fingerprint or "")
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+
+def _weights_are_default() -> bool:
+    """False when backbone.weights was overridden on the command line (the user's own weights)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra app (a test calling run_classifier directly)
+        return True
+    return not any(o.lstrip("+~").split("=")[0] == "backbone.weights" for o in overrides)
 
 
 def _versions() -> dict[str, str]:
@@ -558,8 +610,12 @@ def report_main(cfg: DictConfig) -> None:
     from dinoloc.report import write_report
 
     expected = list(cfg.get("expected_rows") or []) or None
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected,
+    rep = cfg.report
+    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
+                         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
                          figure2_colors=str(cfg.get("figure2_colors") or "magenta_green"))
     print(Path(paths["table3.md"]).read_text())
+    if "sensitivity.md" in paths:
+        print(Path(paths["sensitivity.md"]).read_text())
     for name, p in paths.items():
         print(f"{name}: {p}")

@@ -316,9 +316,12 @@ def _merge(folder: Path, image_ids: list[str], chunk_size: int, meta: dict[str, 
         )
     write_npy(folder / "embeddings.npy", emb)
     write_csv(folder / "index.csv", pd.DataFrame({"image_id": image_ids}))
+    from dinoloc.stats import embedding_health
+
     meta = meta | {
         "n_images": n,
         "dim": int(emb.shape[1]),
+        "embedding_health": embedding_health(emb),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dinoloc_version": __version__,
         "torch_version": torch.__version__,

@@ -56,6 +56,18 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred size x size square of each image (the paper's Table I speaks of 600 x 600 cropped FOVs).
+    An image smaller than `size` on a side gives its largest centred square instead."""
+    x = _check_batch(x, "center_crop")
+    if size < 1:
+        raise DinolocError(f"backbone.preprocess.crop_size must be a positive integer, got {size}")
+    h, w = x.shape[-2:]
+    side = min(size, h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return x[..., top:top + side, left:left + side]
+
+
 def tile(x: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
     """Cut each image into non-overlapping size x size tiles covering it entirely.
 

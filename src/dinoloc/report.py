@@ -12,13 +12,14 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dinoloc import stats
 from dinoloc.classify import macro_f1
 from dinoloc.figures import (  # noqa: F401 (re-exported: the figures moved to dinoloc.figures)
     SYNTHETIC_MARKER,
@@ -49,19 +50,37 @@ TABLE_COLUMNS = [
     "weights",
     "model",
     "approach",
-    "dino_epochs",
+    "dino_epochs",  # from the checkpoint when it records one, else backbone.dino_epochs
+    "dino_epochs_source",  # checkpoint | config
     "test_f1_mean",
-    "test_f1_std",
+    "test_f1_std",  # fold std (mean over classifier seeds of each seed's fold std)
+    "test_f1_seed_std",  # std over classifier seeds of the seed's fold-mean (NaN with one seed)
+    "n_seeds",
     "train_f1_mean",
     "val_f1_mean",
     "n_folds",
     "ci_low",
     "ci_high",
+    "ci_bias",  # bootstrap replicate mean - estimate
+    "ci_widened",
+    "ws_f1",  # macro F1 over the well-supported classes (>= 3 positive test targets)
+    "ws_ci_low",
+    "ws_ci_high",
+    "thin_classes",  # scored classes with fewer than 3 positive test targets
     "delta_vs_best",
-    "p_vs_best",
+    "p_vs_best",  # raw paired bootstrap p
+    "p_vs_best_holm",  # Holm-adjusted over every comparison in the table
+    "delta_vs_floor",
+    "p_vs_floor",
+    "p_vs_floor_holm",
+    "random_weights",  # the random-weights floor row
     "synthetic",
     "backbone",
     "strategy",
+    "variant",
+    "weights_file",
+    "weights_sha256",
+    "dino_epochs_config",
     "run_dir",
     "run",
     "std_ddof",
@@ -114,7 +133,34 @@ def _warn(message: str) -> None:
 
 
 def _run_name(result: dict) -> str:
-    return f"{result['backbone']}__{result['strategy']}"
+    name = f"{result['backbone']}__{result['strategy']}"
+    variant = result.get("variant") or "baseline"
+    return name if variant == "baseline" else f"{name}__{variant}"
+
+
+def _weights_label(result: dict) -> str:
+    """The Weights column: the preset's name, or the user's file when backbone.weights is not the preset's."""
+    display = str(result.get("backbone_display", result["backbone"]))
+    if _is_floor(result):
+        return f"random init (seed {(result.get('provenance') or {}).get('random_seed', 0)})"
+    prov = result.get("provenance") or {}
+    if prov.get("weights_default") is False:
+        return f"user's weights ({Path(str(prov.get('weights_path', '?'))).name}) [{display} preset]"
+    return display
+
+
+def _epochs_source(result: dict) -> str:
+    if ((result.get("provenance") or {}).get("checkpoint") or {}).get("epoch") is not None:
+        return "checkpoint"
+    return "config" if result.get("dino_epochs_config", result.get("dino_epochs")) is not None else ""
+
+
+def _checkpoint_epochs(result: dict) -> Any:
+    """DINO epochs as the checkpoint records them; the config's value only when the file has none."""
+    ckpt = ((result.get("provenance") or {}).get("checkpoint") or {}).get("epoch")
+    if ckpt is not None:
+        return ckpt
+    return result.get("dino_epochs_config", result.get("dino_epochs"))
 
 
 def _row_order(result: dict) -> tuple:
@@ -166,21 +212,22 @@ def _test_rows(pred: pd.DataFrame, run_dir: str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# target-level bootstrap
+# target-level bootstrap (the statistics live in dinoloc.stats)
 # ----------------------------------------------------------------------------------------------------------
 def _target_counts(test: pd.DataFrame, threshold: float) -> tuple[np.ndarray, list, list[str]]:
-    """Per fold, target and class: the counts (tp, fp, fn, pos) that macro F1 is a function of.
+    """Per (classifier seed, fold), target and class: the counts (tp, fp, fn, pos) macro F1 is a function of.
 
-    Returns counts of shape (4, n_folds, n_targets, n_classes), the folds and the sorted targets. Summing
-    the counts of a multiset of targets gives exactly sklearn's F1 on the concatenated images."""
-    folds = sorted(test["fold"].unique().tolist())
+    Returns counts of shape (4, n_seed_folds, n_targets, n_classes), the (seed, fold) pairs and the sorted
+    targets. Summing the counts of a multiset of targets gives exactly sklearn's F1 on the images."""
+    test = test.assign(seed=test["seed"] if "seed" in test.columns else 0)
+    folds = sorted({(int(a), int(b)) for a, b in zip(test["seed"], test["fold"], strict=True)})
     targets = sorted(test["target"].astype(str).unique().tolist())
     t_index = {t: i for i, t in enumerate(targets)}
     y_cols = [f"y_{c}" for c in CATEGORIES]
     p_cols = [f"p_{c}" for c in CATEGORIES]
     counts = np.zeros((4, len(folds), len(targets), len(CATEGORIES)), dtype=np.float64)
-    for fi, fold in enumerate(folds):
-        rows = test[test["fold"] == fold]
+    for fi, (seed, fold) in enumerate(folds):
+        rows = test[(test["seed"] == seed) & (test["fold"] == fold)]
         y = rows[y_cols].to_numpy(dtype=np.int64) > 0
         p = rows[p_cols].to_numpy(dtype=np.float64) > threshold
         ti = rows["target"].astype(str).map(t_index).to_numpy()
@@ -189,28 +236,15 @@ def _target_counts(test: pd.DataFrame, threshold: float) -> tuple[np.ndarray, li
     return counts, folds, targets
 
 
-def _fold_mean_macro_f1(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Fold-mean macro F1 for each row of `weights` (n_boot, n_targets: how often each target is drawn).
-    F1 = 2tp / (2tp + fp + fn), 0 when undefined (zero_division=0), mean over classes with a positive."""
-    tp, fp, fn, pos = (np.einsum("bt,ftc->bfc", weights, counts[k]) for k in range(4))
-    den = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, den, out=np.zeros_like(den), where=den > 0)
-    present = pos > 0
-    n_present = present.sum(axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        macro = np.where(n_present > 0, (f1 * present).sum(axis=2) / n_present, np.nan)
-    return macro.mean(axis=1)
-
-
 def bootstrap_weights(n_targets: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_targets) draw counts: each replicate samples n_targets targets with replacement. A fixed
-    seed per target set means runs on the same test set see the same replicates (a paired bootstrap)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_targets, np.full(n_targets, 1.0 / n_targets), size=n_boot).astype(np.float64)
+    """See dinoloc.stats.bootstrap_weights (kept here for callers of the report module)."""
+    return stats.bootstrap_weights(n_targets, n_boot, seed)
 
 
-def _run_stats(result: dict, n_boot: int, seed: int) -> dict[str, Any]:
-    """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a CI."""
+def _run_stats(result: dict, n_boot: int, seed: int, level: float = 0.95, method: str = "percentile") -> dict[str, Any]:
+    """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a CI over
+    the fixed class set (classes with a positive in the full test set) and one over the well-supported
+    classes (>= stats.WELL_SUPPORTED positive test targets)."""
     run_dir = result["run_dir"]
     threshold = _threshold(result)
     test = _test_rows(read_predictions(run_dir), run_dir)
@@ -220,12 +254,13 @@ def _run_stats(result: dict, n_boot: int, seed: int) -> dict[str, Any]:
     # The check uses the classifier's own macro F1 on each fold's full test set (images, not counts).
     y_cols = [f"y_{c}" for c in CATEGORIES]
     p_cols = [f"p_{c}" for c in CATEGORIES]
+    test = test.assign(seed=test["seed"] if "seed" in test.columns else 0)
     per_fold = {}
-    for fold in folds:
-        rows = test[test["fold"] == fold]
+    for seed_fold in folds:
+        rows = test[(test["seed"] == seed_fold[0]) & (test["fold"] == seed_fold[1])]
         y = rows[y_cols].to_numpy(dtype=np.int64)
         p = (rows[p_cols].to_numpy(dtype=np.float64) > threshold).astype(np.int64)
-        per_fold[fold] = _macro_f1(y, p)
+        per_fold[seed_fold] = _macro_f1(y, p)
     recomputed = float(np.mean(list(per_fold.values())))
     reported = float(result["test_macro_f1_mean"])
     if not math.isclose(recomputed, reported, rel_tol=0.0, abs_tol=1e-9):
@@ -236,46 +271,63 @@ def _run_stats(result: dict, n_boot: int, seed: int) -> dict[str, Any]:
         _warn(msg)
         notes.append("recomputed test F1 differs from result.json")
     for f in result["folds"]:
-        fold = f.get("fold")
-        if fold in per_fold and not math.isclose(per_fold[fold], float(f["test_macro_f1"]), abs_tol=1e-9):
-            _warn(f"{Path(run_dir) / 'result.json'}: fold {fold} test_macro_f1 differs from predictions.csv")
+        key = (int(f.get("seed", 0)), f.get("fold"))
+        if key in per_fold and not math.isclose(per_fold[key], float(f["test_macro_f1"]), abs_tol=1e-9):
+            _warn(f"{Path(run_dir) / 'result.json'}: fold {key[1]} test_macro_f1 differs from predictions.csv")
 
-    boot = _fold_mean_macro_f1(counts, bootstrap_weights(len(targets), n_boot, seed))
-    ci_low, ci_high = np.nanpercentile(boot, [2.5, 97.5]) if n_boot > 0 else (np.nan, np.nan)
+    classes = stats.scored_classes(counts)
+    n_pos = stats.positive_targets(counts)
+    well = n_pos >= stats.WELL_SUPPORTED
+    weights = stats.bootstrap_weights(len(targets), n_boot, seed) if n_boot > 0 else None
+    nan_interval = stats.Interval(float("nan"), float("nan"), float("nan"), float("nan"), method)
+    ci = stats.bootstrap_interval(counts, classes, weights, level, method) if n_boot > 0 else nan_interval
+    ws = stats.bootstrap_interval(counts, well, weights, level, method) if n_boot > 0 and well.any() else nan_interval
+    if ci.widened:
+        notes.append(f"the {method} interval missed the estimate and was widened to it")
     return {
         "recomputed": recomputed,
         "counts": counts,
         "folds": folds,
         "targets": targets,
-        "image_set": frozenset(zip(test["image_id"].astype(str), test["target"].astype(str), strict=True)),
-        "ci_low": float(ci_low),
-        "ci_high": float(ci_high),
+        # Paired tests need the same test images AND labels (min_grade changes labels, not images).
+        "image_set": frozenset(zip(test["image_id"].astype(str), test["target"].astype(str),
+                                   map(tuple, test[y_cols].to_numpy(dtype=np.int64).tolist()), strict=True)),
+        "ci": ci,
+        "ws": ws if well.any() else stats.Interval(
+            float("nan"), float("nan"), float("nan"), float("nan"), method),
+        "ws_estimate": stats.estimate(counts, well) if well.any() else float("nan"),
+        "thin_classes": [c for c, k, s in zip(CATEGORIES, n_pos, classes, strict=True) if s and k < stats.WELL_SUPPORTED],
+        "n_positive_targets": dict(zip(CATEGORIES, n_pos.tolist(), strict=True)),
+        "classes": classes,
+        "weights": weights,
         "notes": notes,
     }
 
 
 def paired_p_value(counts_a: np.ndarray, counts_b: np.ndarray, n_boot: int, seed: int) -> float:
-    """Two-sided paired bootstrap p-value of the difference in fold-mean macro F1 between two runs on the
-    same test targets: both are evaluated on the same resampled targets, p = 2·min(P(d ≤ 0), P(d ≥ 0))."""
+    """Two-sided paired bootstrap p of the difference in fold-mean macro F1 between two runs on the same test
+    targets, over the fixed class set of the test set (see dinoloc.stats.paired_p_value)."""
     if counts_a.shape[2] != counts_b.shape[2]:
         raise ValueError("paired comparison needs the same test targets in both runs")
-    w = bootstrap_weights(counts_a.shape[2], n_boot, seed)
-    d = _fold_mean_macro_f1(counts_a, w) - _fold_mean_macro_f1(counts_b, w)
-    d = d[~np.isnan(d)]
-    if d.size == 0:
-        return float("nan")
-    return float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
+    w = stats.bootstrap_weights(counts_a.shape[2], n_boot, seed)
+    return stats.paired_p_value(counts_a, counts_b, stats.scored_classes(counts_a), w)[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Table III
 # ----------------------------------------------------------------------------------------------------------
+def _is_floor(result: dict) -> bool:
+    return bool(result.get("random_weights", False))
+
+
 def build_table(
-    results: Sequence[dict], expected: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0
+    results: Sequence[dict], expected: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
+    level: float = 0.95, method: str = "percentile",
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per run in the paper's order, with mean ± std from result.json and, from predictions.csv,
-    a 95% target-bootstrap CI and a paired comparison against the best row. Returns (table, missing),
-    `missing` being the `expected` "backbone__strategy" names without a finished run."""
+    a target-bootstrap CI, its bias, and paired comparisons against the best row and against the
+    random-weights floor (raw and Holm-adjusted over all the table's comparisons). Returns (table,
+    missing), `missing` being the `expected` run names without a finished run."""
     results = sorted(results, key=_row_order)
     names = [_run_name(r) for r in results]
     dirs = [Path(r["run_dir"]).name for r in results]
@@ -285,47 +337,163 @@ def build_table(
     if not results:
         return pd.DataFrame(columns=TABLE_COLUMNS), missing
 
-    stats = [_run_stats(r, n_boot, seed) for r in results]
+    st = [_run_stats(r, n_boot, seed, level, method) for r in results]
     means = np.array([float(r["test_macro_f1_mean"]) for r in results])
-    best = int(np.argmax(means))
+    floors = [i for i, r in enumerate(results) if _is_floor(r)]
+    floor = floors[0] if floors else None
+    candidates = [i for i in range(len(results)) if i not in floors] or list(range(len(results)))
+    # In a sensitivity sweep "best" and the floor are the baseline's: variants are compared in their own table.
+    baseline = [i for i in candidates if (results[i].get("variant") or "baseline") == "baseline"]
+    candidates = baseline or candidates
+    best = max(candidates, key=lambda i: means[i])
+
+    def compare(i: int, j: int | None, notes: list[str], what: str) -> float:
+        if j is None or i == j or n_boot <= 0:
+            return float("nan")
+        if st[i]["image_set"] != st[j]["image_set"]:
+            notes.append(f"different test images than the {what} row: no paired test")
+            return float("nan")
+        return stats.paired_p_value(st[i]["counts"], st[j]["counts"], st[j]["classes"], st[j]["weights"])[1]
+
+    all_notes = [list(s["notes"]) for s in st]
+    p_best = np.array([compare(i, best, all_notes[i], "best") for i in range(len(results))])
+    p_floor = np.array([compare(i, floor, all_notes[i], "random-weights") for i in range(len(results))])
+    p_best_holm, p_floor_holm = _holm_over_pairs(p_best, p_floor, best, floor)
     rows = []
-    for i, (r, s) in enumerate(zip(results, stats, strict=True)):
-        notes = list(s["notes"])
-        if i == best:
-            p = float("nan")
-        elif s["image_set"] != stats[best]["image_set"]:
-            p = float("nan")
-            notes.append("different test images than the best row: no paired test")
-        else:
-            p = paired_p_value(s["counts"], stats[best]["counts"], n_boot, seed)
+    for i, (r, s) in enumerate(zip(results, st, strict=True)):
         strategy = str(r["strategy"])
+        prov = r.get("provenance") or {}
         rows.append(
             {
-                "weights": r.get("backbone_display", r["backbone"]),
+                "weights": _weights_label(r),
                 "model": r.get("model_label", r.get("arch", "")),
                 "approach": NATIVE_APPROACH if strategy == "native" else strategy,
-                "dino_epochs": r.get("dino_epochs"),
+                "dino_epochs": _checkpoint_epochs(r),
+                "dino_epochs_source": _epochs_source(r),
                 "test_f1_mean": float(r["test_macro_f1_mean"]),
                 "test_f1_std": float(r["test_macro_f1_std"]),
+                "test_f1_seed_std": r.get("test_macro_f1_seed_std", float("nan")),
+                "n_seeds": int(r.get("n_seeds", 1)),
                 "train_f1_mean": float(r["train_macro_f1_mean"]),
                 "val_f1_mean": float(r["val_macro_f1_mean"]),
                 "n_folds": int(r["n_folds"]),
-                "ci_low": s["ci_low"],
-                "ci_high": s["ci_high"],
+                "ci_low": s["ci"].low,
+                "ci_high": s["ci"].high,
+                "ci_bias": s["ci"].bias,
+                "ci_widened": s["ci"].widened,
+                "ws_f1": s["ws_estimate"],
+                "ws_ci_low": s["ws"].low,
+                "ws_ci_high": s["ws"].high,
+                "thin_classes": ", ".join(s["thin_classes"]),
                 "delta_vs_best": float(means[i] - means[best]),
-                "p_vs_best": p,
+                "p_vs_best": p_best[i],
+                "p_vs_best_holm": p_best_holm[i],
+                "delta_vs_floor": float(means[i] - means[floor]) if floor is not None else float("nan"),
+                "p_vs_floor": p_floor[i],
+                "p_vs_floor_holm": p_floor_holm[i],
+                "random_weights": _is_floor(r),
                 "synthetic": bool(r.get("synthetic", False)),
                 "backbone": r["backbone"],
                 "strategy": strategy,
+                "variant": r.get("variant") or "baseline",
+                "weights_file": prov.get("weights_path", ""),
+                "weights_sha256": prov.get("weights_sha256", ""),
+                "dino_epochs_config": r.get("dino_epochs_config"),
                 "run_dir": r["run_dir"],
                 "run": names[i],
                 "std_ddof": r.get("std_ddof"),
-                "notes": "; ".join(notes),
+                "notes": "; ".join(all_notes[i]),
             }
         )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    table["dino_epochs"] = table["dino_epochs"].astype("Int64")
+    for col in ("dino_epochs", "dino_epochs_config"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
+    table.attrs["ci"] = {"n_boot": n_boot, "seed": seed, "level": level, "method": method}
+    table.attrs["best"] = best
+    # records, not a DataFrame: pandas compares attrs when it propagates them
+    table.attrs["sensitivity"] = _sensitivity(table, st, compare).to_dict("records")
     return table, missing
+
+
+def _holm_over_pairs(
+    p_best: np.ndarray, p_floor: np.ndarray, best: int, floor: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Holm over the table's distinct comparisons: every row vs the best and vs the floor, the pair
+    (best, floor) counted once although it appears in both columns."""
+    family = list(p_best) + [p for i, p in enumerate(p_floor) if i != best]
+    adjusted = stats.holm(family)
+    n = len(p_best)
+    p_best_holm = adjusted[:n]
+    rest = iter(adjusted[n:])
+    p_floor_holm = np.array([np.nan if i == best else next(rest) for i in range(n)])
+    if floor is not None and np.isfinite(p_floor[best]):
+        p_floor_holm[best] = p_best_holm[floor]  # the same comparison as the floor row's p vs best
+    return p_best_holm, p_floor_holm
+
+
+SENSITIVITY_COLUMNS = [
+    "backbone", "strategy", "variant", "baseline_f1", "baseline_ci_low", "baseline_ci_high", "variant_f1",
+    "variant_ci_low", "variant_ci_high", "delta", "shared_test_set", "p", "p_holm", "notes",
+]
+
+
+def _sensitivity(table: pd.DataFrame, st: list[dict], compare: Callable) -> pd.DataFrame:
+    """Each non-baseline variant row against the baseline row of the same backbone x strategy: both CIs,
+    the difference, and a paired test where the test set (images and labels) is shared; Holm over these."""
+    rows = []
+    base = {(r["backbone"], r["strategy"]): i for i, r in table.iterrows() if r["variant"] == "baseline"}
+    for i, r in table.iterrows():
+        if r["variant"] == "baseline":
+            continue
+        j = base.get((r["backbone"], r["strategy"]))
+        notes: list[str] = []
+        if j is None:
+            notes.append("no baseline row for this backbone x strategy")
+        b = table.loc[j] if j is not None else None
+        shared = j is not None and st[i]["image_set"] == st[j]["image_set"]
+        p = compare(i, j, [], "baseline") if shared else float("nan")
+        if j is not None and not shared:
+            notes.append("other test images or labels than the baseline: CIs only, no paired test")
+        rows.append({
+            "backbone": r["backbone"], "strategy": r["strategy"], "variant": r["variant"],
+            "baseline_f1": b["test_f1_mean"] if b is not None else float("nan"),
+            "baseline_ci_low": b["ci_low"] if b is not None else float("nan"),
+            "baseline_ci_high": b["ci_high"] if b is not None else float("nan"),
+            "variant_f1": r["test_f1_mean"], "variant_ci_low": r["ci_low"], "variant_ci_high": r["ci_high"],
+            "delta": r["test_f1_mean"] - b["test_f1_mean"] if b is not None else float("nan"),
+            "shared_test_set": bool(shared), "p": p, "notes": "; ".join(notes),
+        })
+    out = pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+    if len(out):
+        out["p_holm"] = stats.holm(out["p"].to_numpy(dtype=float))
+    return out
+
+
+def sensitivity_markdown(sens: pd.DataFrame, synthetic: bool, n_boot: int | None, level: float = 0.95) -> str:
+    """The sensitivity table: each variant against its baseline row."""
+    lines = ["**SYNTHETIC DEMO DATA** — not the paper's data.", ""] if synthetic else []
+    lines += [
+        "**Sensitivity to the paper's open choices.** Test macro F1 of each variant vs the baseline row.",
+        "",
+        f"| Row | Variant | Baseline F1 [{level:.0%} CI] | Variant F1 [{level:.0%} CI] | Δ | paired p (raw / Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, r in sens.iterrows():
+        p = (f"{_fmt_p(r['p'], n_boot)} / {_fmt_p(r['p_holm'], n_boot)}" if r["shared_test_set"]
+             else "– (other test set)")
+        lines.append(
+            f"| {r['backbone']} · {r['strategy']} | {r['variant']} | {_fmt(r['baseline_f1'])} "
+            f"[{_fmt(r['baseline_ci_low'])}, {_fmt(r['baseline_ci_high'])}] | {_fmt(r['variant_f1'])} "
+            f"[{_fmt(r['variant_ci_low'])}, {_fmt(r['variant_ci_high'])}] | {_fmt(r['delta'])} | {p} |"
+        )
+    lines += [
+        "",
+        "Variants (configs/variant/): image_split = data.split.group_by=none; crop600 = "
+        "backbone.preprocess.spatial=center_crop (crop_size, then resize); min_grade2 = data.labels.min_grade=2. "
+        "A paired test needs the same test images and labels, so only variants that keep the baseline's test set "
+        "(crop600) get one; the others are compared through their CIs. Holm adjusts over this table's tests.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
@@ -369,11 +537,27 @@ def _fmt_p(p: Any, n_boot: int | None) -> str:
     return f"{float(p):.3f}"
 
 
+def _fmt_std(r: Any) -> str:
+    seed_std = r.get("test_f1_seed_std")
+    text = f"{_fmt(r['test_f1_mean'])} ± {_fmt(r['test_f1_std'])}"
+    if seed_std is not None and not pd.isna(seed_std):
+        text += f" (seeds ± {_fmt(seed_std)})"
+    return text
+
+
 def markdown_table(
     table: pd.DataFrame, missing: Sequence[str], synthetic: bool, n_boot: int | None = 1000,
+    results: Sequence[dict] | None = None,
     label_notes: dict[str, Any] | None = None,
 ) -> str:
-    """Table III as Markdown, with the notes a reader needs to interpret it (data, CI method, std ddof)."""
+    """Table III as Markdown, with the notes a reader needs to interpret it: data, CI method and its measured
+    coverage, thin classes, the paper's open choices as this run made them, and the generated list of
+    deviations from the paper (from each run's resolved config, see dinoloc.provenance)."""
+    from dinoloc import provenance
+
+    ci = table.attrs.get("ci", {"n_boot": n_boot, "level": 0.95, "method": "percentile", "seed": 0})
+    level = float(ci.get("level", 0.95))
+    method = str(ci.get("method", "percentile"))
     lines = []
     if synthetic:
         lines += [
@@ -384,30 +568,70 @@ def markdown_table(
     lines += [
         "**Table III.** Test macro F1 (mean ± std over the cross-validation folds).",
         "",
-        "| Weights | Model | Approach | DINO epochs | Test macro F1 | 95% CI | Train F1 | Val F1 | Δ vs best | p |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| Weights | Model | Approach | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
+        "F1 (≥3-target classes) [CI] | Train F1 | Val F1 | Δ vs best | p vs best (raw / Holm) | "
+        "p vs floor (raw / Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    best = table["test_f1_mean"].idxmax() if len(table) else None
+    best = table.attrs.get("best", table["test_f1_mean"].idxmax() if len(table) else None)
     for idx, r in table.iterrows():
         epochs = "–" if pd.isna(r["dino_epochs"]) else str(int(r["dino_epochs"]))
+        cfg_epochs = r.get("dino_epochs_config")
+        if r.get("dino_epochs_source") == "config":
+            epochs += "*"
+        elif not pd.isna(r["dino_epochs"]) and cfg_epochs is not None and not pd.isna(cfg_epochs) and (
+            int(cfg_epochs) != int(r["dino_epochs"])
+        ):
+            epochs += "†"
         delta = "best" if idx == best else f"{r['delta_vs_best']:+.4f}"
+        floor = "floor" if r.get("random_weights") else (
+            f"{_fmt_p(r['p_vs_floor'], n_boot)} / {_fmt_p(r['p_vs_floor_holm'], n_boot)}"
+        )
+        approach = r["approach"] if r.get("variant", "baseline") == "baseline" else f"{r['approach']} ({r['variant']})"
         lines.append(
-            f"| {r['weights']} | {r['model']} | {r['approach']} | {epochs} | "
-            f"{_fmt(r['test_f1_mean'])} ± {_fmt(r['test_f1_std'])} | "
-            f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['train_f1_mean'])} | "
-            f"{_fmt(r['val_f1_mean'])} | {delta} | {_fmt_p(r['p_vs_best'], n_boot)} |"
+            f"| {r['weights']} | {r['model']} | {approach} | {epochs} | {_fmt_std(r)} | "
+            f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
+            f"{_fmt(r['ws_f1'])} [{_fmt(r['ws_ci_low'])}, {_fmt(r['ws_ci_high'])}] | {_fmt(r['train_f1_mean'])} | "
+            f"{_fmt(r['val_f1_mean'])} | {delta} | "
+            f"{_fmt_p(r['p_vs_best'], n_boot)} / {_fmt_p(r['p_vs_best_holm'], n_boot)} | {floor} |"
         )
     ddofs = sorted({int(d) for d in table["std_ddof"].dropna()}) if "std_ddof" in table else []
     ddof_text = ", ".join(str(d) for d in ddofs) if ddofs else "not recorded"
+    n_seeds = sorted({int(n) for n in table["n_seeds"].dropna()}) if "n_seeds" in table else [1]
+    cov = stats.SIMULATED_COVERAGE.get(method, {})
+    thin = sorted({c.strip() for t in table.get("thin_classes", []) for c in str(t).split(",") if c.strip()})
+    seeds_text = (
+        f" Classifier seeds: {', '.join(map(str, n_seeds))}; the score is the mean over seeds and folds, "
+        "'seeds ±' the std over seeds of each seed's fold mean." if n_seeds != [1] else ""
+    )
     lines += [
         "",
         f"Notes: ± is the standard deviation of the per-fold test macro F1 (ddof = {ddof_text}); each fold's "
-        "classifier predicts the same held-out test set. Macro F1 averages the classes with at least one "
-        "positive test image. The 95% CI is a percentile bootstrap of the fold-mean test macro F1 resampling "
-        f"test targets (proteins) with replacement{f' ({n_boot} replicates)' if n_boot else ''}, since all "
-        "images of a target share its labels. p is a two-sided paired bootstrap over the same targets of the "
-        "difference to the best row (–: the best row itself, or a different test set).",
+        f"classifier predicts the same held-out test set.{seeds_text} Macro F1 averages the classes with at least "
+        "one positive test image. "
+        f"The {level:.0%} CI is a {stats.METHOD_NAMES.get(method, method)} bootstrap interval "
+        f"({ci.get('n_boot')} replicates, seed {ci.get('seed')}) resampling test targets (proteins) with "
+        "replacement, since all images of a target share its labels; every replicate scores the same classes as "
+        "the estimate (a class not drawn scores 0). 'bias' is the replicate mean minus the estimate. "
+        + (
+            f"Measured coverage of the expected test macro F1 by this interval in a simulation of an "
+            f"OpenCell-like population (17 classes, six with 1-3 positive test targets; scripts/ci_coverage.py): "
+            f"{cov['all']:.2f} over all scored classes and {cov['well_supported']:.2f} over the well-supported "
+            f"ones at nominal {cov['level']:.2f}: the interval is too narrow there, mainly because which thin "
+            "classes a test set contains is itself random, which no resampling of one test set can see. "
+            if cov else ""
+        )
+        + f"F1 (≥{stats.WELL_SUPPORTED}-target classes) averages only classes with at least "
+        f"{stats.WELL_SUPPORTED} positive test targets"
+        + (f"; thin classes left out: {', '.join(thin)}." if thin else ".")
+        + " p are two-sided paired bootstrap tests on the same replicates and class set (replicate differences "
+        "centred on their mean), against the best row and against the random-weights floor; Holm adjusts over "
+        "every comparison in the table (–: the row itself, or a different test set). DINO epochs are read from "
+        "the checkpoint; * the file records none, so backbone.dino_epochs is shown; † the checkpoint's count "
+        "differs from backbone.dino_epochs.",
     ]
+    if label_notes is None and results:
+        label_notes = next((r["data"]["label_notes"] for r in results if r.get("data", {}).get("label_notes")), None)
     if label_notes and label_notes.get("ignored"):
         counts = ", ".join(f"{c} ({n})" for c, n in label_notes["ignored"].items())
         only = len(label_notes.get("only_ignored") or [])
@@ -415,6 +639,16 @@ def markdown_table(
             f"Annotation names outside the 17 classes were dropped (data.labels.ignore), targets carrying each: "
             f"{counts}. {only} target(s) carried only such names and count as labelled with no positive class."
         )
+    if results:
+        lines += ["", provenance.choices_note(results)]
+        mismatches = provenance.epoch_mismatches(results)
+        if mismatches:
+            lines.append("Epoch mismatches: " + "; ".join(mismatches))
+        lines += ["", "**Deviations from the paper** (generated from each run's resolved config):", ""]
+        lines += [f"- {d}" for d in provenance.deviations_list(results)] or ["- none"]
+        warns = provenance.embedding_warnings(results)
+        if warns:
+            lines += ["", "**Embedding health:**", ""] + [f"- {w}" for w in warns]
     notes = [f"{r['run']}: {r['notes']}" for _, r in table.iterrows() if r.get("notes")]
     if notes:
         lines.append("Run notes: " + " | ".join(notes))
@@ -432,6 +666,8 @@ def write_report(
     expected: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    level: float = 0.95,
+    method: str = "percentile",
     figure2_colors: str = "magenta_green",
 ) -> dict[str, Path]:
     """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1, figure2 (best row's
@@ -444,16 +680,24 @@ def write_report(
             "`dinoloc-run -m experiment=table3 data.root=/path/to/opencell` (or experiment=demo), then rerun "
             "dinoloc-report with the same experiment"
         )
-    table, missing = build_table(results, expected=expected, n_boot=n_boot, seed=seed)
+    table, missing = build_table(results, expected=expected, n_boot=n_boot, seed=seed, level=level, method=method)
+    from dinoloc.provenance import embedding_warnings
+
+    for message in embedding_warnings(results):
+        _warn(message)
     synthetic = bool(table["synthetic"].any())
     paths = {name: out_dir / name for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png")}
     write_csv(paths["table3.csv"], table)
-    label_notes = next((r["data"]["label_notes"] for r in results if r.get("data", {}).get("label_notes")), None)
-    write_text(paths["table3.md"], markdown_table(table, missing, synthetic, n_boot=n_boot, label_notes=label_notes))
+    write_text(paths["table3.md"], markdown_table(table, missing, synthetic, n_boot=n_boot, results=results))
     write_csv(paths["per_class.csv"], per_class_table(results))
+    sens = pd.DataFrame(table.attrs.get("sensitivity") or [], columns=SENSITIVITY_COLUMNS)
+    if len(sens):
+        paths["sensitivity.csv"], paths["sensitivity.md"] = out_dir / "sensitivity.csv", out_dir / "sensitivity.md"
+        write_csv(paths["sensitivity.csv"], sens)
+        write_text(paths["sensitivity.md"], sensitivity_markdown(sens, synthetic, n_boot, level))
     plot_figure1(paths["table3.csv"], paths["figure1.png"])
     paths["figure1.pdf"] = paths["figure1.png"].with_suffix(".pdf")
-    best_dir = table.loc[table["test_f1_mean"].idxmax(), "run_dir"]
+    best_dir = table.loc[table.attrs["best"], "run_dir"]
     paths["figure2.png"] = out_dir / "figure2.png"
     shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed, colors=figure2_colors)
     print(f"Figure 2: {', '.join(shown)} from {best_dir}", file=sys.stderr)

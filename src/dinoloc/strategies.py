@@ -15,10 +15,10 @@ import torch
 
 from dinoloc.io import DinolocError
 from dinoloc.ontology import OPENCELL_CHANNELS
-from dinoloc.preprocess import normalize, resize, scale_intensity, tile
+from dinoloc.preprocess import center_crop, normalize, resize, scale_intensity, tile
 
 STRATEGIES = ("mapping", "replication", "native")
-SPATIAL_MODES = ("resize", "tile", "full")
+SPATIAL_MODES = ("resize", "tile", "center_crop", "full")
 EMPTY_CHANNEL_MODES = ("zero_before_norm", "zero_after_norm")
 
 
@@ -131,12 +131,14 @@ def embed_batch(
     spatial: str = "resize",
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
     empty_channels: str = "zero_before_norm",
+    crop_size: int = 600,
 ) -> torch.Tensor:
     """Raw (B, n_source, H, W) batch -> (B, n_views * D) float32 embeddings; the whole per-batch path.
 
     resize: resize -> scale_intensity -> strategy -> normalize -> model.
     tile: scale_intensity on the whole image (so every tile shares the image's statistics) -> tiles ->
     strategy -> normalize -> model -> mean over the image's tiles.
+    center_crop: the centred crop_size square -> resize -> as resize.
     full: scale_intensity -> strategy -> normalize -> model on the whole image, no resize (Dino4Cells' test
     transform); the backbone interpolates its position embeddings as official DINO does.
     Intensity scaling always acts on the source channels before the strategy. The channels that mapping
@@ -150,6 +152,8 @@ def embed_batch(
         x, n_tiles = scale_intensity(resize(x, img_size), intensity), 1
     elif spatial == "tile":
         x, n_tiles = tile(scale_intensity(x, intensity), img_size)
+    elif spatial == "center_crop":
+        x, n_tiles = scale_intensity(resize(center_crop(x, crop_size), img_size), intensity), 1
     elif spatial == "full":
         x, n_tiles = scale_intensity(x, intensity), 1
     else:

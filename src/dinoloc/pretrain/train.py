@@ -31,7 +31,7 @@ from dinoloc.backbones import create_vit, read_checkpoint
 from dinoloc.io import DinolocError, atomic_path, text_sha256, write_csv
 from dinoloc.preprocess import INTENSITY_MODES, scale_intensity
 from dinoloc.pretrain.augment import ZSCORE_MODES, CropSpec, MultiCropAugment, sample_generator
-from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
+from dinoloc.pretrain.head import DINOHead, MultiCropWrapper, from_official_keys, to_official_keys
 from dinoloc.pretrain.loss import DINOLoss, collapse_stats, cosine_scheduler
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -417,8 +417,9 @@ def _train(
     log_rows: list[dict[str, Any]] = []
     if resume is not None:
         try:
-            student.load_state_dict({k.removeprefix("module."): v for k, v in resume["student"].items()})
-            teacher.load_state_dict(resume["teacher"])
+            # Either head key form: official DINO's weight_g/weight_v or torch's parametrization keys.
+            student.load_state_dict(from_official_keys({k.removeprefix("module."): v for k, v in resume["student"].items()}))
+            teacher.load_state_dict(from_official_keys(resume["teacher"]))
             optimizer.load_state_dict(resume["optimizer"])
             dino_loss.load_state_dict(resume["dino_loss"])
         except (KeyError, RuntimeError, ValueError) as e:
@@ -521,8 +522,9 @@ def _train(
         if d.rank == 0:
             _save_checkpoint(ckpt_path, {
                 # always `module.`-prefixed, as official DDP runs write it
-                "student": {f"module.{k}": v for k, v in student.state_dict().items()},
-                "teacher": teacher.state_dict(),
+                # official DINO's head keys (last_layer.weight_g / weight_v), see head.to_official_keys
+                "student": {f"module.{k}": v for k, v in to_official_keys(student.state_dict()).items()},
+                "teacher": to_official_keys(teacher.state_dict()),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
                 "args": args,
