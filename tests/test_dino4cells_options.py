@@ -305,6 +305,7 @@ def test_crop_zscore_refused_for_non_zscored_backbone(tmp_path):
 # ---------------------------------------------------------------------------------------------------- variants
 VARIANTS = {
     "lr_linear": [("classifier.lr_scaling", "linear"), ("classifier.schedule_step", "step")],
+    "lr2x_step": [("classifier.lr", 2.0e-4), ("classifier.schedule_step", "step")],
     "sampler_class_uniform": [("classifier.sampler", "class_uniform")],
     "full_res": [("backbone.preprocess.spatial", "full")],
     "zscore_crop": [("pretrain.zscore", "crop")],
@@ -337,7 +338,7 @@ def test_variant_composes_and_changes_the_key_it_names(name):
     assert (Path(CONFIG_PATH) / "variant" / f"{name}.yaml").is_file()
     rows = ["row=hpa_mapping", "data.root=/x"]  # a real row: hpa_rgby acts only on the real HPA backbone
     base = _compose(*rows)
-    var = _compose(*rows, f"+variant={name}")
+    var = _compose(*rows, f"variant={name}")
     assert var["variant"] == name
     for key, value in VARIANTS[name]:
         assert _get(var, key) == value and _get(base, key) != value, key
@@ -348,7 +349,7 @@ def test_variant_composes_and_changes_the_key_it_names(name):
 
 def test_hpa_rgby_leaves_other_backbones_alone():
     for row in ("imagenet_mapping", "hpa_demo_mapping"):
-        assert _compose(f"row={row}", "+variant=hpa_rgby")["backbone"] == _compose(f"row={row}")["backbone"]
+        assert _compose(f"row={row}", "variant=hpa_rgby")["backbone"] == _compose(f"row={row}")["backbone"]
 
 
 # ---------------------------------------------------------------------------------------------------- HPA order check
