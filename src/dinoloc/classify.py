@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from tqdm import tqdm
 
 from dinoloc.io import DinolocError, read_json, write_csv, write_json
 from dinoloc.ontology import CATEGORIES, N_CLASSES
+
+if TYPE_CHECKING:
+    from dinoloc.probes import KNNParams
 
 RESAMPLE_CHOICES = ("rarest_label", "none")
 SCHEDULER_CHOICES = ("cosine", "none")
@@ -438,13 +441,13 @@ def cross_validate(
     fold: np.ndarray,
     image_ids: np.ndarray,
     targets: np.ndarray,
-    params: ClassifierParams,
+    params: ClassifierParams | KNNParams,
     device: str = "cpu",
     progress: bool = True,
     *,
     hook: Hook | None = None,
 ) -> CVResult:
-    """K-fold CV of the paper's MLP. X (N, D) embeddings in manifest order, Y (N, 17) 0/1, split
+    """K-fold CV of the paper's MLP (or of a probe head, dinoloc.probes). X (N, D) embeddings in manifest order, Y (N, 17) 0/1, split
     train|test|unlabeled, fold (-1 where not train). Fold k: train on train rows with fold != k, validate on
     fold k, evaluate on every test row. `hook("folds", {k: {"train", "val", "test"} row indices})` is called
     once, then per epoch (see `train_folds`)."""
@@ -484,9 +487,14 @@ def cross_validate(
     stds = torch.as_tensor(np.stack([sd for _, sd in stats]), dtype=torch.float32, device=device)
     Xt = torch.as_tensor(X, device=device)
     Yt = torch.as_tensor(Y, dtype=torch.float32, device=device)
-    weights, biases = train_folds(Xt, Yt, [s["train"] for s in sets.values()], means, stds, params,
-                                  progress=progress, hook=hook)
-    proba = predict_proba(Xt, weights, biases, means, stds)
+    train_rows = [s["train"] for s in sets.values()]
+    if isinstance(params, ClassifierParams):  # the MLP, or the linear head (no hidden layer)
+        weights, biases = train_folds(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook)
+        proba = predict_proba(Xt, weights, biases, means, stds)
+    else:  # a probe without training (dinoloc.probes.KNNParams)
+        from dinoloc.probes import knn_predict_proba
+
+        proba = knn_predict_proba(Xt, Yt, train_rows, means, stds, params)
 
     folds, pred_frames, class_frames = [], [], []
     y_cols, p_cols = [f"y_{c}" for c in CATEGORIES], [f"p_{c}" for c in CATEGORIES]

@@ -49,9 +49,9 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
     if classifier:
-        from dinoloc.classify import ClassifierParams
+        from dinoloc.probes import params_from_config
 
-        ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
+        params_from_config(_plain(cfg.classifier))
     validate_root(cfg)
 
 
@@ -200,15 +200,18 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 
     import numpy as np
 
-    from dinoloc.classify import ClassifierParams, cross_validate, load_result, save_run
+    from dinoloc.classify import cross_validate, load_result, save_run
     from dinoloc.extract import cache_key
     from dinoloc.io import frame_sha256
     from dinoloc.ontology import CATEGORIES
 
     manifest, split = prepare_data(cfg)
     bb = cfg.backbone
-    run_dir = Path(cfg.paths.runs_dir) / f"{bb.name}__{cfg.strategy.name}"
-    params = ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
+    from dinoloc.probes import head_name, params_from_config, run_dir_name
+
+    head = head_name(_plain(cfg.classifier))
+    run_dir = Path(cfg.paths.runs_dir) / run_dir_name(bb.name, cfg.strategy.name, head)
+    params = params_from_config(_plain(cfg.classifier))
     run_fingerprint = {
         "classifier": _plain(cfg.classifier),
         "split_sha256": frame_sha256(split),
@@ -250,6 +253,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "model_label": f"{arch.split('_patch')[0]}/{patch}",
         "model_kwargs": _plain(bb.model_kwargs),
         "strategy": cfg.strategy.name,
+        "head": head,
         "dino_epochs": bb.dino_epochs if bb.dino_epochs is not None else meta.get("checkpoint_epoch"),
         "synthetic": bool(meta.get("synthetic")),
         "random_weights": bool(meta.get("random_weights", False)),

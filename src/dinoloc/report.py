@@ -22,6 +22,7 @@ import pandas as pd
 from dinoloc.classify import macro_f1
 from dinoloc.io import DinolocError, atomic_path, read_json, write_csv, write_text
 from dinoloc.ontology import CATEGORIES
+from dinoloc.probes import DEFAULT_HEAD, HEADS, ranking_notes, run_dir_name
 
 SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
@@ -32,6 +33,7 @@ _STRATEGY_STYLE = {  # legend label, colour
     "replication": ("channel replication", "tab:orange"),
     "native": ("native (2 channels)", "tab:green"),
 }
+_HEAD_HATCH = {"knn": "//", "linear": ".."}  # the MLP's bars stay plain
 _REQUIRED_RESULT_KEYS = (
     "backbone",
     "strategy",
@@ -47,6 +49,7 @@ TABLE_COLUMNS = [
     "weights",
     "model",
     "approach",
+    "head",
     "dino_epochs",
     "test_f1_mean",
     "test_f1_std",
@@ -111,8 +114,12 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
+def _head(result: dict) -> str:
+    return str(result.get("head") or DEFAULT_HEAD)  # runs written before the probes existed are MLP runs
+
+
 def _run_name(result: dict) -> str:
-    return f"{result['backbone']}__{result['strategy']}"
+    return run_dir_name(str(result["backbone"]), str(result["strategy"]), _head(result))
 
 
 def _row_order(result: dict) -> tuple:
@@ -121,7 +128,8 @@ def _row_order(result: dict) -> tuple:
     backbone, strategy = str(result["backbone"]), str(result["strategy"])
     family = next((i for i, f in enumerate(_FAMILY_ORDER) if backbone.startswith(f)), len(_FAMILY_ORDER))
     strat = _STRATEGY_ORDER.index(strategy) if strategy in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
-    return (family, strat, backbone, strategy, result.get("run_dir", ""))
+    head = HEADS.index(_head(result)) if _head(result) in HEADS else len(HEADS)
+    return (family, strat, backbone, strategy, head, result.get("run_dir", ""))
 
 
 def _threshold(result: dict) -> float:
@@ -302,6 +310,7 @@ def build_table(
                 "weights": r.get("backbone_display", r["backbone"]),
                 "model": r.get("model_label", r.get("arch", "")),
                 "approach": NATIVE_APPROACH if strategy == "native" else strategy,
+                "head": _head(r),
                 "dino_epochs": r.get("dino_epochs"),
                 "test_f1_mean": float(r["test_macro_f1_mean"]),
                 "test_f1_std": float(r["test_macro_f1_std"]),
@@ -381,15 +390,15 @@ def markdown_table(
     lines += [
         "**Table III.** Test macro F1 (mean ± std over the cross-validation folds).",
         "",
-        "| Weights | Model | Approach | DINO epochs | Test macro F1 | 95% CI | Train F1 | Val F1 | Δ vs best | p |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Weights | Model | Approach | Head | DINO epochs | Test macro F1 | 95% CI | Train F1 | Val F1 | Δ vs best | p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     best = table["test_f1_mean"].idxmax() if len(table) else None
     for idx, r in table.iterrows():
         epochs = "–" if pd.isna(r["dino_epochs"]) else str(int(r["dino_epochs"]))
         delta = "best" if idx == best else f"{r['delta_vs_best']:+.4f}"
         lines.append(
-            f"| {r['weights']} | {r['model']} | {r['approach']} | {epochs} | "
+            f"| {r['weights']} | {r['model']} | {r['approach']} | {r.get('head', DEFAULT_HEAD)} | {epochs} | "
             f"{_fmt(r['test_f1_mean'])} ± {_fmt(r['test_f1_std'])} | "
             f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['train_f1_mean'])} | "
             f"{_fmt(r['val_f1_mean'])} | {delta} | {_fmt_p(r['p_vs_best'], n_boot)} |"
@@ -405,6 +414,12 @@ def markdown_table(
         "images of a target share its labels. p is a two-sided paired bootstrap over the same targets of the "
         "difference to the best row (–: the best row itself, or a different test set).",
     ]
+    if "head" in table and table["head"].nunique() > 1:
+        lines.append(
+            "Heads: mlp = the paper's MLP; knn = DINO's weighted k-NN (k = 20, T = 0.07, cosine on L2-normalised "
+            "embeddings, per-class weighted vote); linear = one linear layer with the MLP's recipe."
+        )
+        lines += [f"Ranking: {n}." for n in ranking_notes(table)]
     notes = [f"{r['run']}: {r['notes']}" for _, r in table.iterrows() if r.get("notes")]
     if notes:
         lines.append("Run notes: " + " | ".join(notes))
@@ -447,20 +462,24 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
     width = 0.8 / max(df.groupby("weights").size().max(), 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(groups)), 4.2))
     seen: set[str] = set()
+    multi_head = "head" in df and df["head"].nunique() > 1  # probes beside the MLP: hatched bars, head in the label
     for gi, group in enumerate(groups):
         rows = df[df["weights"].astype(str) == group]
         for k, (_, r) in enumerate(rows.iterrows()):
             strategy = str(r["strategy"])
             label, colour = _STRATEGY_STYLE.get(strategy, (strategy, "tab:gray"))
+            head = str(r["head"]) if multi_head else ""
+            if multi_head:
+                label, strategy = f"{label} · {head}", f"{strategy} / {head}"
             x = gi + (k - (len(rows) - 1) / 2) * width
             h, err = float(r["test_f1_mean"]), float(r["test_f1_std"])
             bars = ax.bar(
                 [x], [h], width * 0.95, yerr=[err], capsize=4, color=colour, edgecolor="black", linewidth=0.5,
-                label=label if strategy not in seen else "_nolegend_",
+                label=label if strategy not in seen else "_nolegend_", hatch=_HEAD_HATCH.get(head, ""),
             )
             bars.patches[0].set_gid(f"{group} / {strategy}")
             seen.add(strategy)
-            ax.text(x, h + err + 0.01, f"{h:.4f}", ha="center", va="bottom", fontsize=8)
+            ax.text(x, h + err + 0.01, f"{h:.4f}", ha="center", va="bottom", fontsize=6 if multi_head else 8)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlabel("Pretraining dataset")
     ax.set_ylabel("Macro F1")
