@@ -67,6 +67,13 @@ def validate_root(cfg: DictConfig) -> None:
         )
 
 
+def backbone_display(bb: DictConfig) -> str:
+    """The backbone's table name; derived from the arch and the weights when the config sets none (timm presets)."""
+    from dinoloc.backbones import display_name
+
+    return display_name(bb.get("display_name"), bb.get("label"), str(bb.arch), bb.weights or None)
+
+
 def _plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     d = OmegaConf.to_container(node, resolve=True)
     return {k: v for k, v in d.items() if k not in drop}
@@ -133,7 +140,7 @@ def run_extraction(cfg: DictConfig, manifest):
     fields = extraction_fields(cfg, manifest)
     key = cache_key(fields)
     meta: dict[str, Any] = {
-        "backbone": bb.name, "backbone_display": bb.display_name, "weights_path": str(bb.weights or ""),
+        "backbone": bb.name, "backbone_display": backbone_display(bb), "weights_path": str(bb.weights or ""),
         "synthetic": bool(cfg.data.synthetic or bb.synthetic), "data": cfg.data.name, **fields,
     }
 
@@ -248,7 +255,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     result = {
         "experiment": cfg.experiment_name,
         "backbone": bb.name,
-        "backbone_display": bb.display_name,
+        "backbone_display": backbone_display(bb),
         "arch": arch,
         "model_label": f"{arch.split('_patch')[0]}/{patch}",
         "model_kwargs": _plain(bb.model_kwargs),
