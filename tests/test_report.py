@@ -249,6 +249,10 @@ def test_missing_expected_rows_are_reported(study):
     t = table.set_index("run")
     assert f"{t.loc['hpa__mapping', 'test_f1_mean']:.4f} ± {t.loc['hpa__mapping', 'test_f1_std']:.4f}" in md
     assert md.count("\n| ") == 1 + len(table)  # header + one line per row
+    assert "dropped" not in md
+    notes = {"ignored": {"nucleolus": 3, "small_aggregates": 7}, "only_ignored": ["GENE1"]}
+    md = report.markdown_table(table, missing, synthetic=False, label_notes=notes)
+    assert "nucleolus (3), small_aggregates (7)" in md and "1 target(s) carried only such names" in md
 
 
 def test_per_class_table(study):

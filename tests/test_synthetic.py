@@ -28,9 +28,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _grades(csv_path: Path) -> pd.DataFrame:
-    """(target_name x category) highest grade, 0 = absent."""
+    """(target_name x category) highest grade, 0 = absent; the 17 classes, then the extra (ignored) names."""
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    out = pd.DataFrame(0, index=table["target_name"], columns=list(CATEGORIES))
+    out = pd.DataFrame(0, index=table["target_name"], columns=[*CATEGORIES, *synthetic.EXTRA_CATEGORIES])
     for rec in table.to_dict("records"):
         for g, col in GRADE_COLUMNS.items():
             for c in filter(None, rec[col].split(";")):
@@ -93,8 +93,9 @@ def test_project_reader_accepts_the_synthetic_tree(tmp_path):
 
     csv_path = synthetic.generate_opencell(tmp_path / "oc", **SMALL)
     images = find_images(csv_path.parent)
-    ann = read_annotations(csv_path)
+    ann = read_annotations(csv_path, ignore=synthetic.EXTRA_CATEGORIES)
     assert images["target"].nunique() == 20 and len(ann) == 17
+    assert sum(ann.attrs["label_notes"]["ignored"].values()) >= 1  # the demo goes through the ignore path
     img = read_image(csv_path.parent / images["path"].iloc[0])
     raw = tifffile.imread(csv_path.parent / images["path"].iloc[0])
     np.testing.assert_array_equal(img[1], raw[0])  # the file's channel 0 is the nucleus
@@ -153,8 +154,12 @@ def test_annotation_table_classes_imbalance_and_unannotated(big):
     csv_path = big / synthetic.ANNOTATIONS_NAME
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     assert list(table.columns) == ["ensg_id", "target_name", *GRADE_COLUMNS.values()]
-    grades = _grades(csv_path)
-    assert set(grades.columns) == set(CATEGORIES)  # _grades would KeyError on an unknown name
+    grades = _grades(csv_path)  # _grades would KeyError on an unknown name
+    extra = grades[list(synthetic.EXTRA_CATEGORIES)]
+    grades = grades[list(CATEGORIES)]
+    # A few targets also carry OpenCell names outside the 17 (issue 18), each on top of 17-class labels.
+    carriers = (extra > 0).any(axis=1)
+    assert 1 <= carriers.sum() <= 0.1 * len(grades) and (extra.to_numpy() > 0).sum() == carriers.sum()
     per_target = (grades > 0).sum(axis=1)
     assert per_target.between(1, 3).all()
     counts = (grades > 0).sum(axis=0)

@@ -103,6 +103,7 @@ def prepare_data(cfg: DictConfig):
             cfg.data.root, cfg.data.annotations, out_dir, min_grade=cfg.data.labels.min_grade,
             test_size=s.test_size, n_folds=s.n_folds, group_by=s.group_by, seed=s.seed,
             resplit=bool(cfg.data.get("resplit", False)),
+            classes=list(cfg.data.labels.classes), ignore=list(cfg.data.labels.ignore),
         )
     return manifest, split
 
@@ -273,6 +274,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
             "manifest": str((Path(cfg.paths.data_dir) / "manifest.csv").resolve()),
             "split": str((Path(cfg.paths.data_dir) / "split.csv").resolve()),
             "manifest_sha256": frame_sha256(manifest),
+            "label_notes": manifest.attrs.get("label_notes", {}),
         },
         **cv.summary,
         "classifier_seconds": round(time.perf_counter() - t0, 3),

@@ -377,7 +377,8 @@ def _fmt_p(p: Any, n_boot: int | None) -> str:
 
 
 def markdown_table(
-    table: pd.DataFrame, missing: Sequence[str], synthetic: bool, n_boot: int | None = 1000
+    table: pd.DataFrame, missing: Sequence[str], synthetic: bool, n_boot: int | None = 1000,
+    label_notes: dict[str, Any] | None = None,
 ) -> str:
     """Table III as Markdown, with the notes a reader needs to interpret it (data, CI method, std ddof)."""
     lines = []
@@ -420,6 +421,13 @@ def markdown_table(
             "embeddings, per-class weighted vote); linear = one linear layer with the MLP's recipe."
         )
         lines += [f"Ranking: {n}." for n in ranking_notes(table)]
+    if label_notes and label_notes.get("ignored"):
+        counts = ", ".join(f"{c} ({n})" for c, n in label_notes["ignored"].items())
+        only = len(label_notes.get("only_ignored") or [])
+        lines.append(
+            f"Annotation names outside the 17 classes were dropped (data.labels.ignore), targets carrying each: "
+            f"{counts}. {only} target(s) carried only such names and count as labelled with no positive class."
+        )
     notes = [f"{r['run']}: {r['notes']}" for _, r in table.iterrows() if r.get("notes")]
     if notes:
         lines.append("Run notes: " + " | ".join(notes))
@@ -649,7 +657,8 @@ def write_report(
     synthetic = bool(table["synthetic"].any())
     paths = {name: out_dir / name for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png")}
     write_csv(paths["table3.csv"], table)
-    write_text(paths["table3.md"], markdown_table(table, missing, synthetic, n_boot=n_boot))
+    label_notes = next((r["data"]["label_notes"] for r in results if r.get("data", {}).get("label_notes")), None)
+    write_text(paths["table3.md"], markdown_table(table, missing, synthetic, n_boot=n_boot, label_notes=label_notes))
     write_csv(paths["per_class.csv"], per_class_table(results))
     plot_figure1(paths["table3.csv"], paths["figure1.png"])
     paths["figure1.pdf"] = paths["figure1.png"].with_suffix(".pdf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,18 @@ def build_manifest(
     annotations_path: str | os.PathLike,
     min_grade: int = 1,
     validate_images: bool = True,
+    *,
+    classes: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per `_proj.tif` under root, joined to the annotation table by ensg_id.
 
     Images of unannotated targets stay (labeled False, all labels 0) so they can still be embedded or
     used for pretraining; an annotated target without any image means a partial download and is refused.
+    Annotation names in `ignore` are dropped; what was dropped is in `manifest.attrs["label_notes"]`.
     """
     images = find_images(root)
-    ann = read_annotations(annotations_path, min_grade=min_grade)
+    ann = read_annotations(annotations_path, min_grade=min_grade, classes=classes, ignore=ignore)
 
     have = set(images["ensg_id"])
     for i, (ensg, name) in enumerate(zip(ann["ensg_id"], ann["target_name"], strict=True)):
@@ -50,7 +55,9 @@ def build_manifest(
     for col in (*label_columns(), *grade_columns()):
         m[col] = m[col].fillna(0).astype(np.int64)
     m["labeled"] = m["labeled"].astype(bool)
-    return m[MANIFEST_COLUMNS].sort_values("image_id", kind="stable").reset_index(drop=True)
+    out = m[MANIFEST_COLUMNS].sort_values("image_id", kind="stable").reset_index(drop=True)
+    out.attrs["label_notes"] = ann.attrs["label_notes"]
+    return out
 
 
 def manifest_hash(manifest: pd.DataFrame) -> str:

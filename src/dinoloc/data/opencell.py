@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -202,14 +203,25 @@ def _decode_csv(path: Path) -> str:
     return text
 
 
-def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFrame:
+def read_annotations(
+    path: str | os.PathLike,
+    min_grade: int = 1,
+    *,
+    classes: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
+) -> pd.DataFrame:
     """One row per target (file order): ensg_id, target_name, 0/1 label and highest grade per category.
 
     A category is positive when its highest listed grade is >= min_grade (1 = any grade counts).
+    `classes` are the categories kept (default: the paper's 17, `dinoloc.ontology.CATEGORIES`); names in
+    `ignore` are OpenCell categories known to lie outside them (e.g. `small_aggregates`) and are dropped;
+    any other name is refused, so a typo never passes silently. What was dropped is in
+    `frame.attrs["label_notes"]`: {"ignored": {name: n_targets}, "only_ignored": [target_name, ...]}.
     """
     path = Path(path)
     if isinstance(min_grade, bool) or not isinstance(min_grade, (int, np.integer)) or not 1 <= min_grade <= 3:
         raise DinolocError(f"labels.min_grade must be 1, 2 or 3 (got {min_grade!r}).")
+    classes, ignored_names = check_label_sets(classes, ignore)
     text = _decode_csv(path)
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -225,8 +237,9 @@ def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFram
         raise DinolocError(f"{path}: header only, no annotation rows; expected one row per target.")
 
     n = len(table)
-    grades = np.zeros((n, len(CATEGORIES)), dtype=np.int64)
-    index = {c: k for k, c in enumerate(CATEGORIES)}
+    grades = np.zeros((n, len(classes)), dtype=np.int64)
+    index = {c: k for k, c in enumerate(classes)}
+    ignored: dict[str, set[int]] = {}
     first_seen: dict[tuple[str, str], int] = {}
     for i, rec in enumerate(table.to_dict("records")):
         row = i + 1  # 1-based data row; the file line is row + 1
@@ -245,9 +258,14 @@ def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFram
                 cat = item.strip().lower()
                 if not cat:
                     continue
+                if cat in ignored_names:
+                    ignored.setdefault(cat, set()).add(i)
+                    continue
                 if cat not in index:
                     raise DinolocError(
-                        f"{where}, column {col}: unknown category {item.strip()!r}; valid names: {', '.join(CATEGORIES)}."
+                        f"{where}, column {col}: unknown category {item.strip()!r}; valid names: "
+                        f"{', '.join(classes)} (ignored, outside the study: {', '.join(ignored_names) or 'none'}). "
+                        "Fix the name, or add it to data.labels.ignore to drop it."
                     )
                 grades[i, index[cat]] = max(grades[i, index[cat]], grade)
 
@@ -257,4 +275,32 @@ def read_annotations(path: str | os.PathLike, min_grade: int = 1) -> pd.DataFram
     })
     labels = pd.DataFrame((grades >= min_grade).astype(np.int64), columns=label_columns())
     grade_df = pd.DataFrame(grades, columns=grade_columns())
-    return pd.concat([out, labels, grade_df], axis=1)
+    frame = pd.concat([out, labels, grade_df], axis=1)
+    carried = sorted(set().union(*ignored.values())) if ignored else []
+    frame.attrs["label_notes"] = {
+        "ignored": {c: len(ignored[c]) for c in ignored_names if c in ignored},
+        # Annotated, but with no name among the classes: kept as labelled with an all-zero row (see README).
+        "only_ignored": [str(out["target_name"].iloc[i]) for i in carried if not grades[i].any()],
+    }
+    return frame
+
+
+def check_label_sets(classes: Sequence[str] | None, ignore: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Validate data.labels.classes / data.labels.ignore: lower-case names, no overlap, no repeats.
+
+    The rest of the pipeline (manifest columns, classifier outputs, report) names classes in the paper's
+    17-category order, so `classes` must be exactly that list.
+    """
+    classes = CATEGORIES if classes is None else tuple(str(c).strip().lower() for c in classes)
+    ignore = tuple(str(c).strip().lower() for c in ignore)
+    if classes != CATEGORIES:
+        raise DinolocError(
+            f"data.labels.classes must list the paper's 17 OpenCell categories in portal order "
+            f"({', '.join(CATEGORIES)}); got {', '.join(classes)}. Move other names to data.labels.ignore."
+        )
+    repeated = sorted({c for c in ignore if ignore.count(c) > 1})
+    both = sorted(set(classes) & set(ignore))
+    if repeated or both:
+        what = f"listed twice: {', '.join(repeated)}" if repeated else f"also in labels.classes: {', '.join(both)}"
+        raise DinolocError(f"data.labels.ignore: {what}; list each category once, in one of the two lists.")
+    return classes, ignore

@@ -8,6 +8,7 @@ changed dataset is refused rather than silently re-split, since results on diffe
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +195,19 @@ def prepare_dataset(
     group_by: str = "target",
     seed: int = 0,
     resplit: bool = False,
+    classes: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build the manifest and the split once; reuse the stored split while the data and parameters match.
+
+    `classes` / `ignore` are data.labels.classes / data.labels.ignore (see `read_annotations`); the returned
+    manifest's `attrs["label_notes"]` says which ignored categories were dropped.
 
     Writes out_dir/manifest.csv, split.csv and split.json (last: its presence marks a complete set).
     """
     _check_params(test_size, n_folds, group_by, seed)
     out_dir = Path(out_dir)
-    manifest = build_manifest(root, annotations, min_grade=min_grade)
+    manifest = build_manifest(root, annotations, min_grade=min_grade, classes=classes, ignore=ignore)
     m_hash = manifest_hash(manifest)
     params = {"min_grade": int(min_grade), "test_size": float(test_size), "n_folds": int(n_folds),
               "group_by": group_by, "seed": int(seed)}
@@ -284,4 +290,21 @@ def summarize(manifest: pd.DataFrame, split: pd.DataFrame) -> str:
         tr = int(merged.loc[merged["split"] == "train", c].sum())
         te = int(merged.loc[merged["split"] == "test", c].sum())
         lines.append(f"  {c:<{width}}  {tr:>6}  {te:>6}")
+    lines += label_notes_lines(manifest.attrs.get("label_notes"))
     return "\n".join(lines)
+
+
+def label_notes_lines(notes: dict[str, Any] | None) -> list[str]:
+    """The summary's lines on annotation names outside the classes (data.labels.ignore) that were dropped."""
+    if not notes or not (notes.get("ignored") or notes.get("only_ignored")):
+        return []
+    lines = ["ignored categories (outside the classes; dropped), targets carrying each:"]
+    lines += [f"  {c:<28}  {n:>6}" for c, n in notes.get("ignored", {}).items()]
+    only = notes.get("only_ignored") or []
+    if only:
+        shown = ", ".join(only[:10]) + (f", ... ({len(only) - 10} more)" if len(only) > 10 else "")
+        lines.append(
+            f"  {len(only)} target(s) carry only ignored categories and stay labelled with no positive class "
+            f"(the paper allows zero labels per image): {shown}"
+        )
+    return lines

@@ -36,7 +36,7 @@ from dinoloc.io import DinolocError, atomic_path, read_json, write_csv, write_js
 from dinoloc.ontology import CATEGORIES, GRADE_COLUMNS
 
 # Bump when the images or labels a given set of parameters produces change, so stale folders regenerate.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: a few targets also carry OpenCell names outside the 17 (ignored)
 ANNOTATIONS_NAME = "opencell-localization-annotations.csv"
 COMPLETE_MARKER = ".complete"
 HPA_CHANNELS = ("nucleus", "protein", "microtubules", "er")
@@ -533,10 +533,32 @@ def assign_categories(
     return out
 
 
-def _annotation_row(ensg: str, gene: str, grades: Mapping[str, int]) -> dict[str, str]:
+# OpenCell categories outside the paper's 17 that the real table carries (configs/data/opencell.yaml
+# labels.ignore): a few synthetic targets get them too, so the demo goes through the ignore path.
+EXTRA_CATEGORIES = ("small_aggregates", "nucleolus")
+EXTRA_SHARE = 0.08  # of the annotated targets
+
+
+def assign_extra_categories(seed: int, annotated: np.ndarray) -> dict[int, dict[str, int]]:
+    """{target: {extra category: grade}} for a few annotated targets, graded like secondary labels.
+
+    Drawn from its own random stream, so the 17-class labels and the images are the same as without it.
+    """
+    rng = np.random.default_rng([seed, 2_000_003])
+    ann_idx = np.flatnonzero(annotated)
+    n = max(1, round(EXTRA_SHARE * len(ann_idx))) if len(ann_idx) else 0
+    chosen = sorted(int(t) for t in rng.choice(ann_idx, size=n, replace=False)) if n else []
+    return {t: {str(rng.choice(EXTRA_CATEGORIES)): int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))} for t in chosen}
+
+
+def _annotation_row(
+    ensg: str, gene: str, grades: Mapping[str, int], extra: Mapping[str, int] | None = None
+) -> dict[str, str]:
     row = {"ensg_id": ensg, "target_name": gene}
+    extra = extra or {}
     for g, col in GRADE_COLUMNS.items():
-        row[col] = ";".join(c for c in CATEGORIES if grades.get(c) == g)  # ontology order, stable text
+        names = [c for c in CATEGORIES if grades.get(c) == g]  # ontology order, stable text
+        row[col] = ";".join(names + [c for c in EXTRA_CATEGORIES if extra.get(c) == g])
     return row
 
 
@@ -569,7 +591,9 @@ def generate_opencell(
     """Write a SYNTHETIC OpenCell-like dataset into out_dir; return the annotation CSV path.
 
     Target t is gene `SYN<t:03d>`, ensg `ENSG9<t:010d>`, cell line `CID<t+1:06d>`; FOV ids count up over
-    the dataset. `n_unannotated` randomly chosen targets have images but no annotation row.
+    the dataset. `n_unannotated` randomly chosen targets have images but no annotation row. A few annotated
+    targets also carry `small_aggregates` or `nucleolus` (outside the 17, ignored when read; the images
+    show only their 17-class patterns).
     """
     _check_size(image_size)
     lo, hi = (int(v) for v in images_per_target)
@@ -583,6 +607,7 @@ def generate_opencell(
     annotated = np.ones(n_targets, dtype=bool)
     annotated[label_rng.choice(n_targets, size=n_unannotated, replace=False)] = False
     assignment = assign_categories(label_rng, n_targets, annotated)
+    extra = assign_extra_categories(seed, annotated)
     rows, fov = [], 0
     for t, grades in enumerate(assignment):
         gene, ensg = f"SYN{t:03d}", f"ENSG9{t:010d}"
@@ -594,7 +619,7 @@ def generate_opencell(
             name = f"OC-FOV_{gene}_{ensg}_CID{t + 1:06d}_FID{fov:08d}_proj.tif"
             _write_tiff(out / f"{gene}_{ensg}" / name, image)
         if annotated[t]:
-            rows.append(_annotation_row(ensg, gene, grades))
+            rows.append(_annotation_row(ensg, gene, grades, extra.get(t)))
     csv_path = out / ANNOTATIONS_NAME
     write_csv(csv_path, pd.DataFrame(rows, columns=["ensg_id", "target_name", *GRADE_COLUMNS.values()]))
     _write_readme(out, f"OpenCell-like: {n_targets} targets, {fov} images of {image_size} px, seed {seed}; "
