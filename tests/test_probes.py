@@ -82,14 +82,11 @@ def _data(seed=0, n=120, dim=12, C=4):
     return X, y, split, fold, ids, ids.copy()
 
 
-def test_knn_cross_validate_uses_only_the_folds_training_rows(monkeypatch):
-    import dinoloc.classify as classify
-
-    monkeypatch.setattr(classify, "N_CLASSES", 4)
-    monkeypatch.setattr(classify, "CATEGORIES", ("a", "b", "c", "d"))
+def test_knn_cross_validate_uses_only_the_folds_training_rows():
     X, y, split, fold, ids, tg = _data()
     p = KNNParams(k=5, temperature=0.07, threshold=0.5, standardize=False)
-    cv = cross_validate(X, y, split, fold, ids, tg, p, progress=False)
+    cv = cross_validate(X, y, split, fold, ids, tg, p, progress=False, classes=list("abcd"))
+    assert cv.summary["classes"] == list("abcd")
     pred = cv.predictions
     for k in range(5):
         train = (split == "train") & (fold != k)
@@ -100,7 +97,8 @@ def test_knn_cross_validate_uses_only_the_folds_training_rows(monkeypatch):
             np.testing.assert_allclose(rows[[f"p_{c}" for c in "abcd"]].to_numpy(), want, atol=1e-9)
     assert cv.summary["test_macro_f1_mean"] > 0.8  # separable clusters: the k-NN finds them
     # standardize=true changes the geometry (fold statistics before the normalisation)
-    cv2 = cross_validate(X, y, split, fold, ids, tg, KNNParams(5, 0.07, 0.5, True), progress=False)
+    cv2 = cross_validate(X, y, split, fold, ids, tg, KNNParams(5, 0.07, 0.5, True), progress=False,
+                         classes=list("abcd"))
     assert not np.allclose(cv2.predictions.filter(like="p_").to_numpy(), pred.filter(like="p_").to_numpy())
 
 

@@ -42,7 +42,8 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
         raise DinolocError(
             f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
         )
-    check_strategy(cfg.strategy.name, list(bb.channels), dict(bb.channel_map))
+    src = source(cfg)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
+    check_strategy(cfg.strategy.name, list(bb.channels), src["channel_map"], src["source_channels"])
     if not bb.weights and not cfg.allow_random_weights:
         raise DinolocError(
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
@@ -60,11 +61,28 @@ def validate_root(cfg: DictConfig) -> None:
     if cfg.data.synthetic:
         return
     root = Path(str(cfg.data.root))
+    if not root.is_dir() and _reader(cfg) == "folder":
+        raise DinolocError(
+            f"data.root={root} does not exist. Point it at your image folder (with labels.csv: image, group, labels)"
+        )
     if not root.is_dir():
         raise DinolocError(
             f"data.root={root} does not exist. Point it at the OpenCell download (per-target folders of "
             "OC-FOV_*_proj.tif), e.g. data.root=/data/opencell, or use data=synthetic for the demo."
         )
+
+
+def _reader(cfg: DictConfig) -> str:
+    return str(cfg.data.get("reader") or "opencell")
+
+
+def source(cfg: DictConfig) -> dict[str, Any]:
+    """How cfg.data's images enter cfg.backbone under cfg.strategy (dinoloc.data.folder.source_setup)."""
+    from dinoloc.data.folder import source_setup
+
+    data = {k: cfg.data.get(k) for k in ("reader", "channels")}
+    data["channel_roles"] = _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}
+    return source_setup(data, list(cfg.backbone.channels), _plain(cfg.backbone.channel_map), cfg.strategy.name)
 
 
 def backbone_display(bb: DictConfig) -> str:
@@ -98,7 +116,22 @@ def prepare_data(cfg: DictConfig):
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     s = cfg.data.split
     # Parallel sweep jobs share the data folder: one builds, the others wait and reuse.
+    builder = None
+    if _reader(cfg) == "folder":
+        import functools
+
+        from dinoloc.data.folder import build_folder_manifest
+
+        d = cfg.data
+        builder = functools.partial(
+            build_folder_manifest, d.root, d.annotations, list(d.channels),
+            None if d.get("classes") is None else list(d.classes), group_by=s.group_by,
+        )
     with FileLock(str(out_dir) + ".lock"):
+        if builder is not None:
+            return prepare_dataset(d.root, d.annotations, out_dir, test_size=s.test_size, n_folds=s.n_folds,
+                                   group_by=s.group_by, seed=s.seed, resplit=bool(d.get("resplit", False)),
+                                   builder=builder)
         manifest, split = prepare_dataset(
             cfg.data.root, cfg.data.annotations, out_dir, min_grade=cfg.data.labels.min_grade,
             test_size=s.test_size, n_folds=s.n_folds, group_by=s.group_by, seed=s.seed,
@@ -122,7 +155,8 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
         "weights": weights_fingerprint(bb.weights or None, cache_dir=cfg.paths.weights_dir, weights_sha256=bb.weights_sha256),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": cfg.strategy.name,
-        "channel_map": _plain(bb.channel_map) if cfg.strategy.name == "mapping" else None,
+        "channel_map": source(cfg)["channel_map"] if cfg.strategy.name == "mapping" else None,
+        **source(cfg)["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         "preprocess": _plain(bb.preprocess),
         "images": images_fingerprint(manifest, cfg.data.root),
     }
@@ -133,7 +167,6 @@ def run_extraction(cfg: DictConfig, manifest):
     import functools
 
     from dinoloc.backbones import build_backbone
-    from dinoloc.data.opencell import read_image
     from dinoloc.extract import cache_key, extract
     from dinoloc.strategies import embed_batch
 
@@ -156,9 +189,11 @@ def run_extraction(cfg: DictConfig, manifest):
         meta["random_weights"] = bool(info.get("random_init", False))
         return model
 
+    src = source(cfg)
     embed_fn = functools.partial(
         embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
-        channel_map=_plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
+        channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp.img_size,
+        intensity=pp.intensity,
         mean=None if pp.mean is None else list(pp.mean), std=None if pp.std is None else list(pp.std),
         spatial=pp.spatial,
     )
@@ -167,7 +202,7 @@ def run_extraction(cfg: DictConfig, manifest):
     return extract(
         image_ids=manifest["image_id"].tolist(),
         paths=[root / p for p in manifest["path"]],
-        read_fn=read_image,
+        read_fn=src["read_fn"],
         model_factory=factory,
         embed_fn=embed_fn,
         cache_dir=cfg.paths.cache_dir,
@@ -209,11 +244,12 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     import numpy as np
 
     from dinoloc.classify import cross_validate, load_result, save_run
+    from dinoloc.data.manifest import class_columns
     from dinoloc.extract import cache_key
     from dinoloc.io import frame_sha256
-    from dinoloc.ontology import CATEGORIES
 
     manifest, split = prepare_data(cfg)
+    classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
     bb = cfg.backbone
     from dinoloc.probes import head_name, params_from_config, run_dir_name
 
@@ -223,7 +259,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     run_fingerprint = {
         "classifier": _plain(cfg.classifier),
         "split_sha256": frame_sha256(split),
-        "labels_sha256": frame_sha256(manifest[["image_id", *CATEGORIES]]),
+        "labels_sha256": frame_sha256(manifest[["image_id", *classes]]),
     }
     previous = load_result(run_dir)
     if previous is not None and not cfg.force:
@@ -245,10 +281,10 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     fold = split["fold"].fillna(-1).astype(int).to_numpy()
     t0 = time.perf_counter()
     cv = cross_validate(
-        emb[rows][labeled], m[list(CATEGORIES)].to_numpy()[labeled].astype(int),
+        emb[rows][labeled], m[classes].to_numpy()[labeled].astype(int),
         split["split"].to_numpy()[labeled], fold[labeled],
         split["image_id"].to_numpy()[labeled], split["target"].to_numpy()[labeled],
-        params, device=resolve_device(cfg.device),
+        params, device=resolve_device(cfg.device), classes=classes,
     )
     arch = str(bb.arch)
     found = re.search(r"patch(\d+)", arch)
@@ -266,6 +302,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "synthetic": bool(meta.get("synthetic")),
         "random_weights": bool(meta.get("random_weights", False)),
         "cache_key": entry.key,
+        "cache_path": str(entry.path.resolve()),  # the report's embedding maps read it
         "cache_hit": entry.hit,
         "run_fingerprint": run_fingerprint,
         "data": {
@@ -275,6 +312,9 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
             "split": str((Path(cfg.paths.data_dir) / "split.csv").resolve()),
             "manifest_sha256": frame_sha256(manifest),
             "label_notes": manifest.attrs.get("label_notes", {}),
+            "reader": _reader(cfg),
+            "channels": list(source(cfg)["fields"].get("data_channels") or []) or None,
+            "channel_roles": _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else None,
         },
         **cv.summary,
         "classifier_seconds": round(time.perf_counter() - t0, 3),

@@ -8,6 +8,7 @@ target shares its labels, so images are not independent draws and an image boots
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -73,9 +74,14 @@ TABLE_COLUMNS = [
 # ----------------------------------------------------------------------------------------------------------
 # macro F1 (the classifier's definition)
 # ----------------------------------------------------------------------------------------------------------
-def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str] | None = None) -> float:
     """The classify stage's macro F1, imported so the report can never drift from it."""
-    return float(macro_f1(y_true, y_pred)[0])
+    return float(macro_f1(y_true, y_pred, classes)[0])
+
+
+def result_classes(result: dict) -> list[str]:
+    """The run's class list (result.json `classes`, from the data config); OpenCell's 17 for older runs."""
+    return list(result.get("classes") or CATEGORIES)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,19 +148,19 @@ def _threshold(result: dict) -> float:
         ) from e
 
 
-def read_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:
+def read_predictions(run_dir: str | os.PathLike, classes: Sequence[str] = CATEGORIES) -> pd.DataFrame:
     """predictions.csv of one run, checked for the columns the report needs."""
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
         raise DinolocError(f"{path} is missing; the run is incomplete. Rerun it with dinoloc-run force=true")
     df = pd.read_csv(path, dtype={"image_id": str, "target": str, "split": str})
     needed = ["image_id", "fold", "split", "target"]
-    needed += [f"y_{c}" for c in CATEGORIES] + [f"p_{c}" for c in CATEGORIES]
+    needed += [f"y_{c}" for c in classes] + [f"p_{c}" for c in classes]
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise DinolocError(
             f"{path} lacks column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; expected image_id, fold, "
-            "split, target, y_<class>, p_<class> for the 17 classes of dinoloc.ontology. Rerun the row."
+            "split, target, y_<class>, p_<class> for the run's classes (result.json). Rerun the row."
         )
     bad = ~df["split"].isin(["val", "test"])
     if bad.any():
@@ -174,7 +180,8 @@ def _test_rows(pred: pd.DataFrame, run_dir: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------
 # target-level bootstrap
 # ----------------------------------------------------------------------------------------------------------
-def _target_counts(test: pd.DataFrame, threshold: float) -> tuple[np.ndarray, list, list[str]]:
+def _target_counts(test: pd.DataFrame, threshold: float,
+                   classes: Sequence[str] = CATEGORIES) -> tuple[np.ndarray, list, list[str]]:
     """Per fold, target and class: the counts (tp, fp, fn, pos) that macro F1 is a function of.
 
     Returns counts of shape (4, n_folds, n_targets, n_classes), the folds and the sorted targets. Summing
@@ -182,9 +189,9 @@ def _target_counts(test: pd.DataFrame, threshold: float) -> tuple[np.ndarray, li
     folds = sorted(test["fold"].unique().tolist())
     targets = sorted(test["target"].astype(str).unique().tolist())
     t_index = {t: i for i, t in enumerate(targets)}
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
-    counts = np.zeros((4, len(folds), len(targets), len(CATEGORIES)), dtype=np.float64)
+    y_cols = [f"y_{c}" for c in classes]
+    p_cols = [f"p_{c}" for c in classes]
+    counts = np.zeros((4, len(folds), len(targets), len(classes)), dtype=np.float64)
     for fi, fold in enumerate(folds):
         rows = test[test["fold"] == fold]
         y = rows[y_cols].to_numpy(dtype=np.int64) > 0
@@ -219,19 +226,20 @@ def _run_stats(result: dict, n_boot: int, seed: int) -> dict[str, Any]:
     """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a CI."""
     run_dir = result["run_dir"]
     threshold = _threshold(result)
-    test = _test_rows(read_predictions(run_dir), run_dir)
-    counts, folds, targets = _target_counts(test, threshold)
+    classes = result_classes(result)
+    test = _test_rows(read_predictions(run_dir, classes), run_dir)
+    counts, folds, targets = _target_counts(test, threshold, classes)
     notes = []
 
     # The check uses the classifier's own macro F1 on each fold's full test set (images, not counts).
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
+    y_cols = [f"y_{c}" for c in classes]
+    p_cols = [f"p_{c}" for c in classes]
     per_fold = {}
     for fold in folds:
         rows = test[test["fold"] == fold]
         y = rows[y_cols].to_numpy(dtype=np.int64)
         p = (rows[p_cols].to_numpy(dtype=np.float64) > threshold).astype(np.int64)
-        per_fold[fold] = _macro_f1(y, p)
+        per_fold[fold] = _macro_f1(y, p, classes)
     recomputed = float(np.mean(list(per_fold.values())))
     reported = float(result["test_macro_f1_mean"])
     if not math.isclose(recomputed, reported, rel_tol=0.0, abs_tol=1e-9):
@@ -338,9 +346,11 @@ def build_table(
 def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
     """Per-class test F1 (mean over folds, from per_class.csv): one row per class in ontology order, a
     `support` column (test positives per fold) and one column per run, in the paper's order."""
-    out = pd.DataFrame({"class": list(CATEGORIES)})
+    results = sorted(results, key=_row_order)
+    classes = result_classes(results[0]) if results else list(CATEGORIES)
+    out = pd.DataFrame({"class": classes})
     support = None
-    for r in sorted(results, key=_row_order):
+    for r in results:
         path = Path(r["run_dir"]) / "per_class.csv"
         if not path.is_file():
             raise DinolocError(f"{path} is missing; the run is incomplete. Rerun it with dinoloc-run force=true")
@@ -349,10 +359,11 @@ def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
         if missing:
             raise DinolocError(f"{path} lacks column(s) {missing}; expected fold, split, class, f1, precision, recall, support")
         test = df[df["split"] == "test"]
-        unknown = sorted(set(test["class"]) - set(CATEGORIES))
+        unknown = sorted(set(test["class"]) - set(classes))
         if unknown:
-            raise DinolocError(f"{path}: unknown class name(s) {unknown}; use the names of dinoloc.ontology.CATEGORIES")
-        agg = test.groupby("class")[["f1", "support"]].mean().reindex(list(CATEGORIES))
+            raise DinolocError(f"{path}: unknown class name(s) {unknown}; the runs' classes are {classes} "
+                               "(report one dataset per experiment)")
+        agg = test.groupby("class")[["f1", "support"]].mean().reindex(classes)
         if support is None:
             support = agg["support"].to_numpy()
         elif not np.allclose(support, agg["support"].to_numpy(), equal_nan=True):
@@ -553,10 +564,11 @@ def plot_figure2(
     if not folds:
         raise DinolocError(f"{result_path} has no per-fold results ('folds'); rerun the row")
     best = max(folds, key=lambda f: (float(f["test_macro_f1"]), -int(f["fold"])))
-    test = _test_rows(read_predictions(run_dir), str(run_dir))
+    classes = result_classes(result)
+    test = _test_rows(read_predictions(run_dir, classes), str(run_dir))
     rows = test[test["fold"] == best["fold"]]
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
+    y_cols = [f"y_{c}" for c in classes]
+    p_cols = [f"p_{c}" for c in classes]
     labelled = rows[rows[y_cols].to_numpy().sum(axis=1) > 0].sort_values("image_id")
     if labelled.empty:
         raise DinolocError(f"{run_dir / 'predictions.csv'}: fold {best['fold']} has no labelled test image")
@@ -580,6 +592,10 @@ def plot_figure2(
     manifest = pd.read_csv(manifest_path, dtype={"image_id": str}).set_index("image_id")
     root = Path(str(data.get("root", manifest_path.parent)))
     read_image, composite = _image_reader(), _compositor()
+    if data.get("reader") == "folder":  # a labels-CSV folder: its protein / nucleus roles, else last / first channel
+        from dinoloc.data.folder import display_pair
+
+        read_image = functools.partial(display_pair, channels=data["channels"], roles=data.get("channel_roles"))
 
     synthetic = bool(result.get("synthetic", False))
     fig, axes = plt.subplots(
@@ -601,9 +617,9 @@ def plot_figure2(
             ax.set_title(f"{name}\n{image_id} ({r['target']})", fontsize=8)
             ax.axis("off")
         y, prob = r[y_cols].to_numpy(dtype=float), r[p_cols].to_numpy(dtype=float)
-        shown = [i for i, c in enumerate(CATEGORIES) if y[i] > 0 or prob[i] > threshold]
+        shown = [i for i, c in enumerate(classes) if y[i] > 0 or prob[i] > threshold]
         cells = [
-            [CATEGORIES[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > threshold else "no", f"{prob[i]:.2f}"]
+            [classes[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > threshold else "no", f"{prob[i]:.2f}"]
             for i in shown
         ]
         tax = row_axes[3]
