@@ -180,14 +180,17 @@ def test_channel_roles_and_mapping_plan():
     keep, kept, plan = mapping_plan(["DNA", "ER", "AGP", "Mito"], roles, hpa, {"protein": "protein", "nucleus": "nucleus"})
     assert keep == [0, 1, 2] and kept == ["nucleus", "er", "protein"]
     assert plan == {"nucleus": "nucleus", "er": "er", "protein": "protein"}  # er by name, Mito left out
-    with pytest.raises(DinolocError, match=r"'actin'.* have no place in the backbone"):
-        mapping_plan(CHANNELS, channel_roles(CHANNELS, {"DNA": "nucleus"}), ["R", "G", "B"],
-                     {"protein": "R", "nucleus": "G"})
+    # a channel without a place in this backbone (actin on RGB) is left out, as the paper's B = 0
+    assert mapping_plan(CHANNELS, channel_roles(CHANNELS, {"DNA": "nucleus"}), ["R", "G", "B"],
+                        {"protein": "R", "nucleus": "G"})[0] == [0, 2]
+    with pytest.raises(DinolocError, match="no data channel of .* has a place in the backbone"):
+        mapping_plan(["a", "b"], ["a", "b"], ["R", "G", "B"], {"protein": "R"})
     with pytest.raises(DinolocError, match="not in data.channels"):
         channel_roles(CHANNELS, {"RNA": "nucleus"})
     s = source_setup({"reader": "folder", "channels": CHANNELS, "channel_roles": {"DNA": "nucleus", "actin": None}},
                      ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping")
     assert s["source_channels"] == ["nucleus", "protein"] and s["channel_map"] == {"nucleus": "G", "protein": "R"}
+    assert s["left_out"] == ["actin"] and s["fields"]["source_channels"] == ["nucleus", "protein"]
     r = source_setup({"reader": "folder", "channels": CHANNELS, "channel_roles": {"DNA": "nucleus", "actin": None}},
                      ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "replication")
     assert r["source_channels"] == ["nucleus", "actin", "protein"]  # replication: every channel
@@ -215,7 +218,8 @@ def test_folder_dataset_end_to_end(tmp_path):
               "backbone.preprocess.intensity=zscore", "backbone.preprocess.mean=null", "backbone.preprocess.std=null",
               "+backbone.model_kwargs.patch_size=8", "+backbone.model_kwargs.embed_dim=48",
               "+backbone.model_kwargs.depth=1", "+backbone.model_kwargs.num_heads=3",
-              "classifier.epochs=5", "extract.num_workers=0", "experiment_name=mine", "device=cpu"]
+              "classifier.epochs=5", "extract.num_workers=0", "experiment_name=mine", "device=cpu",
+              "report.embedding_maps=tsne"]
     data = _run([str(BIN / "dinoloc-data"), *common], tmp_path)
     assert "cytosol" in data.stdout and "nuclear_membrane" not in data.stdout
     _run([str(BIN / "dinoloc-run"), "-m", "strategy=mapping,replication,native", "classifier=mlp,knn,linear",
@@ -239,5 +243,7 @@ def test_folder_dataset_end_to_end(tmp_path):
     assert "random init" in table["weights"].iloc[0]
     per_class = pd.read_csv(out / "reports" / "mine" / "per_class.csv")
     assert per_class["class"].tolist() == CLASSES
-    assert (out / "reports" / "mine" / "figure2.png").stat().st_size > 0
+    for name in ("figure2.png", "embedding_maps.png", "embedding_maps.pdf"):
+        assert (out / "reports" / "mine" / name).stat().st_size > 0
+    assert "Embedding maps: tsne, 56 of 56 labelled images drawn per panel, 3 panel(s)" in report.stderr
     assert "| Head |" in report.stdout

@@ -73,13 +73,18 @@ def validate_root(cfg: DictConfig) -> None:
 
 
 def _reader(cfg: DictConfig) -> str:
-    return str(cfg.data.get("reader") or "opencell")
+    reader = str(cfg.data.get("reader") or "opencell")
+    if reader == "folder" and OmegaConf.is_missing(cfg.data, "channels"):
+        raise DinolocError("data=folder needs data.channels: the images' channel names in file order, e.g. "
+                           "'data.channels=[DNA,actin,protein]'")
+    return reader
 
 
 def source(cfg: DictConfig) -> dict[str, Any]:
     """How cfg.data's images enter cfg.backbone under cfg.strategy (dinoloc.data.folder.source_setup)."""
     from dinoloc.data.folder import source_setup
 
+    _reader(cfg)
     data = {k: cfg.data.get(k) for k in ("reader", "channels")}
     data["channel_roles"] = _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}
     return source_setup(data, list(cfg.backbone.channels), _plain(cfg.backbone.channel_map), cfg.strategy.name)
@@ -190,6 +195,9 @@ def run_extraction(cfg: DictConfig, manifest):
         return model
 
     src = source(cfg)
+    if src["left_out"]:
+        log.warning("strategy=mapping: data channel(s) %s have no place in backbone=%s and are left out",
+                    src["left_out"], bb.name)
     embed_fn = functools.partial(
         embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
         channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp.img_size,
@@ -314,6 +322,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
             "label_notes": manifest.attrs.get("label_notes", {}),
             "reader": _reader(cfg),
             "channels": list(source(cfg)["fields"].get("data_channels") or []) or None,
+            "channels_used": source(cfg)["source_channels"],  # after data.channel_roles (mapping: placed ones)
             "channel_roles": _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else None,
         },
         **cv.summary,
@@ -480,7 +489,9 @@ def report_main(cfg: DictConfig) -> None:
     from dinoloc.report import write_report
 
     expected = list(cfg.get("expected_rows") or []) or None
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected)
+    rep = cfg.get("report") or {}
+    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected,
+                         embedding_maps=str(rep.get("embedding_maps", "auto")), max_points=int(rep.get("max_points", 2000)))
     print(Path(paths["table3.md"]).read_text())
     for name, p in paths.items():
         print(f"{name}: {p}")

@@ -658,9 +658,12 @@ def write_report(
     expected: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    embedding_maps: str = "auto",
+    max_points: int = 2000,
 ) -> dict[str, Path]:
-    """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1.png (+ .pdf) and
-    figure2.png (best row's best fold). Returns {file name: path}."""
+    """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1.png (+ .pdf),
+    figure2.png (best row's best fold) and embedding_maps.png (+ .pdf; `embedding_maps`: auto | umap | tsne |
+    none, at most `max_points` images per panel). Returns {file name: path}."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     results = collect_runs(runs_dir)
     if not results:
@@ -682,4 +685,17 @@ def write_report(
     paths["figure2.png"] = out_dir / "figure2.png"
     shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed)
     print(f"Figure 2: {', '.join(shown)} from {best_dir}", file=sys.stderr)
+    if embedding_maps != "none":
+        from dinoloc.embedding_maps import plot_embedding_maps
+
+        try:  # the table stands without the maps: a row whose cache was deleted only costs its map
+            info = plot_embedding_maps(results, out_dir / "embedding_maps.png", method=embedding_maps,
+                                       max_points=max_points, seed=seed)
+        except DinolocError as e:
+            _warn(f"embedding maps skipped: {e}")
+        else:
+            paths["embedding_maps.png"] = out_dir / "embedding_maps.png"
+            paths["embedding_maps.pdf"] = out_dir / "embedding_maps.pdf"
+            print(f"Embedding maps: {info['method']}, {info['n_points']} of {info['n_labelled']} labelled images "
+                  f"drawn per panel, {len(info['panels'])} panel(s), {info['seconds']:.1f} s", file=sys.stderr)
     return paths

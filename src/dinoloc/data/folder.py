@@ -134,27 +134,26 @@ def mapping_plan(
     """For strategy=mapping: (indices of the data channels kept, their roles, role -> backbone channel).
 
     A role goes where backbone.channel_map sends it, else into the backbone channel of the same name
-    (an HPA backbone has an `er` channel); a channel with role None is left out. Any other channel is an error:
-    mapping never drops a channel silently."""
+    (an HPA backbone has an `er` channel). A channel with role None, or with no place in this backbone (an ER
+    channel on an RGB backbone), is left out, as the paper leaves B = 0: the cache key and result.json list the
+    channels used (`source_channels`), and `source_setup` names the ones left out."""
     keep, kept_roles, plan, unplaced = [], [], {}, []
     for i, (c, r) in enumerate(zip(channels, roles, strict=True)):
         if r is None:
             continue
         dest = channel_map.get(r) or (r if r in backbone_channels else None)
         if dest is None:
-            unplaced.append(c if c == r else f"{c} (role {r})")
+            unplaced.append(c)
             continue
         keep.append(i)
         kept_roles.append(r)
         plan[r] = dest
-    if unplaced:
-        raise DinolocError(
-            f"strategy=mapping: data channel(s) {unplaced} have no place in the backbone (channels "
-            f"{list(backbone_channels)}, channel_map {dict(channel_map)}). Give each a role the backbone knows in "
-            "data.channel_roles (e.g. {DNA: nucleus}), or leave it out with data.channel_roles: {name: null}"
-        )
     if not keep:
-        raise DinolocError(f"strategy=mapping: no data channel of {list(channels)} is placed in the backbone")
+        raise DinolocError(
+            f"strategy=mapping: no data channel of {list(channels)} has a place in the backbone (channels "
+            f"{list(backbone_channels)}, channel_map {dict(channel_map)}). Give them roles the backbone knows in "
+            "data.channel_roles, e.g. {DNA: nucleus, GFP: protein}"
+        )
     return keep, kept_roles, plan
 
 
@@ -290,7 +289,7 @@ def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: M
         from dinoloc.ontology import OPENCELL_CHANNELS
 
         return {"read_fn": read_image, "source_channels": list(OPENCELL_CHANNELS), "channel_map": dict(channel_map),
-                "fields": {}}
+                "fields": {}, "left_out": []}
     if reader != "folder":
         raise DinolocError(f"data.reader={reader!r} is unknown; use opencell or folder")
     channels = [str(c) for c in data.get("channels") or []]
@@ -304,4 +303,5 @@ def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: M
         "source_channels": source,
         "channel_map": cmap,
         "fields": {"data_channels": channels, "source_channels": source},
+        "left_out": [c for i, c in enumerate(channels) if keep is not None and i not in keep],
     }
