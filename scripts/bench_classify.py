@@ -38,8 +38,9 @@ from dinoloc.ontology import N_CLASSES
 YAML = Path(__file__).resolve().parents[1] / "configs" / "classifier" / "mlp.yaml"
 
 
-def make_features(n: int, dim: int, seed: int = 0):
-    """(X, Y, split, fold, image_ids, targets): grouped by target, ~20% of targets test, 5 grouped folds."""
+def make_features(n: int, dim: int, seed: int = 0, test_fraction: float = 0.2):
+    """(X, Y, split, fold, image_ids, targets): grouped by target, test_fraction of the targets test, 5 grouped
+    folds on the rest."""
     rng = np.random.default_rng(seed)
     n_targets = max(20, round(n / 4.7))
     sizes = rng.multinomial(n - n_targets, np.full(n_targets, 1 / n_targets)) + 1  # every target >= 1 image
@@ -55,18 +56,19 @@ def make_features(n: int, dim: int, seed: int = 0):
     X = (Y @ proj + offset[tgt] + 1.5 * rng.normal(size=(n, dim)).astype(np.float32)).astype(np.float32)
     perm = rng.permutation(n_targets)
     is_test_t = np.zeros(n_targets, dtype=bool)
-    is_test_t[perm[: n_targets // 5]] = True
+    n_test = int(n_targets * test_fraction + 1e-9)  # floor: test_fraction=0.2 keeps the earlier n_targets // 5
+    is_test_t[perm[:n_test]] = True
     fold_t = np.full(n_targets, -1)
-    fold_t[perm[n_targets // 5 :]] = np.arange(n_targets - n_targets // 5) % 5
+    fold_t[perm[n_test:]] = np.arange(n_targets - n_test) % 5
     split = np.where(is_test_t[tgt], "test", "train")
     return X, Y, split, fold_t[tgt], np.array([f"img{i}" for i in range(n)]), np.array([f"T{t}" for t in tgt])
 
 
-def baseline(X, Y, split, fold, params: ClassifierParams, device: str) -> float:
-    """The straightforward implementation; returns its test macro F1 mean over the folds."""
+def baseline(X, Y, split, fold, params: ClassifierParams, device: str, folds: list[int] | None = None) -> float:
+    """The straightforward implementation; returns its test macro F1 mean over the folds (or only `folds`)."""
     test = split == "test"
     scores = []
-    for k in sorted(np.unique(fold[split == "train"])):
+    for k in sorted(np.unique(fold[split == "train"])) if folds is None else folds:
         tr = (split == "train") & (fold != k)
         mean, std = fit_standardizer(X[tr])
         xs = ((X - mean) / std).astype(np.float32)
