@@ -57,7 +57,7 @@ def project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
         import umap
 
         n_neighbors = max(2, min(15, len(x) - 1))
-        return umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed).fit_transform(x)
+        return umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed, n_jobs=1).fit_transform(x)
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
@@ -151,8 +151,8 @@ def plot_embedding_maps(
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", linestyle="", color=colour[lab], label=lab) for lab in labels]
-    handles += [Line2D([], [], marker="o", linestyle="", color="gray", label="train"),
-                Line2D([], [], marker="^", linestyle="", color="gray", markeredgecolor="black", label="test")]
+    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="black", label="train"),
+                Line2D([], [], marker="^", linestyle="", markerfacecolor="white", markeredgecolor="black", label="test")]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     n_points = len(keep)
     title = (f"Embedding maps ({'UMAP' if method == 'umap' else 't-SNE'}, cosine): {n_points} of {n_labelled} labelled "
