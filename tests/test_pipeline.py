@@ -24,7 +24,7 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     common = [f"paths.output_dir={tmp / 'out'}", "data.generator.n_targets=30", "data.generator.image_size=64",
               "classifier.epochs=5", "backbone.weights=", "allow_random_weights=true", "extract.num_workers=0",
-              "experiment_name=tiny", "expected_rows=[imagenet_demo__mapping,hpa_demo__replication,hpa_demo__mapping]"]
+              "experiment_name=tiny", "report.embedding_maps=tsne", "expected_rows=[imagenet_demo__mapping,hpa_demo__replication,hpa_demo__mapping]"]
     rows = "row=imagenet_demo_mapping,hpa_demo_replication"
     first = _run([str(BIN / "dinoloc-run"), "-m", rows, *common], tmp)
     report = _run([str(BIN / "dinoloc-report"), *common], tmp)
@@ -71,7 +71,8 @@ def test_report_lists_missing_rows_and_figures(sweep):
     out, *_, report = sweep
     md = (out / "reports" / "tiny" / "table3.md").read_text()
     assert "hpa_demo__mapping" in md and "SYNTHETIC" in md
-    for name in ["figure1.png", "figure1.pdf", "figure2.png", "per_class.csv"]:
+    for name in ["figure1.png", "figure1.pdf", "figure2.png", "per_class.csv", "embedding_maps.png",
+                 "embedding_maps.pdf"]:
         assert (out / "reports" / "tiny" / name).stat().st_size > 0
 
 

@@ -345,6 +345,47 @@ def _resample_pos_embed(pos: torch.Tensor, model: torch.nn.Module, source: str) 
     )
 
 
+def _convert_dinov2_release(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, Any]:
+    """facebookresearch/dinov2 `dinov2_vit*14*_pretrain.pth` -> timm's vit_*_patch14_dinov2 keys (timm's own
+    checkpoint_filter_fn: register_tokens -> reg_token, class-token position folded in, grid resampled)."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    # timm's converter would silently resample other patch sizes; loading stays strict.
+    pw, mw = state.get("patch_embed.proj.weight"), model.state_dict()["patch_embed.proj.weight"]
+    if pw is not None and pw.ndim == 4 and (pw.shape[1], *pw.shape[2:]) != (mw.shape[1], *mw.shape[2:]):
+        raise DinolocError(
+            f"{source}: checkpoint patch embedding {tuple(pw.shape)} does not fit the backbone's {tuple(mw.shape)}; "
+            "set backbone.arch / backbone.in_chans to the checkpoint's"
+        )
+    try:
+        return dict(checkpoint_filter_fn(state, model))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise DinolocError(
+            f"{source} looks like a DINOv2 release checkpoint (it has mask_token) but does not convert to "
+            f"backbone.arch ({e}); use the matching vit_*_patch14(_reg4)_dinov2 arch"
+        ) from e
+
+
+def describe_weights(weights: str | os.PathLike | None) -> str:
+    """Short human name of a weights source for display names: the timm tag, the file name, or 'random init'."""
+    if weights is None or str(weights) == "":
+        return "random init"
+    weights = str(weights)
+    if weights.startswith(TIMM_PREFIX):
+        return weights
+    if _is_url(weights):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(weights).path)).name or weights
+    return Path(weights).name
+
+
+def display_name(display: str | None, label: str | None, arch: str, weights: str | os.PathLike | None) -> str:
+    """A backbone's name in tables: `display` when the config sets one, else '<label or arch> (<weights>)', so a
+    generic timm backbone always says which weights were used."""
+    if display:
+        return str(display)
+    return f"{label or arch} ({describe_weights(weights)})"
+
+
 def _checkpoint_epoch(obj: Any) -> int | None:
     epoch = obj.get("epoch") if isinstance(obj, dict) else None
     if isinstance(epoch, torch.Tensor) and epoch.numel() == 1:
@@ -408,9 +449,13 @@ def build_backbone(
         obj = read_checkpoint(path)
         source = str(path) if str(path) == weights else f"{path} (backbone.weights={weights})"
         state = extract_state_dict(obj, checkpoint_key, source)
-        # Built at the checkpoint's own grid: other input sizes are then interpolated at forward time exactly as
-        # official DINO does (resampling at load with timm's antialiased resize, then again, would differ).
-        model = create_vit(arch, in_chans, _checkpoint_img_size(state, img_size), **model_kwargs)
+        if "mask_token" in state:  # Meta's own DINOv2 release layout: timm's converter renames it to timm's keys
+            model = create_vit(arch, in_chans, img_size, **model_kwargs)
+            state = _convert_dinov2_release(state, model, source)
+        else:
+            # Built at the checkpoint's own grid: other input sizes are then interpolated at forward time exactly
+            # as official DINO does (resampling at load with timm's antialiased resize, then again, would differ).
+            model = create_vit(arch, in_chans, _checkpoint_img_size(state, img_size), **model_kwargs)
         load_backbone_state(model, state, source)
         info["weights_sha256"] = _sha256_of(path)
         info["checkpoint_epoch"] = _checkpoint_epoch(obj)

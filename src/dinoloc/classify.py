@@ -20,10 +20,10 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from tqdm import tqdm
 
 from dinoloc.io import DinolocError, read_json, write_csv, write_json
 from dinoloc.ontology import CATEGORIES, N_CLASSES
+
+if TYPE_CHECKING:
+    from dinoloc.probes import KNNParams
 
 RESAMPLE_CHOICES = ("rarest_label", "none")
 SAMPLER_CHOICES = ("rarest_label", "class_uniform")
@@ -199,30 +202,37 @@ class CVResult:
 # ----------------------------------------------------------------------------------------------------------
 # metrics (the single definition; the report imports it)
 # ----------------------------------------------------------------------------------------------------------
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, list[str]]:
-    """Macro F1 over the 17 classes, zero_division=0, EXCLUDING classes without a positive in y_true
-    (Dino4Cells): such a class's F1 is 0 or undefined whatever the model does. Returns (score, excluded
-    class names); the score is NaN when no class has a positive."""
-    y_true, y_pred = _as_label_matrix(y_true), _as_label_matrix(y_pred)
-    f1 = f1_score(y_true, y_pred, average=None, labels=list(range(N_CLASSES)), zero_division=0)
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str] | None = None) -> tuple[float, list[str]]:
+    """Macro F1 over the classes (default OpenCell's 17), zero_division=0, EXCLUDING classes without a positive
+    in y_true (Dino4Cells): such a class's F1 is 0 or undefined whatever the model does. Returns (score,
+    excluded class names); the score is NaN when no class has a positive."""
+    classes = _classes(classes)
+    y_true, y_pred = _as_label_matrix(y_true, len(classes)), _as_label_matrix(y_pred, len(classes))
+    f1 = f1_score(y_true, y_pred, average=None, labels=list(range(len(classes))), zero_division=0)
     present = y_true.sum(axis=0) > 0
-    excluded = [c for c, p in zip(CATEGORIES, present, strict=True) if not p]
+    excluded = [c for c, p in zip(classes, present, strict=True) if not p]
     return (float(f1[present].mean()) if present.any() else float("nan")), excluded
 
 
-def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
-    """class, f1, precision, recall, support for each of the 17 classes (zero_division=0)."""
+def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """class, f1, precision, recall, support for each class (default OpenCell's 17; zero_division=0)."""
+    classes = _classes(classes)
     p, r, f, s = precision_recall_fscore_support(
-        _as_label_matrix(y_true), _as_label_matrix(y_pred), average=None,
-        labels=list(range(N_CLASSES)), zero_division=0,
+        _as_label_matrix(y_true, len(classes)), _as_label_matrix(y_pred, len(classes)), average=None,
+        labels=list(range(len(classes))), zero_division=0,
     )
-    return pd.DataFrame({"class": list(CATEGORIES), "f1": f, "precision": p, "recall": r, "support": s})
+    return pd.DataFrame({"class": list(classes), "f1": f, "precision": p, "recall": r, "support": s})
 
 
-def _as_label_matrix(y: np.ndarray) -> np.ndarray:
+def _classes(classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The dataset's class list (data config); OpenCell's 17 when not given."""
+    return CATEGORIES if classes is None else tuple(str(c) for c in classes)
+
+
+def _as_label_matrix(y: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
     y = np.asarray(y)
-    if y.ndim != 2 or y.shape[1] != N_CLASSES:
-        raise DinolocError(f"labels must have shape (n, {N_CLASSES}); got {y.shape}")
+    if y.ndim != 2 or y.shape[1] != n_classes:
+        raise DinolocError(f"labels must have shape (n, {n_classes}); got {y.shape}")
     return y.astype(np.int64)
 
 
@@ -457,13 +467,13 @@ def predict_proba(X: torch.Tensor, weights: list[torch.Tensor], biases: list[tor
 # cross-validation
 # ----------------------------------------------------------------------------------------------------------
 def _check_inputs(X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndarray, image_ids: np.ndarray,
-                  targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  targets: np.ndarray, n_classes: int = N_CLASSES) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     X = np.asarray(X)
     if X.ndim != 2:
         raise DinolocError(f"features must be a 2-D array (images, dims); got shape {X.shape}")
     Y = np.asarray(Y)
-    if Y.ndim != 2 or Y.shape[1] != N_CLASSES:
-        raise DinolocError(f"labels must have shape (n, {N_CLASSES}) in dinoloc.ontology order; got {Y.shape}")
+    if Y.ndim != 2 or Y.shape[1] != n_classes:
+        raise DinolocError(f"labels must have shape (n, {n_classes}) in the data config's class order; got {Y.shape}")
     n = {"labels": len(Y), "split": len(split), "fold": len(fold), "image_ids": len(image_ids),
          "targets": len(targets)}
     if any(v != len(X) for v in n.values()):
@@ -505,17 +515,19 @@ def cross_validate(
     fold: np.ndarray,
     image_ids: np.ndarray,
     targets: np.ndarray,
-    params: ClassifierParams,
+    params: ClassifierParams | KNNParams,
     device: str = "cpu",
     progress: bool = True,
     *,
     hook: Hook | None = None,
+    classes: Sequence[str] | None = None,
 ) -> CVResult:
-    """K-fold CV of the paper's MLP. X (N, D) embeddings in manifest order, Y (N, 17) 0/1, split
+    """K-fold CV of the paper's MLP (or of a probe head, dinoloc.probes). X (N, D) embeddings in manifest order, Y (N, 17) 0/1, split
     train|test|unlabeled, fold (-1 where not train). Fold k: train on train rows with fold != k, validate on
     fold k, evaluate on every test row. `hook("folds", {k: {"train", "val", "test"} row indices})` is called
     once, then per epoch (see `train_folds`)."""
-    X, Y, split, fold = _check_inputs(X, Y, split, fold, image_ids, targets)
+    classes = _classes(classes)  # the output size is the number of classes (17 for OpenCell)
+    X, Y, split, fold = _check_inputs(X, Y, split, fold, image_ids, targets, len(classes))
     image_ids, targets = np.asarray(image_ids), np.asarray(targets)
     is_train, test_rows = split == "train", np.flatnonzero(split == "test")
     fold_ids = sorted(int(f) for f in np.unique(fold[is_train]))
@@ -534,7 +546,7 @@ def cross_validate(
 
     warns: list[str] = []
     for k, s in sets.items():
-        absent = [CATEGORIES[c] for c in np.flatnonzero(Y[s["train"]].sum(axis=0) == 0)]
+        absent = [classes[c] for c in np.flatnonzero(Y[s["train"]].sum(axis=0) == 0)]
         if absent:
             msg = (f"fold {k}: class(es) {absent} have no positive in the training part; they get "
                    "resampling weight 0 and the model cannot learn them")
@@ -551,22 +563,27 @@ def cross_validate(
     stds = torch.as_tensor(np.stack([sd for _, sd in stats]), dtype=torch.float32, device=device)
     Xt = torch.as_tensor(X, device=device)
     Yt = torch.as_tensor(Y, dtype=torch.float32, device=device)
-    weights, biases = train_folds(Xt, Yt, [s["train"] for s in sets.values()], means, stds, params,
-                                  progress=progress, hook=hook)
-    proba = predict_proba(Xt, weights, biases, means, stds)
+    train_rows = [s["train"] for s in sets.values()]
+    if isinstance(params, ClassifierParams):  # the MLP, or the linear head (no hidden layer)
+        weights, biases = train_folds(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook)
+        proba = predict_proba(Xt, weights, biases, means, stds)
+    else:  # a probe without training (dinoloc.probes.KNNParams)
+        from dinoloc.probes import knn_predict_proba
+
+        proba = knn_predict_proba(Xt, Yt, train_rows, means, stds, params)
 
     folds, pred_frames, class_frames = [], [], []
-    y_cols, p_cols = [f"y_{c}" for c in CATEGORIES], [f"p_{c}" for c in CATEGORIES]
+    y_cols, p_cols = [f"y_{c}" for c in classes], [f"p_{c}" for c in classes]
     for i, (k, s) in enumerate(sets.items()):
         entry: dict[str, Any] = {"fold": k}
         excluded = {}
         for name, rows in s.items():
             p = proba[i, rows]
             pred = (p > params.threshold).astype(np.int64)  # float64 vs threshold, as the report does
-            score, excluded[name] = macro_f1(Y[rows], pred)
+            score, excluded[name] = macro_f1(Y[rows], pred, classes)
             entry[f"{name}_macro_f1"] = score
             entry[f"n_{name}"] = len(rows)
-            pc = per_class_scores(Y[rows], pred)
+            pc = per_class_scores(Y[rows], pred, classes)
             pc.insert(0, "split", name)
             pc.insert(0, "fold", k)
             class_frames.append(pc)
@@ -601,12 +618,14 @@ def cross_validate(
         "steps_per_epoch": [math.ceil(n / params.batch_size) for n in n_train],
     }
     summary["n_features"] = int(X.shape[1])
+    summary["classes"] = list(classes)
     return CVResult(summary, pd.concat(pred_frames, ignore_index=True), pd.concat(class_frames, ignore_index=True))
 
 
 def cross_validate_seeds(
     X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndarray, image_ids: np.ndarray,
-    targets: np.ndarray, params: ClassifierParams, device: str = "cpu", progress: bool = True,
+    targets: np.ndarray, params: ClassifierParams | KNNParams, device: str = "cpu", progress: bool = True,
+    *, classes: Sequence[str] | None = None,
 ) -> CVResult:
     """`cross_validate` repeated with classifier seeds params.seed, params.seed + 1, ... (params.n_seeds).
 
@@ -614,11 +633,12 @@ def cross_validate_seeds(
     seed's fold std, and `test_macro_f1_seed_std` the std over seeds of each seed's fold mean (NaN for one
     seed), so fold noise and seed noise are reported apart. predictions.csv and per_class.csv get a `seed`
     column; with n_seeds = 1 the result is cross_validate's, plus that column."""
-    n_seeds = params.n_seeds
+    n_seeds = getattr(params, "n_seeds", 1)  # the k-NN is deterministic: one run
     runs = []
     for i in range(int(n_seeds)):
         p = dataclasses.replace(params, seed=params.seed + i)
-        runs.append((p.seed, cross_validate(X, Y, split, fold, image_ids, targets, p, device, progress)))
+        runs.append((p.seed, cross_validate(X, Y, split, fold, image_ids, targets, p, device, progress,
+                                            classes=classes)))
     if n_seeds == 1:
         seed, cv = runs[0]
         cv.predictions.insert(1, "seed", seed)

@@ -44,16 +44,17 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
         raise DinolocError(
             f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
         )
-    check_strategy(cfg.strategy.name, list(bb.channels), dict(bb.channel_map))
+    src = source(cfg)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
+    check_strategy(cfg.strategy.name, list(bb.channels), src["channel_map"], src["source_channels"])
     if not bb.weights and not cfg.allow_random_weights:
         raise DinolocError(
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
     if classifier:
-        from dinoloc.classify import ClassifierParams
+        from dinoloc.probes import params_from_config
 
-        ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
+        params_from_config(_plain(cfg.classifier))
     validate_root(cfg)
     problem = missing_weights(cfg)
     if problem:
@@ -88,11 +89,40 @@ def validate_root(cfg: DictConfig) -> None:
             )
         return
     root = Path(str(cfg.data.root))
+    if not root.is_dir() and _reader(cfg) == "folder":
+        raise DinolocError(
+            f"data.root={root} does not exist. Point it at your image folder (with labels.csv: image, group, labels)"
+        )
     if not root.is_dir():
         raise DinolocError(
             f"data.root={root} does not exist. Point it at the OpenCell download (per-target folders of "
             "OC-FOV_*_proj.tif), e.g. data.root=/data/opencell, or use data=synthetic for the demo."
         )
+
+
+def _reader(cfg: DictConfig) -> str:
+    reader = str(cfg.data.get("reader") or "opencell")
+    if reader == "folder" and OmegaConf.is_missing(cfg.data, "channels"):
+        raise DinolocError("data=folder needs data.channels: the images' channel names in file order, e.g. "
+                           "'data.channels=[DNA,actin,protein]'")
+    return reader
+
+
+def source(cfg: DictConfig) -> dict[str, Any]:
+    """How cfg.data's images enter cfg.backbone under cfg.strategy (dinoloc.data.folder.source_setup)."""
+    from dinoloc.data.folder import source_setup
+
+    _reader(cfg)
+    data = {k: cfg.data.get(k) for k in ("reader", "channels")}
+    data["channel_roles"] = _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}
+    return source_setup(data, list(cfg.backbone.channels), _plain(cfg.backbone.channel_map), cfg.strategy.name)
+
+
+def backbone_display(bb: DictConfig) -> str:
+    """The backbone's table name; derived from the arch and the weights when the config sets none (timm presets)."""
+    from dinoloc.backbones import display_name
+
+    return display_name(bb.get("display_name"), bb.get("label"), str(bb.arch), bb.weights or None)
 
 
 def _plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -119,7 +149,22 @@ def prepare_data(cfg: DictConfig):
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     s = cfg.data.split
     # Parallel sweep jobs share the data folder: one builds, the others wait and reuse.
+    builder = None
+    if _reader(cfg) == "folder":
+        import functools
+
+        from dinoloc.data.folder import build_folder_manifest
+
+        d = cfg.data
+        builder = functools.partial(
+            build_folder_manifest, d.root, d.annotations, list(d.channels),
+            None if d.get("classes") is None else list(d.classes), group_by=s.group_by,
+        )
     with FileLock(str(out_dir) + ".lock"):
+        if builder is not None:
+            return prepare_dataset(d.root, d.annotations, out_dir, test_size=s.test_size, n_folds=s.n_folds,
+                                   group_by=s.group_by, seed=s.seed, resplit=bool(d.get("resplit", False)),
+                                   builder=builder)
         manifest, split = prepare_dataset(
             cfg.data.root, cfg.data.annotations, out_dir, min_grade=cfg.data.labels.min_grade,
             test_size=s.test_size, n_folds=s.n_folds, group_by=s.group_by, seed=s.seed,
@@ -143,7 +188,8 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
         "weights": weights_fingerprint(bb.weights or None, cache_dir=cfg.paths.weights_dir, weights_sha256=bb.weights_sha256),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": cfg.strategy.name,
-        "channel_map": _plain(bb.channel_map) if cfg.strategy.name == "mapping" else None,
+        "channel_map": source(cfg)["channel_map"] if cfg.strategy.name == "mapping" else None,
+        **source(cfg)["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         # only when not the default, so the default's cache keys stay what they were
         **({"empty_channels": ec} if (ec := _empty_channels(cfg)) != "zero_before_norm" else {}),
         "preprocess": _plain(bb.preprocess),
@@ -162,7 +208,6 @@ def run_extraction(cfg: DictConfig, manifest):
     import functools
 
     from dinoloc.backbones import build_backbone
-    from dinoloc.data.opencell import read_image
     from dinoloc.extract import cache_key, extract
     from dinoloc.strategies import embed_batch
 
@@ -170,7 +215,7 @@ def run_extraction(cfg: DictConfig, manifest):
     fields = extraction_fields(cfg, manifest)
     key = cache_key(fields)
     meta: dict[str, Any] = {
-        "backbone": bb.name, "backbone_display": bb.display_name, "weights_path": str(bb.weights or ""),
+        "backbone": bb.name, "backbone_display": backbone_display(bb), "weights_path": str(bb.weights or ""),
         "synthetic": bool(cfg.data.synthetic or bb.synthetic), "data": cfg.data.name, **fields,
     }
 
@@ -187,9 +232,14 @@ def run_extraction(cfg: DictConfig, manifest):
         meta["random_seed"] = info.get("random_seed")
         return model
 
+    src = source(cfg)
+    if src["left_out"]:
+        log.warning("strategy=mapping: data channel(s) %s have no place in backbone=%s and are left out",
+                    src["left_out"], bb.name)
     embed_fn = functools.partial(
         embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
-        channel_map=_plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
+        channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp.img_size,
+        intensity=pp.intensity,
         mean=None if pp.mean is None else list(pp.mean), std=None if pp.std is None else list(pp.std),
         spatial=pp.spatial, empty_channels=_empty_channels(cfg), crop_size=int(pp.get("crop_size", 600)),
     )
@@ -198,7 +248,7 @@ def run_extraction(cfg: DictConfig, manifest):
     return extract(
         image_ids=manifest["image_id"].tolist(),
         paths=[root / p for p in manifest["path"]],
-        read_fn=read_image,
+        read_fn=src["read_fn"],
         model_factory=factory,
         embed_fn=embed_fn,
         cache_dir=cfg.paths.cache_dir,
@@ -235,13 +285,13 @@ def _rank() -> int:
 
 def run_fingerprint(cfg: DictConfig, manifest, split) -> dict[str, Any]:
     """What, besides the embeddings, decides a run's result: a finished run with the same is reused."""
+    from dinoloc.data.manifest import class_columns
     from dinoloc.io import frame_sha256
-    from dinoloc.ontology import CATEGORIES
 
     return {
         "classifier": _plain(cfg.classifier),
         "split_sha256": frame_sha256(split),
-        "labels_sha256": frame_sha256(manifest[["image_id", *CATEGORIES]]),
+        "labels_sha256": frame_sha256(manifest[["image_id", *class_columns(manifest)]]),
     }
 
 
@@ -251,17 +301,21 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 
     import numpy as np
 
-    from dinoloc.classify import ClassifierParams, cross_validate_seeds, load_result, save_run
+    from dinoloc.classify import cross_validate_seeds, load_result, save_run
+    from dinoloc.data.manifest import class_columns
     from dinoloc.extract import cache_key
     from dinoloc.io import frame_sha256
-    from dinoloc.ontology import CATEGORIES
+    from dinoloc.probes import head_name, params_from_config
     from dinoloc.provenance import weights_record
     from dinoloc.stats import embedding_health
 
     manifest, split = prepare_data(cfg)
+    classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
     bb = cfg.backbone
+    classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
+    head = head_name(_plain(cfg.classifier))
     run_dir = Path(cfg.paths.runs_dir) / run_name(cfg)
-    params = ClassifierParams.from_dict(_plain(cfg.classifier, drop=("name",)))
+    params = params_from_config(_plain(cfg.classifier))
     fingerprint = run_fingerprint(cfg, manifest, split)
     previous = load_result(run_dir)
     if previous is not None and not cfg.force:
@@ -283,10 +337,10 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     fold = split["fold"].fillna(-1).astype(int).to_numpy()
     t0 = time.perf_counter()
     cv = cross_validate_seeds(
-        emb[rows][labeled], m[list(CATEGORIES)].to_numpy()[labeled].astype(int),
+        emb[rows][labeled], m[classes].to_numpy()[labeled].astype(int),
         split["split"].to_numpy()[labeled], fold[labeled],
         split["image_id"].to_numpy()[labeled], split["target"].to_numpy()[labeled],
-        params, device=resolve_device(cfg.device),
+        params, device=resolve_device(cfg.device), classes=classes,
     )
     arch = str(bb.arch)
     found = re.search(r"patch(\d+)", arch)
@@ -303,11 +357,12 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "experiment": cfg.experiment_name,
         "variant": str(cfg.get("variant") or "baseline"),
         "backbone": bb.name,
-        "backbone_display": bb.display_name,
+        "backbone_display": backbone_display(bb),
         "arch": arch,
         "model_label": f"{arch.split('_patch')[0]}/{patch}",
         "model_kwargs": _plain(bb.model_kwargs),
         "strategy": cfg.strategy.name,
+        "head": head,
         # The checkpoint's own count wins; the config's value only where the file records none.
         "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
         "dino_epochs_config": bb.dino_epochs,
@@ -316,6 +371,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "synthetic": bool(meta.get("synthetic")),
         "random_weights": bool(meta.get("random_weights", False)),
         "cache_key": entry.key,
+        "cache_path": str(entry.path.resolve()),  # the report's embedding maps read it
         "cache_hit": entry.hit,
         "run_fingerprint": fingerprint,
         "data": {
@@ -325,6 +381,10 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
             "split": str((Path(cfg.paths.data_dir) / "split.csv").resolve()),
             "manifest_sha256": frame_sha256(manifest),
             "label_notes": manifest.attrs.get("label_notes", {}),
+            "reader": _reader(cfg),
+            "channels": list(source(cfg)["fields"].get("data_channels") or []) or None,
+            "channels_used": source(cfg)["source_channels"],  # after data.channel_roles (mapping: placed ones)
+            "channel_roles": _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else None,
         },
         **cv.summary,
         "classifier_seconds": round(time.perf_counter() - t0, 3),
@@ -340,8 +400,11 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """`<backbone>__<strategy>`, plus `__<variant>` for a sensitivity variant other than the baseline."""
-    name = f"{cfg.backbone.name}__{cfg.strategy.name}"
+    """`<backbone>__<strategy>`, plus `__<head>` for a probe head (knn, linear) and `__<variant>` for a
+    sensitivity variant other than the baseline."""
+    from dinoloc.probes import head_name, run_dir_name
+
+    name = run_dir_name(cfg.backbone.name, cfg.strategy.name, head_name(_plain(cfg.classifier)))
     variant = str(cfg.get("variant") or "baseline")
     return name if variant == "baseline" else f"{name}__{variant}"
 
@@ -613,7 +676,8 @@ def report_main(cfg: DictConfig) -> None:
     rep = cfg.report
     paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
                          seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
-                         figure2_colors=str(cfg.get("figure2_colors") or "magenta_green"))
+                         figure2_colors=str(cfg.get("figure2_colors") or "magenta_green"),
+                         embedding_maps=str(rep.get("embedding_maps", "auto")), max_points=int(rep.get("max_points", 2000)))
     print(Path(paths["table3.md"]).read_text())
     if "sensitivity.md" in paths:
         print(Path(paths["sensitivity.md"]).read_text())

@@ -8,6 +8,7 @@ strategies, viridis for the heatmap, magenta/green for the image composite.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import textwrap
@@ -19,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from dinoloc.io import DinolocError, atomic_path, read_json
-from dinoloc.ontology import CATEGORIES
 
 SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
+_HEAD_HATCH = {"knn": "//", "linear": ".."}  # probe heads' bars; the MLP's stay plain
 _STRATEGY_STYLE = {  # legend label, colour (Okabe-Ito: blue, orange, bluish green)
     "mapping": ("channel mapping", "#0072B2"),
     "replication": ("channel replication", "#E69F00"),
@@ -83,6 +84,7 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
     has_ci = {"ci_low", "ci_high"} <= set(df.columns) and df[["ci_low", "ci_high"]].notna().any().any()
 
     groups = list(dict.fromkeys(df["weights"].astype(str)))  # order of the table (the paper's)
+    multi_head = "head" in df and df["head"].nunique() > 1  # probes beside the MLP: hatched bars, head in the label
     per_group = int(df.groupby("weights").size().max()) if len(df) else 1
     width = 0.8 / max(per_group, 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.9 * max(len(groups), 1) + 1.0), 4.2))
@@ -93,12 +95,17 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
         for k, (_, r) in enumerate(rows.iterrows()):
             strategy = str(r["strategy"])
             label, colour = _STRATEGY_STYLE.get(strategy, (strategy, "#999999"))
+            head = str(r["head"]) if multi_head else ""
+            if multi_head:
+                label, strategy = f"{label} · {head}", f"{strategy} / {head}"
             x = gi + (k - (len(rows) - 1) / 2) * width
             h, err = float(r["test_f1_mean"]), float(r["test_f1_std"])
+            hatch = _HEAD_HATCH.get(head, "")
             bars = ax.bar([x], [h], width * 0.9, yerr=[err], capsize=4, color=colour, edgecolor="black",
-                          linewidth=0.5, error_kw={"elinewidth": 1.2})
+                          linewidth=0.5, error_kw={"elinewidth": 1.2}, hatch=hatch)
             bars.patches[0].set_gid(f"{group} / {strategy}")
-            handles.setdefault(label, Patch(facecolor=colour, edgecolor="black", linewidth=0.5, label=label))
+            handles.setdefault(label, Patch(facecolor=colour, edgecolor="black", linewidth=0.5, label=label,
+                                            hatch=hatch))
             tops.append(h + err)
             if has_ci and pd.notna(r.get("ci_low")) and pd.notna(r.get("ci_high")):
                 # The CI runs near the bar's right edge, clear of the std whisker and of the value label
@@ -108,7 +115,7 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
                         alpha=0.6, solid_capstyle="butt", zorder=3)
                 tops.append(float(r["ci_high"]))
             ax.text(x, h + err + 0.01 * max(1.0, float(df["test_f1_mean"].max())), f"{h:.3f}", ha="center",
-                    va="bottom", fontsize=7.5)
+                    va="bottom", fontsize=6 if multi_head else 7.5)
     extra = [Line2D([], [], color="black", marker="_", markersize=8, lw=1.2, label="± std over folds")]
     if has_ci:
         extra.append(Line2D([], [], color=_CI_COLOUR, lw=3.0, alpha=0.6, label="95% CI (bootstrap)"))
@@ -193,7 +200,7 @@ def plot_figure2(
     of a run, the composite (magenta/green by default, colour-blind safe; `colors="red_green"` as the
     paper), each channel, and a table of ground truth vs prediction with probabilities. Writes out_png and
     a PDF beside it. Returns the image ids shown."""
-    from dinoloc.report import _test_rows, _threshold, read_predictions
+    from dinoloc.report import _test_rows, _threshold, read_predictions, result_classes
 
     plt = _pyplot()
     if colors not in _COMPOSITE_NAMES:
@@ -209,10 +216,11 @@ def plot_figure2(
     if not folds:
         raise DinolocError(f"{result_path} has no per-fold results ('folds'); rerun the row")
     best = max(folds, key=lambda f: (float(f["test_macro_f1"]), -int(f["fold"])))
-    test = _test_rows(read_predictions(run_dir), str(run_dir))
+    classes = result_classes(result)
+    test = _test_rows(read_predictions(run_dir, classes), str(run_dir))
     rows = test[test["fold"] == best["fold"]]
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
+    y_cols = [f"y_{c}" for c in classes]
+    p_cols = [f"p_{c}" for c in classes]
     labelled = rows[rows[y_cols].to_numpy().sum(axis=1) > 0].sort_values("image_id")
     if labelled.empty:
         raise DinolocError(f"{run_dir / 'predictions.csv'}: fold {best['fold']} has no labelled test image")
@@ -236,6 +244,10 @@ def plot_figure2(
     manifest = pd.read_csv(manifest_path, dtype={"image_id": str}).set_index("image_id")
     root = Path(str(data.get("root", manifest_path.parent)))
     read_image, composite = _image_reader(), _compositor()
+    if data.get("reader") == "folder":  # a labels-CSV folder: its protein / nucleus roles, else last / first channel
+        from dinoloc.data.folder import display_pair
+
+        read_image = functools.partial(display_pair, channels=data["channels"], roles=data.get("channel_roles"))
 
     synthetic = bool(result.get("synthetic", False))
     fig, axes = plt.subplots(
@@ -265,9 +277,9 @@ def plot_figure2(
             for ax, head in zip(row_axes, headers, strict=True):
                 ax.set_title(head, fontsize=9)
         y, prob = r[y_cols].to_numpy(dtype=float), r[p_cols].to_numpy(dtype=float)
-        shown = [i for i, c in enumerate(CATEGORIES) if y[i] > 0 or prob[i] > threshold]
+        shown = [i for i, c in enumerate(classes) if y[i] > 0 or prob[i] > threshold]
         cells = [
-            [CATEGORIES[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > threshold else "no", f"{prob[i]:.2f}"]
+            [classes[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > threshold else "no", f"{prob[i]:.2f}"]
             for i in shown
         ]
         tax = row_axes[3]

@@ -31,6 +31,7 @@ from dinoloc.figures import (  # noqa: F401 (re-exported: the figures moved to d
 )
 from dinoloc.io import DinolocError, read_json, write_csv, write_text
 from dinoloc.ontology import CATEGORIES
+from dinoloc.probes import DEFAULT_HEAD, HEADS, ranking_notes, run_dir_name
 
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
 _FAMILY_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
@@ -50,6 +51,7 @@ TABLE_COLUMNS = [
     "weights",
     "model",
     "approach",
+    "head",
     "dino_epochs",  # from the checkpoint when it records one, else backbone.dino_epochs
     "dino_epochs_source",  # checkpoint | config
     "test_f1_mean",
@@ -91,9 +93,14 @@ TABLE_COLUMNS = [
 # ----------------------------------------------------------------------------------------------------------
 # macro F1 (the classifier's definition)
 # ----------------------------------------------------------------------------------------------------------
-def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str] | None = None) -> float:
     """The classify stage's macro F1, imported so the report can never drift from it."""
-    return float(macro_f1(y_true, y_pred)[0])
+    return float(macro_f1(y_true, y_pred, classes)[0])
+
+
+def result_classes(result: dict) -> list[str]:
+    """The run's class list (result.json `classes`, from the data config); OpenCell's 17 for older runs."""
+    return list(result.get("classes") or CATEGORIES)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,8 +139,12 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
+def _head(result: dict) -> str:
+    return str(result.get("head") or DEFAULT_HEAD)  # runs written before the probes existed are MLP runs
+
+
 def _run_name(result: dict) -> str:
-    name = f"{result['backbone']}__{result['strategy']}"
+    name = run_dir_name(str(result["backbone"]), str(result["strategy"]), _head(result))
     variant = result.get("variant") or "baseline"
     return name if variant == "baseline" else f"{name}__{variant}"
 
@@ -169,7 +180,8 @@ def _row_order(result: dict) -> tuple:
     backbone, strategy = str(result["backbone"]), str(result["strategy"])
     family = next((i for i, f in enumerate(_FAMILY_ORDER) if backbone.startswith(f)), len(_FAMILY_ORDER))
     strat = _STRATEGY_ORDER.index(strategy) if strategy in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
-    return (family, strat, backbone, strategy, result.get("run_dir", ""))
+    head = HEADS.index(_head(result)) if _head(result) in HEADS else len(HEADS)
+    return (family, strat, backbone, strategy, head, result.get("run_dir", ""))
 
 
 def _threshold(result: dict) -> float:
@@ -182,19 +194,19 @@ def _threshold(result: dict) -> float:
         ) from e
 
 
-def read_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:
+def read_predictions(run_dir: str | os.PathLike, classes: Sequence[str] = CATEGORIES) -> pd.DataFrame:
     """predictions.csv of one run, checked for the columns the report needs."""
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
         raise DinolocError(f"{path} is missing; the run is incomplete. Rerun it with dinoloc-run force=true")
     df = pd.read_csv(path, dtype={"image_id": str, "target": str, "split": str})
     needed = ["image_id", "fold", "split", "target"]
-    needed += [f"y_{c}" for c in CATEGORIES] + [f"p_{c}" for c in CATEGORIES]
+    needed += [f"y_{c}" for c in classes] + [f"p_{c}" for c in classes]
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise DinolocError(
             f"{path} lacks column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; expected image_id, fold, "
-            "split, target, y_<class>, p_<class> for the 17 classes of dinoloc.ontology. Rerun the row."
+            "split, target, y_<class>, p_<class> for the run's classes (result.json). Rerun the row."
         )
     bad = ~df["split"].isin(["val", "test"])
     if bad.any():
@@ -214,7 +226,8 @@ def _test_rows(pred: pd.DataFrame, run_dir: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------
 # target-level bootstrap (the statistics live in dinoloc.stats)
 # ----------------------------------------------------------------------------------------------------------
-def _target_counts(test: pd.DataFrame, threshold: float) -> tuple[np.ndarray, list, list[str]]:
+def _target_counts(test: pd.DataFrame, threshold: float,
+                   classes: Sequence[str] = CATEGORIES) -> tuple[np.ndarray, list, list[str]]:
     """Per (classifier seed, fold), target and class: the counts (tp, fp, fn, pos) macro F1 is a function of.
 
     Returns counts of shape (4, n_seed_folds, n_targets, n_classes), the (seed, fold) pairs and the sorted
@@ -223,9 +236,9 @@ def _target_counts(test: pd.DataFrame, threshold: float) -> tuple[np.ndarray, li
     folds = sorted({(int(a), int(b)) for a, b in zip(test["seed"], test["fold"], strict=True)})
     targets = sorted(test["target"].astype(str).unique().tolist())
     t_index = {t: i for i, t in enumerate(targets)}
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
-    counts = np.zeros((4, len(folds), len(targets), len(CATEGORIES)), dtype=np.float64)
+    y_cols = [f"y_{c}" for c in classes]
+    p_cols = [f"p_{c}" for c in classes]
+    counts = np.zeros((4, len(folds), len(targets), len(classes)), dtype=np.float64)
     for fi, (seed, fold) in enumerate(folds):
         rows = test[(test["seed"] == seed) & (test["fold"] == fold)]
         y = rows[y_cols].to_numpy(dtype=np.int64) > 0
@@ -247,20 +260,21 @@ def _run_stats(result: dict, n_boot: int, seed: int, level: float = 0.95, method
     classes (>= stats.WELL_SUPPORTED positive test targets)."""
     run_dir = result["run_dir"]
     threshold = _threshold(result)
-    test = _test_rows(read_predictions(run_dir), run_dir)
-    counts, folds, targets = _target_counts(test, threshold)
+    names = result_classes(result)
+    test = _test_rows(read_predictions(run_dir, names), run_dir)
+    counts, folds, targets = _target_counts(test, threshold, names)
     notes = []
 
     # The check uses the classifier's own macro F1 on each fold's full test set (images, not counts).
-    y_cols = [f"y_{c}" for c in CATEGORIES]
-    p_cols = [f"p_{c}" for c in CATEGORIES]
+    y_cols = [f"y_{c}" for c in names]
+    p_cols = [f"p_{c}" for c in names]
     test = test.assign(seed=test["seed"] if "seed" in test.columns else 0)
     per_fold = {}
     for seed_fold in folds:
         rows = test[(test["seed"] == seed_fold[0]) & (test["fold"] == seed_fold[1])]
         y = rows[y_cols].to_numpy(dtype=np.int64)
         p = (rows[p_cols].to_numpy(dtype=np.float64) > threshold).astype(np.int64)
-        per_fold[seed_fold] = _macro_f1(y, p)
+        per_fold[seed_fold] = _macro_f1(y, p, names)
     recomputed = float(np.mean(list(per_fold.values())))
     reported = float(result["test_macro_f1_mean"])
     if not math.isclose(recomputed, reported, rel_tol=0.0, abs_tol=1e-9):
@@ -296,8 +310,8 @@ def _run_stats(result: dict, n_boot: int, seed: int, level: float = 0.95, method
         "ws": ws if well.any() else stats.Interval(
             float("nan"), float("nan"), float("nan"), float("nan"), method),
         "ws_estimate": stats.estimate(counts, well) if well.any() else float("nan"),
-        "thin_classes": [c for c, k, s in zip(CATEGORIES, n_pos, classes, strict=True) if s and k < stats.WELL_SUPPORTED],
-        "n_positive_targets": dict(zip(CATEGORIES, n_pos.tolist(), strict=True)),
+        "thin_classes": [c for c, k, s in zip(names, n_pos, classes, strict=True) if s and k < stats.WELL_SUPPORTED],
+        "n_positive_targets": dict(zip(names, n_pos.tolist(), strict=True)),
         "classes": classes,
         "weights": weights,
         "notes": notes,
@@ -368,6 +382,7 @@ def build_table(
                 "weights": _weights_label(r),
                 "model": r.get("model_label", r.get("arch", "")),
                 "approach": NATIVE_APPROACH if strategy == "native" else strategy,
+                "head": _head(r),
                 "dino_epochs": _checkpoint_epochs(r),
                 "dino_epochs_source": _epochs_source(r),
                 "test_f1_mean": float(r["test_macro_f1_mean"]),
@@ -499,9 +514,11 @@ def sensitivity_markdown(sens: pd.DataFrame, synthetic: bool, n_boot: int | None
 def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
     """Per-class test F1 (mean over folds, from per_class.csv): one row per class in ontology order, a
     `support` column (test positives per fold) and one column per run, in the paper's order."""
-    out = pd.DataFrame({"class": list(CATEGORIES)})
+    results = sorted(results, key=_row_order)
+    classes = result_classes(results[0]) if results else list(CATEGORIES)
+    out = pd.DataFrame({"class": classes})
     support = None
-    for r in sorted(results, key=_row_order):
+    for r in results:
         path = Path(r["run_dir"]) / "per_class.csv"
         if not path.is_file():
             raise DinolocError(f"{path} is missing; the run is incomplete. Rerun it with dinoloc-run force=true")
@@ -510,10 +527,11 @@ def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
         if missing:
             raise DinolocError(f"{path} lacks column(s) {missing}; expected fold, split, class, f1, precision, recall, support")
         test = df[df["split"] == "test"]
-        unknown = sorted(set(test["class"]) - set(CATEGORIES))
+        unknown = sorted(set(test["class"]) - set(classes))
         if unknown:
-            raise DinolocError(f"{path}: unknown class name(s) {unknown}; use the names of dinoloc.ontology.CATEGORIES")
-        agg = test.groupby("class")[["f1", "support"]].mean().reindex(list(CATEGORIES))
+            raise DinolocError(f"{path}: unknown class name(s) {unknown}; the runs' classes are {classes} "
+                               "(report one dataset per experiment)")
+        agg = test.groupby("class")[["f1", "support"]].mean().reindex(classes)
         if support is None:
             support = agg["support"].to_numpy()
         elif not np.allclose(support, agg["support"].to_numpy(), equal_nan=True):
@@ -568,10 +586,10 @@ def markdown_table(
     lines += [
         "**Table III.** Test macro F1 (mean ± std over the cross-validation folds).",
         "",
-        f"| Weights | Model | Approach | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
+        f"| Weights | Model | Approach | Head | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
         "F1 (≥3-target classes) [CI] | Train F1 | Val F1 | Δ vs best | p vs best (raw / Holm) | "
         "p vs floor (raw / Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     best = table.attrs.get("best", table["test_f1_mean"].idxmax() if len(table) else None)
     for idx, r in table.iterrows():
@@ -589,7 +607,7 @@ def markdown_table(
         )
         approach = r["approach"] if r.get("variant", "baseline") == "baseline" else f"{r['approach']} ({r['variant']})"
         lines.append(
-            f"| {r['weights']} | {r['model']} | {approach} | {epochs} | {_fmt_std(r)} | "
+            f"| {r['weights']} | {r['model']} | {approach} | {r.get('head', DEFAULT_HEAD)} | {epochs} | {_fmt_std(r)} | "
             f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
             f"{_fmt(r['ws_f1'])} [{_fmt(r['ws_ci_low'])}, {_fmt(r['ws_ci_high'])}] | {_fmt(r['train_f1_mean'])} | "
             f"{_fmt(r['val_f1_mean'])} | {delta} | "
@@ -630,6 +648,12 @@ def markdown_table(
         "the checkpoint; * the file records none, so backbone.dino_epochs is shown; † the checkpoint's count "
         "differs from backbone.dino_epochs.",
     ]
+    if "head" in table and table["head"].nunique() > 1:
+        lines.append(
+            "Heads: mlp = the paper's MLP; knn = DINO's weighted k-NN (k = 20, T = 0.07, cosine on L2-normalised "
+            "embeddings, per-class weighted vote); linear = one linear layer with the MLP's recipe."
+        )
+        lines += [f"Ranking: {n}." for n in ranking_notes(table)]
     if label_notes is None and results:
         label_notes = next((r["data"]["label_notes"] for r in results if r.get("data", {}).get("label_notes")), None)
     if label_notes and label_notes.get("ignored"):
@@ -669,9 +693,12 @@ def write_report(
     level: float = 0.95,
     method: str = "percentile",
     figure2_colors: str = "magenta_green",
+    embedding_maps: str = "auto",
+    max_points: int = 2000,
 ) -> dict[str, Path]:
     """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1, figure2 (best row's
-    best fold) and per_class_f1 (heatmap), each figure as .png and .pdf. Returns {file name: path}."""
+    best fold), per_class_f1 (heatmap) and embedding_maps (`embedding_maps`: auto | umap | tsne | none, at most
+    `max_points` images per panel), each figure as .png and .pdf. Returns {file name: path}."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     results = collect_runs(runs_dir)
     if not results:
@@ -706,4 +733,17 @@ def write_report(
                    labels={r["run"]: f"{r['weights']} · {r['strategy']}" for _, r in table.iterrows()})
     for name in ("figure2", "per_class_f1"):
         paths[f"{name}.pdf"] = out_dir / f"{name}.pdf"
+    if embedding_maps != "none":
+        from dinoloc.embedding_maps import plot_embedding_maps
+
+        try:  # the table stands without the maps: a row whose cache was deleted only costs its map
+            info = plot_embedding_maps(results, out_dir / "embedding_maps.png", method=embedding_maps,
+                                       max_points=max_points, seed=seed)
+        except DinolocError as e:
+            _warn(f"embedding maps skipped: {e}")
+        else:
+            paths["embedding_maps.png"] = out_dir / "embedding_maps.png"
+            paths["embedding_maps.pdf"] = out_dir / "embedding_maps.pdf"
+            print(f"Embedding maps: {info['method']}, {info['n_points']} of {info['n_labelled']} labelled images "
+                  f"drawn per panel, {len(info['panels'])} panel(s), {info['seconds']:.1f} s", file=sys.stderr)
     return paths

@@ -57,6 +57,7 @@ def build_manifest(
     m["labeled"] = m["labeled"].astype(bool)
     out = m[MANIFEST_COLUMNS].sort_values("image_id", kind="stable").reset_index(drop=True)
     out.attrs["label_notes"] = ann.attrs["label_notes"]
+    out.attrs["classes"] = label_columns()
     return out
 
 
@@ -65,8 +66,17 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
     return frame_sha256(manifest)
 
 
-def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read manifest.csv back with the dtypes build_manifest gives (so manifest_hash round-trips)."""
+def class_columns(manifest: pd.DataFrame) -> list[str]:
+    """The manifest's class columns in order: what its builder recorded (a folder dataset's data.classes),
+    else OpenCell's 17."""
+    return list(manifest.attrs.get("classes") or label_columns())
+
+
+def read_manifest_csv(path: str | os.PathLike, classes: list[str] | None = None) -> pd.DataFrame:
+    """Read manifest.csv back with the dtypes build_manifest gives (so manifest_hash round-trips). `classes`:
+    a folder dataset's class list (its manifest has image_id, path, target, labeled and one column per class)."""
+    if classes is not None and list(classes) != label_columns():
+        return _read_folder_manifest_csv(Path(path), list(classes))
     path = Path(path)
     if not path.is_file():
         raise DinolocError(f"{path}: manifest not found; run dinoloc-data to build it.")
@@ -83,3 +93,19 @@ def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
     for col in (*label_columns(), *grade_columns()):
         df[col] = df[col].astype(np.int64)
     return df[MANIFEST_COLUMNS]
+
+
+def _read_folder_manifest_csv(path: Path, classes: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DinolocError(f"{path}: manifest not found; run dinoloc-data to build it.")
+    cols = ["image_id", "path", "target", "labeled", *classes]
+    df = pd.read_csv(path, dtype={c: str for c in ("image_id", "path", "target")}, keep_default_na=False)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DinolocError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with dinoloc-data.")
+    df["labeled"] = df["labeled"].map({"True": True, "False": False, True: True, False: False}).astype(bool)
+    for col in classes:
+        df[col] = df[col].astype(np.int64)
+    df = df[cols]
+    df.attrs["classes"] = list(classes)
+    return df

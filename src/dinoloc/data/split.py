@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
-from dinoloc.data.manifest import build_manifest, manifest_hash, read_manifest_csv
+from dinoloc.data.manifest import build_manifest, class_columns, manifest_hash, read_manifest_csv
 from dinoloc.io import DinolocError, frame_sha256, read_json, write_csv, write_json
-from dinoloc.ontology import label_columns
 
 SPLIT_COLUMNS = ["image_id", "target", "split", "fold"]
 SPLIT_VERSION = 1
@@ -115,16 +114,17 @@ def make_split(
 ) -> pd.DataFrame:
     """image_id, target, split (train/test/unlabeled), fold (0..n_folds-1 for train, NA otherwise), manifest order."""
     _check_params(test_size, n_folds, group_by, seed)
-    need = ["image_id", "target", "labeled", *label_columns()]
+    classes = class_columns(manifest)
+    need = ["image_id", "target", "labeled", *classes]
     missing = [c for c in need if c not in manifest.columns]
     if missing:
         raise DinolocError(f"manifest lacks column(s) {', '.join(missing)}; build it with build_manifest.")
     labeled = manifest["labeled"].astype(bool).to_numpy()
-    y_img = manifest[label_columns()].to_numpy(dtype=np.int64)
+    y_img = manifest[classes].to_numpy(dtype=np.int64)
 
     if group_by == "target":
         # One unit per target with its label vector (images of a target share labels; union to be safe).
-        lab = pd.DataFrame(y_img[labeled], columns=label_columns())
+        lab = pd.DataFrame(y_img[labeled], columns=classes)
         lab["target"] = manifest["target"].to_numpy()[labeled]
         units = lab.groupby("target", sort=True).max()
         unit_of_image = manifest["target"].map(pd.Series(np.arange(len(units)), index=units.index))
@@ -176,7 +176,7 @@ def _describe_change(out_dir: Path, stored: dict[str, Any], params: dict[str, An
                if stored.get("params", {}).get(k) != v]
     if stored.get("manifest_sha256") != manifest_hash(manifest):
         try:
-            old = read_manifest_csv(out_dir / "manifest.csv")
+            old = read_manifest_csv(out_dir / "manifest.csv", class_columns(manifest))
         except DinolocError:
             changes.append("the manifest differs (the stored manifest.csv is missing or unreadable)")
             return changes
@@ -187,7 +187,7 @@ def _describe_change(out_dir: Path, stored: dict[str, Any], params: dict[str, An
         if removed:
             changes.append(f"{len(removed)} image(s) removed (e.g. {', '.join(removed[:3])})")
         common = sorted(before & now)
-        cols = ["labeled", *label_columns(), "path", "target"]
+        cols = ["labeled", *class_columns(manifest), "path", "target"]
         a = old.set_index("image_id").loc[common, cols]
         b = manifest.set_index("image_id").loc[common, cols]
         n_diff = int((a != b).any(axis=1).sum())
@@ -211,6 +211,7 @@ def prepare_dataset(
     resplit: bool = False,
     classes: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
+    builder: Callable[[], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build the manifest and the split once; reuse the stored split while the data and parameters match.
 
@@ -221,7 +222,9 @@ def prepare_dataset(
     """
     _check_params(test_size, n_folds, group_by, seed)
     out_dir = Path(out_dir)
-    manifest = build_manifest(root, annotations, min_grade=min_grade, classes=classes, ignore=ignore)
+    # `builder`: another reader's manifest (data=folder); the default is OpenCell's.
+    manifest = builder() if builder is not None else build_manifest(
+        root, annotations, min_grade=min_grade, classes=classes, ignore=ignore)
     m_hash = manifest_hash(manifest)
     params = {"min_grade": int(min_grade), "test_size": float(test_size), "n_folds": int(n_folds),
               "group_by": group_by, "seed": int(seed)}
@@ -257,6 +260,7 @@ def prepare_dataset(
         "version": SPLIT_VERSION,
         "manifest_sha256": m_hash,
         "split_sha256": frame_sha256(split),
+        "classes": class_columns(manifest),
         "params": params,
         "counts": _counts(split),
     })
@@ -270,7 +274,7 @@ def load_dataset(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame
     if not meta_path.is_file():
         raise DinolocError(f"{meta_path}: not found; run dinoloc-data to prepare the dataset in {out_dir}.")
     stored = read_json(meta_path)
-    manifest = read_manifest_csv(out_dir / "manifest.csv")
+    manifest = read_manifest_csv(out_dir / "manifest.csv", stored.get("classes"))
     split = _read_split_csv(out_dir / "split.csv")
     if manifest_hash(manifest) != stored.get("manifest_sha256"):
         raise DinolocError(
@@ -297,10 +301,11 @@ def summarize(manifest: pd.DataFrame, split: pd.DataFrame) -> str:
     if len(folds):
         per = ", ".join(f"{int(f)}: {int((folds == f).sum())}" for f in sorted(folds.unique()))
         lines.append(f"  train images per fold: {per}")
-    merged = manifest[["image_id", *label_columns()]].merge(split[["image_id", "split"]], on="image_id")
-    width = max(len(c) for c in label_columns())
+    classes = class_columns(manifest)
+    merged = manifest[["image_id", *classes]].merge(split[["image_id", "split"]], on="image_id")
+    width = max(len(c) for c in classes)
     lines.append(f"positives per class (images):\n  {'class':<{width}}  {'train':>6}  {'test':>6}")
-    for c in label_columns():
+    for c in classes:
         tr = int(merged.loc[merged["split"] == "train", c].sum())
         te = int(merged.loc[merged["split"] == "test", c].sum())
         lines.append(f"  {c:<{width}}  {tr:>6}  {te:>6}")

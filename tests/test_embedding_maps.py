@@ -1,0 +1,92 @@
+"""Embedding maps: rarest-label colouring, one panel per row (heads of a row share one), seeded subsample,
+PNG + PDF written by the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dinoloc import embedding_maps as em
+from dinoloc.io import DinolocError
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_rarest_label():
+    y = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0], [1, 1, 0]])
+    # frequencies a 4, b 2, c 1
+    assert em.rarest_label(y, CLASSES).tolist() == ["b", "a", "c", em.NO_LABEL, "b"]
+
+
+def _study(tmp: Path, n: int = 60, rows: tuple[str, ...] = ("x", "y"), heads: tuple[str, ...] = ("mlp",)) -> list[dict]:
+    rng = np.random.default_rng(0)
+    ids = [f"im{i:03d}" for i in range(n)]
+    y = np.zeros((n, 3), dtype=int)
+    y[np.arange(n), np.arange(n) % 3] = 1
+    manifest = pd.DataFrame({"image_id": ids, "path": ids, "target": ids, "labeled": True})
+    manifest[CLASSES] = y
+    manifest.loc[n - 1, "labeled"] = False
+    split = pd.DataFrame({"image_id": ids, "target": ids, "split": ["test" if i % 5 == 0 else "train" for i in range(n)],
+                          "fold": 0})
+    split.loc[n - 1, "split"] = "unlabeled"
+    manifest.to_csv(tmp / "manifest.csv", index=False)
+    split.to_csv(tmp / "split.csv", index=False)
+    results = []
+    for b in rows:
+        cache = tmp / f"cache_{b}"
+        cache.mkdir()
+        np.save(cache / "embeddings.npy", (y @ rng.normal(size=(3, 8)) + 0.2 * rng.normal(size=(n, 8))).astype(np.float32))
+        pd.DataFrame({"image_id": ids}).to_csv(cache / "index.csv", index=False)
+        for h in heads:
+            results.append({"backbone": b, "strategy": "mapping", "head": h, "backbone_display": b.upper(),
+                            "cache_key": f"k{b}", "cache_path": str(cache), "classes": CLASSES, "synthetic": True,
+                            "data": {"manifest": str(tmp / "manifest.csv"), "split": str(tmp / "split.csv")},
+                            "run_dir": str(tmp / f"{b}__mapping__{h}")})
+    return results
+
+
+def test_maps_one_panel_per_row_and_files(tmp_path):
+    results = _study(tmp_path, heads=("mlp", "knn"))
+    info = em.plot_embedding_maps(results, tmp_path / "maps.png", method="tsne")
+    assert info["method"] == "tsne" and [p["row"] for p in info["panels"]] == ["x__mapping", "y__mapping"]
+    assert info["n_labelled"] == 59 and info["n_points"] == 59  # the unlabelled image is not drawn
+    assert (tmp_path / "maps.png").stat().st_size > 0 and (tmp_path / "maps.pdf").stat().st_size > 0
+    from PIL import Image
+
+    assert "SYNTHETIC" in Image.open(tmp_path / "maps.png").info.get("Title", "")
+
+
+def test_maps_subsample_is_seeded_and_said(tmp_path, monkeypatch):
+    results = _study(tmp_path, rows=("x",))
+    seen = []
+    real = em.project
+    monkeypatch.setattr(em, "project", lambda x, method, seed: (seen.append(x.copy()), real(x, method, seed))[1])
+    info = em.plot_embedding_maps(results, tmp_path / "a.png", method="tsne", max_points=20, seed=1)
+    em.plot_embedding_maps(results, tmp_path / "b.png", method="tsne", max_points=20, seed=1)
+    em.plot_embedding_maps(results, tmp_path / "c.png", method="tsne", max_points=20, seed=2)
+    assert info["n_points"] == 20 and info["panels"][0]["n_points"] == 20 and len(seen[0]) == 20
+    assert np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[0], seen[2])
+    from PIL import Image
+
+    assert "20 of 59 labelled images drawn (seeded subsample)" in Image.open(tmp_path / "a.png").info["Title"]
+
+
+def test_maps_refuse_a_missing_cache_naming_the_run(tmp_path):
+    results = _study(tmp_path, rows=("x",))
+    (Path(results[0]["cache_path"]) / "embeddings.npy").unlink()
+    with pytest.raises(DinolocError, match="embedding cache .* not found; rerun the row"):
+        em.plot_embedding_maps(results, tmp_path / "m.png", method="tsne")
+    with pytest.raises(DinolocError, match="report.embedding_maps"):
+        em.resolve_method("pca")
+
+
+@pytest.mark.slow
+def test_umap_map(tmp_path):
+    pytest.importorskip("umap")
+    info = em.plot_embedding_maps(_study(tmp_path, rows=("x",)), tmp_path / "u.png", method="auto")
+    assert info["method"] == "umap" and (tmp_path / "u.png").is_file()
+    json.dumps(info)
