@@ -609,14 +609,15 @@ def cross_validate(
     summary["classifier"] = params.to_dict()
     # What training actually used, for the report's deviations list (the YAML's lr may be scaled).
     n_train = [len(s["train"]) for s in sets.values()]
-    summary["classifier_effective"] = {
-        "lr": params.effective_lr(),
-        "lr_scaling": params.lr_scaling,
-        "world_size": 1,
-        "schedule_step": params.schedule_step,
-        "sampler": params.effective_sampler,
-        "steps_per_epoch": [math.ceil(n / params.batch_size) for n in n_train],
-    }
+    if isinstance(params, ClassifierParams):  # the k-NN has no optimiser
+        summary["classifier_effective"] = {
+            "lr": params.effective_lr(),
+            "lr_scaling": params.lr_scaling,
+            "world_size": 1,
+            "schedule_step": params.schedule_step,
+            "sampler": params.effective_sampler,
+            "steps_per_epoch": [math.ceil(n / params.batch_size) for n in n_train],
+        }
     summary["n_features"] = int(X.shape[1])
     summary["classes"] = list(classes)
     return CVResult(summary, pd.concat(pred_frames, ignore_index=True), pd.concat(class_frames, ignore_index=True))

@@ -103,7 +103,8 @@ def plot_embedding_maps(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dinoloc.report import SYNTHETIC_MARKER, _row_order, _save_figure
+    from dinoloc.figures import SYNTHETIC_MARKER, _save
+    from dinoloc.report import _row_order
 
     t0 = time.perf_counter()
     method = resolve_method(method)
@@ -163,8 +164,7 @@ def plot_embedding_maps(
     fig.suptitle(title, color="red" if synthetic else "black", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
-    _save_figure(fig, out_png, "png", title)
-    _save_figure(fig, out_png.with_suffix(".pdf"), "pdf", title)
+    _save(fig, out_png, title)
     plt.close(fig)
     return {"method": method, "n_points": n_points, "n_labelled": n_labelled, "panels": drawn,
             "seconds": round(time.perf_counter() - t0, 2)}
