@@ -552,6 +552,8 @@ def _fmt_p(p: Any, n_boot: int | None) -> str:
         return "–"
     if p == 0 and n_boot:
         return f"< {1 / n_boot:.0e}"
+    if p < 0.001:  # the smallest bootstrap p is 1/(B+1)
+        return f"{float(p):.1e}"
     return f"{float(p):.3f}"
 
 
