@@ -295,3 +295,28 @@ def test_help_opens_with_what_the_command_does(fn, capsys, monkeypatch):
     first, _, rest = out.partition("\n")
     assert first.startswith(f"{command}: ") and "powered by Hydra" not in out
     assert rest.lstrip("\n").startswith("Most common:\n  " + command)
+
+
+def test_parallel_local_jobs_share_the_cores():
+    """hydra/launcher=local (joblib, n_jobs=2) gives each job cores // n_jobs torch threads (issue 13)."""
+    from omegaconf import OmegaConf
+
+    from dinoloc.console import share_cores_between_jobs, threads_per_job
+
+    assert threads_per_job(2, 2) == 1 and threads_per_job(16, 2) == 8 and threads_per_job(16, 3) == 5
+    assert threads_per_job(8, -1) == 1  # joblib's -1: one job per core
+    assert threads_per_job(8, 1) is None and threads_per_job(8, None) is None
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        basic = OmegaConf.create({"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}})
+        share_cores_between_jobs(basic)
+        assert torch.get_num_threads() == 2  # sequential jobs keep their threads
+        joblib = OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher"
+                                                ".JoblibLauncher", "n_jobs": 1_000}})
+        share_cores_between_jobs(joblib)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
