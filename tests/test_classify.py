@@ -233,8 +233,9 @@ def test_summary_f1_equals_sklearn_from_predictions_and_excluded_classes():
 
 
 # ---------------------------------------------------------------------------------------------------- batched == separate
-def _reference(X, Y, events, params, k_index):
-    """One fold trained alone: nn.Sequential + torch.optim.AdamW + CosineAnnealingLR, replaying the stream."""
+def _reference(X, Y, events, params, k_index, per_step: bool = False):
+    """One fold trained alone: nn.Sequential + torch.optim.AdamW + CosineAnnealingLR, replaying the stream.
+    per_step: T_max = epochs x batches, stepped every batch (Dino4Cells' run_end_to_end.py); else per epoch."""
     from dinoloc.classify import fold_seed
 
     fold_k = list(events["folds"])[k_index]
@@ -252,8 +253,10 @@ def _reference(X, Y, events, params, k_index):
             lin.bias.copy_(b)
         layers += [lin, torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, betas=params.betas, weight_decay=params.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=params.effective_lr(), betas=params.betas,
+                            weight_decay=params.weight_decay)
+    total = params.epochs * math.ceil(len(tr) / params.batch_size) if per_step else params.epochs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     for e in events["epochs"]:
         order = e["rows"][k_index][e["valid"][k_index]]
@@ -262,7 +265,10 @@ def _reference(X, Y, events, params, k_index):
             opt.zero_grad()
             loss_fn(model(Xs[idx]), Yt[idx]).backward()
             opt.step()
-        sched.step()
+            if per_step:
+                sched.step()
+        if not per_step:
+            sched.step()
     with torch.no_grad():
         return torch.sigmoid(model(Xs)).double().numpy()
 

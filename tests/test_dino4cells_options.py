@@ -17,13 +17,10 @@ from dinoloc.classify import (
     ClassifierParams,
     class_uniform_weights,
     cross_validate,
-    fit_standardizer,
-    fold_seed,
-    init_mlp,
 )
 from dinoloc.io import DinolocError
 from dinoloc.ontology import N_CLASSES
-from test_classify import P_COLS, _collect_hook, make_data, small_params, yaml_dict
+from test_classify import P_COLS, _collect_hook, _reference, make_data, small_params, yaml_dict
 
 
 def run(data, params, **kw):
@@ -64,36 +61,7 @@ def test_bad_option_values_refused_naming_the_key():
 def _reference_per_step(X, Y, events, params, k_index):
     """One fold alone: nn.Sequential + AdamW + CosineAnnealingLR(T_max = epochs x batches) stepped every batch,
     as Dino4Cells' run_end_to_end.py does, replaying the batched trainer's index stream."""
-    fold_k = list(events["folds"])[k_index]
-    tr = events["folds"][fold_k]["train"]
-    mean, std = fit_standardizer(X[tr])
-    Xs = torch.as_tensor(((X - mean) / std).astype(np.float32))
-    Yt = torch.as_tensor(Y, dtype=torch.float32)
-    dims = (X.shape[1], *params.hidden, N_CLASSES)
-    layers = []
-    init = init_mlp(X.shape[1], params.hidden, N_CLASSES, fold_seed(params.seed, k_index, 0))
-    for (w, b), fan_in, fan_out in zip(init, dims[:-1], dims[1:], strict=True):
-        lin = torch.nn.Linear(fan_in, fan_out)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
-        layers += [lin, torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.AdamW(model.parameters(), lr=params.effective_lr(), betas=params.betas,
-                            weight_decay=params.weight_decay)
-    total = params.epochs * math.ceil(len(tr) / params.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for e in events["epochs"]:
-        order = e["rows"][k_index][e["valid"][k_index]]
-        for lo in range(0, len(order), params.batch_size):
-            idx = torch.as_tensor(order[lo : lo + params.batch_size])
-            opt.zero_grad()
-            loss_fn(model(Xs[idx]), Yt[idx]).backward()
-            opt.step()
-            sched.step()
-    with torch.no_grad():
-        return torch.sigmoid(model(Xs)).double().numpy()
+    return _reference(X, Y, events, params, k_index, per_step=True)
 
 
 def test_per_step_cosine_equals_torch_scheduler_stepped_every_batch():

@@ -84,13 +84,10 @@ class ClassifierParams:
     def from_dict(cls, d: dict[str, Any]) -> ClassifierParams:
         """Validated params from the YAML's keys (`name` is allowed and ignored); errors name `classifier.<key>`."""
         d = {k: v for k, v in dict(d).items() if k != "name"}
+        from dinoloc.probes import refuse_unknown_keys
+
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise DinolocError(
-                f"unknown classifier key(s) {['classifier.' + k for k in unknown]}; "
-                f"valid keys are {names} (see configs/classifier/mlp.yaml)"
-            )
+        refuse_unknown_keys(d, names, "mlp.yaml")
         optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         missing = [k for k in names if k not in d and k not in optional]
         if missing:

@@ -28,6 +28,17 @@ import torch.nn.functional as F
 
 from dinoloc.io import DinolocError
 
+
+def refuse_unknown_keys(d: dict[str, Any], names: list[str], yaml_name: str, head_note: str = "") -> None:
+    """A classifier key the head does not know is an error naming it (a typo must not fall back to a default)."""
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise DinolocError(
+            f"unknown classifier key(s) {['classifier.' + k for k in unknown]}{head_note}; valid keys are {names} "
+            f"(see configs/classifier/{yaml_name})"
+        )
+
+
 HEADS = ("mlp", "knn", "linear")
 DEFAULT_HEAD = "mlp"
 # Keys of the trained heads (configs/classifier/mlp.yaml) that mean nothing to the k-NN.
@@ -51,13 +62,7 @@ class KNNParams:
         """Validated params; the MLP's training keys are ignored (a sweep preset may set them for every head,
         e.g. the demo's batch size), any other unknown key is an error naming it."""
         d = {k: v for k, v in dict(d).items() if k != "name" and k not in _TRAINING_KEYS}
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise DinolocError(
-                f"unknown classifier key(s) {['classifier.' + k for k in unknown]} for classifier=knn; valid keys "
-                f"are {names} (see configs/classifier/knn.yaml)"
-            )
+        refuse_unknown_keys(d, [f.name for f in dataclasses.fields(cls)], "knn.yaml", " for classifier=knn")
         missing = [k for k in ("k", "temperature", "threshold", "standardize") if k not in d]
         if missing:
             raise DinolocError(f"missing classifier key(s) {['classifier.' + k for k in missing]} for classifier=knn")
