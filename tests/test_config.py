@@ -141,3 +141,15 @@ def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset
     # a variant with another manifest or split gets its own data folder; one with the same shares it
     assert len({made[v].paths.data_dir for v in ("baseline", "image_split", "min_grade2")}) == 3
     assert made["crop600"].paths.data_dir == base.paths.data_dir
+
+
+def test_dry_run_names_the_folder_the_run_writes(tmp_path):
+    """The sweep listing (dry_run=true) shows the same run folder as dinoloc-run: head and variant included."""
+    from dinoloc.cli import run_name
+    from dinoloc.sweep import describe_job
+
+    for extra, folder in (([], "imagenet_demo__mapping"), (["variant=crop600"], "imagenet_demo__mapping__crop600"),
+                          (["classifier=knn"], "imagenet_demo__mapping__knn")):
+        cfg = _compose("experiment=demo", "row=imagenet_demo_mapping", f"paths.output_dir={tmp_path}", *extra)
+        assert run_name(cfg) == folder
+        assert describe_job(cfg).startswith(f"{folder} -> "), describe_job(cfg)

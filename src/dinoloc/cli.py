@@ -192,7 +192,8 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
         **source(cfg)["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         # only when not the default, so the default's cache keys stay what they were
         **({"empty_channels": ec} if (ec := _empty_channels(cfg)) != "zero_before_norm" else {}),
-        "preprocess": _plain(bb.preprocess),
+        # crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move.
+        "preprocess": _plain(bb.preprocess, drop=() if bb.preprocess.spatial == "center_crop" else ("crop_size",)),
         "images": images_fingerprint(manifest, cfg.data.root),
     }
 

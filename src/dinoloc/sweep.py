@@ -113,13 +113,13 @@ def describe_job(cfg: Any) -> str:
     """
     from dinoloc.backbones import _is_url, cached_weights_path
     from dinoloc.classify import load_result
-    from dinoloc.cli import extraction_fields, run_fingerprint
+    from dinoloc.cli import extraction_fields, run_fingerprint, run_name
     from dinoloc.data.split import load_dataset
     from dinoloc.extract import cache_key, lookup
     from dinoloc.io import DinolocError
 
     bb = cfg.backbone
-    name = f"{bb.name}__{cfg.strategy.name}"
+    name = run_name(cfg)  # the folder dinoloc-run writes: head and variant included
     run_dir = Path(cfg.paths.runs_dir) / name
     parts = [f"{name} -> {run_dir}"]
     try:
@@ -144,5 +144,6 @@ def describe_job(cfg: Any) -> str:
         parts.append("| classifier: reuse result.json (skip)")
     else:
         c = cfg.classifier
-        parts.append(f"| classifier: train {cfg.data.split.n_folds} folds x {c.epochs} epochs")
+        what = "fit the k-NN" if c.get("name") == "knn" else f"train {cfg.data.split.n_folds} folds x {c.epochs} epochs"
+        parts.append(f"| classifier: {what}")
     return " ".join(parts)
