@@ -416,7 +416,8 @@ def resolved_config(cfg: DictConfig, params: Any) -> dict[str, Any]:
     return {
         "classifier": params.to_dict(),
         "split": {"test_size": s.test_size, "n_folds": s.n_folds, "group_by": s.group_by, "seed": s.seed},
-        "labels": {"min_grade": cfg.data.labels.min_grade},
+        # A labels-CSV folder has no grades, hence no min_grade.
+        "labels": {"min_grade": OmegaConf.select(cfg, "data.labels.min_grade", default=None)},
         "preprocess": _plain(cfg.backbone.preprocess),
     }
 

@@ -51,11 +51,14 @@ def _same(a: Any, b: Any) -> bool:
 def deviations(resolved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (this run's value, the paper's)} for every PAPER key whose resolved value differs."""
     flat = _flatten(resolved)
-    return {k: (flat[k], v) for k, v in PAPER.items() if k in flat and not _same(flat[k], v)}
+    # None: the choice does not exist for this data (a labels-CSV folder has no grades).
+    return {k: (flat[k], v) for k, v in PAPER.items() if flat.get(k) is not None and not _same(flat[k], v)}
 
 
 def _run_label(result: dict) -> str:
-    name = f"{result.get('backbone')}__{result.get('strategy')}"
+    from dinoloc.probes import run_dir_name
+
+    name = run_dir_name(str(result.get("backbone")), str(result.get("strategy")), str(result.get("head") or "mlp"))
     variant = result.get("variant") or "baseline"
     return name if variant == "baseline" else f"{name}__{variant}"
 
@@ -85,7 +88,7 @@ def deviations_list(results: Sequence[dict]) -> list[str]:
 _CHOICE_TEXT = {
     "split.group_by": lambda v: "the split is grouped by protein (no target in two sets)" if v == "target"
     else "the split is at image level (a protein may be in train and test)",
-    "labels.min_grade": lambda v: f"a label counts from grade {v}",
+    "labels.min_grade": lambda v: "no grades (a labels CSV)" if v is None else f"a label counts from grade {v}",
 }
 
 
