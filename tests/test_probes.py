@@ -118,6 +118,8 @@ def test_linear_head_is_one_layer_with_the_mlp_recipe():
 def test_run_dir_names():
     assert run_dir_name("hpa", "mapping", "mlp") == "hpa__mapping"  # unchanged for the paper's head
     assert run_dir_name("hpa", "mapping", "knn") == "hpa__mapping__knn"
+    assert run_dir_name("hpa", "mapping", "knn", "crop600") == "hpa__mapping__knn__crop600"
+    assert run_dir_name("hpa", "mapping", "mlp", "baseline") == "hpa__mapping"
 
 
 def test_ranking_notes():

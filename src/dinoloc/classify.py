@@ -84,8 +84,6 @@ class ClassifierParams:
     def from_dict(cls, d: dict[str, Any]) -> ClassifierParams:
         """Validated params from the YAML's keys (`name` is allowed and ignored); errors name `classifier.<key>`."""
         d = {k: v for k, v in dict(d).items() if k != "name"}
-        from dinoloc.probes import refuse_unknown_keys
-
         names = [f.name for f in dataclasses.fields(cls)]
         refuse_unknown_keys(d, names, "mlp.yaml")
         optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -187,6 +185,16 @@ class ClassifierParams:
     def effective_sampler(self) -> str:
         """How each epoch is drawn: `none` (every sample once) or the balanced sampler's name."""
         return "none" if self.resample == "none" else self.sampler
+
+
+def refuse_unknown_keys(d: dict[str, Any], names: list[str], yaml_name: str, head_note: str = "") -> None:
+    """A classifier key the head does not know is an error naming it (a typo must not fall back to a default)."""
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise DinolocError(
+            f"unknown classifier key(s) {['classifier.' + k for k in unknown]}{head_note}; valid keys are {names} "
+            f"(see configs/classifier/{yaml_name})"
+        )
 
 
 @dataclass

@@ -151,8 +151,6 @@ def prepare_data(cfg: DictConfig):
     # Parallel sweep jobs share the data folder: one builds, the others wait and reuse.
     builder = None
     if _reader(cfg) == "folder":
-        import functools
-
         from dinoloc.data.folder import build_folder_manifest
 
         d = cfg.data
@@ -180,6 +178,7 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
     from dinoloc.extract import images_fingerprint
 
     bb = cfg.backbone
+    src = source(cfg)
     return {
         "arch": bb.arch,
         "model_kwargs": _plain(bb.model_kwargs),
@@ -188,8 +187,8 @@ def extraction_fields(cfg: DictConfig, manifest) -> dict[str, Any]:
         "weights": weights_fingerprint(bb.weights or None, cache_dir=cfg.paths.weights_dir, weights_sha256=bb.weights_sha256),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": cfg.strategy.name,
-        "channel_map": source(cfg)["channel_map"] if cfg.strategy.name == "mapping" else None,
-        **source(cfg)["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
+        "channel_map": src["channel_map"] if cfg.strategy.name == "mapping" else None,
+        **src["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         # only when not the default, so the default's cache keys stay what they were
         **({"empty_channels": ec} if (ec := _empty_channels(cfg)) != "zero_before_norm" else {}),
         # crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move.
@@ -206,8 +205,6 @@ def _empty_channels(cfg: DictConfig) -> str:
 
 def run_extraction(cfg: DictConfig, manifest):
     """Embed every manifest image with cfg.backbone x cfg.strategy, or hit the cache."""
-    import functools
-
     from dinoloc.backbones import build_backbone
     from dinoloc.extract import cache_key, extract
     from dinoloc.strategies import embed_batch
@@ -313,8 +310,8 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
     manifest, split = prepare_data(cfg)
     classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
     bb = cfg.backbone
-    classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
     head = head_name(_plain(cfg.classifier))
+    src = source(cfg)
     run_dir = Path(cfg.paths.runs_dir) / run_name(cfg)
     params = params_from_config(_plain(cfg.classifier))
     fingerprint = run_fingerprint(cfg, manifest, split)
@@ -383,8 +380,8 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
             "manifest_sha256": frame_sha256(manifest),
             "label_notes": manifest.attrs.get("label_notes", {}),
             "reader": _reader(cfg),
-            "channels": list(source(cfg)["fields"].get("data_channels") or []) or None,
-            "channels_used": source(cfg)["source_channels"],  # after data.channel_roles (mapping: placed ones)
+            "channels": list(src["fields"].get("data_channels") or []) or None,
+            "channels_used": src["source_channels"],  # after data.channel_roles (mapping: placed ones)
             "channel_roles": _plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else None,
         },
         **cv.summary,
@@ -405,9 +402,8 @@ def run_name(cfg: DictConfig) -> str:
     sensitivity variant other than the baseline."""
     from dinoloc.probes import head_name, run_dir_name
 
-    name = run_dir_name(cfg.backbone.name, cfg.strategy.name, head_name(_plain(cfg.classifier)))
-    variant = str(cfg.get("variant") or "baseline")
-    return name if variant == "baseline" else f"{name}__{variant}"
+    return run_dir_name(cfg.backbone.name, cfg.strategy.name, head_name(_plain(cfg.classifier)),
+                        str(cfg.get("variant") or "baseline"))
 
 
 def resolved_config(cfg: DictConfig, params: Any) -> dict[str, Any]:
@@ -678,8 +674,8 @@ def report_main(cfg: DictConfig) -> None:
     rep = cfg.report
     paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
                          seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
-                         figure2_colors=str(cfg.get("figure2_colors") or "magenta_green"),
-                         embedding_maps=str(rep.get("embedding_maps", "auto")), max_points=int(rep.get("max_points", 2000)))
+                         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
+                         max_points=int(rep.max_points))
     print(Path(paths["table3.md"]).read_text())
     if "sensitivity.md" in paths:
         print(Path(paths["sensitivity.md"]).read_text())

@@ -26,18 +26,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from dinoloc.classify import refuse_unknown_keys
 from dinoloc.io import DinolocError
-
-
-def refuse_unknown_keys(d: dict[str, Any], names: list[str], yaml_name: str, head_note: str = "") -> None:
-    """A classifier key the head does not know is an error naming it (a typo must not fall back to a default)."""
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise DinolocError(
-            f"unknown classifier key(s) {['classifier.' + k for k in unknown]}{head_note}; valid keys are {names} "
-            f"(see configs/classifier/{yaml_name})"
-        )
-
 
 HEADS = ("mlp", "knn", "linear")
 DEFAULT_HEAD = "mlp"
@@ -109,9 +99,17 @@ def params_from_config(classifier_cfg: dict[str, Any]):
     return ClassifierParams.from_dict(classifier_cfg)
 
 
-def run_dir_name(backbone: str, strategy: str, head: str) -> str:
-    """`<backbone>__<strategy>` for the paper's MLP (unchanged), `<backbone>__<strategy>__<head>` otherwise."""
-    return f"{backbone}__{strategy}" if head == DEFAULT_HEAD else f"{backbone}__{strategy}__{head}"
+def run_dir_name(backbone: str, strategy: str, head: str, variant: str = "baseline") -> str:
+    """`<backbone>__<strategy>` for the paper's MLP (unchanged), plus `__<head>` for a probe head and
+    `__<variant>` for a sensitivity variant other than the baseline."""
+    name = f"{backbone}__{strategy}" if head == DEFAULT_HEAD else f"{backbone}__{strategy}__{head}"
+    return name if variant == "baseline" else f"{name}__{variant}"
+
+
+def result_run_name(result: dict[str, Any]) -> str:
+    """run_dir_name of a finished run's result.json (runs older than the heads / variants: mlp / baseline)."""
+    return run_dir_name(str(result.get("backbone")), str(result.get("strategy")),
+                        str(result.get("head") or DEFAULT_HEAD), str(result.get("variant") or "baseline"))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -56,11 +56,9 @@ def deviations(resolved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 
 def _run_label(result: dict) -> str:
-    from dinoloc.probes import run_dir_name
+    from dinoloc.probes import result_run_name
 
-    name = run_dir_name(str(result.get("backbone")), str(result.get("strategy")), str(result.get("head") or "mlp"))
-    variant = result.get("variant") or "baseline"
-    return name if variant == "baseline" else f"{name}__{variant}"
+    return result_run_name(result)
 
 
 def deviations_list(results: Sequence[dict]) -> list[str]:

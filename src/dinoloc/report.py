@@ -31,7 +31,7 @@ from dinoloc.figures import (  # noqa: F401 (re-exported: the figures moved to d
 )
 from dinoloc.io import DinolocError, read_json, write_csv, write_text
 from dinoloc.ontology import CATEGORIES
-from dinoloc.probes import DEFAULT_HEAD, HEADS, ranking_notes, run_dir_name
+from dinoloc.probes import DEFAULT_HEAD, HEADS, ranking_notes, result_run_name
 
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
 _FAMILY_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
@@ -144,9 +144,7 @@ def _head(result: dict) -> str:
 
 
 def _run_name(result: dict) -> str:
-    name = run_dir_name(str(result["backbone"]), str(result["strategy"]), _head(result))
-    variant = result.get("variant") or "baseline"
-    return name if variant == "baseline" else f"{name}__{variant}"
+    return result_run_name(result)
 
 
 def _weights_label(result: dict) -> str:
@@ -249,11 +247,6 @@ def _target_counts(test: pd.DataFrame, threshold: float,
     return counts, folds, targets
 
 
-def bootstrap_weights(n_targets: int, n_boot: int, seed: int) -> np.ndarray:
-    """See dinoloc.stats.bootstrap_weights (kept here for callers of the report module)."""
-    return stats.bootstrap_weights(n_targets, n_boot, seed)
-
-
 def _run_stats(result: dict, n_boot: int, seed: int, level: float = 0.95, method: str = "percentile") -> dict[str, Any]:
     """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a CI over
     the fixed class set (classes with a positive in the full test set) and one over the well-supported
@@ -316,15 +309,6 @@ def _run_stats(result: dict, n_boot: int, seed: int, level: float = 0.95, method
         "weights": weights,
         "notes": notes,
     }
-
-
-def paired_p_value(counts_a: np.ndarray, counts_b: np.ndarray, n_boot: int, seed: int) -> float:
-    """Two-sided paired bootstrap p of the difference in fold-mean macro F1 between two runs on the same test
-    targets, over the fixed class set of the test set (see dinoloc.stats.paired_p_value)."""
-    if counts_a.shape[2] != counts_b.shape[2]:
-        raise ValueError("paired comparison needs the same test targets in both runs")
-    w = stats.bootstrap_weights(counts_a.shape[2], n_boot, seed)
-    return stats.paired_p_value(counts_a, counts_b, stats.scored_classes(counts_a), w)[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
