@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dinoloc.console import friendly, run_console
+from dinoloc.device import rank_and_world, resolve_device, setup
 from dinoloc.io import DinolocError
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
@@ -25,16 +26,6 @@ log = logging.getLogger("dinoloc")
 # ----------------------------------------------------------------------------------------------------------
 # config -> plain arguments
 # ----------------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DinolocError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
-    return name
-
-
 def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     """Refuse a bad config before any heavy work, naming the offending key."""
     from dinoloc.strategies import check_strategy
@@ -260,25 +251,6 @@ def run_extraction(cfg: DictConfig, manifest):
         amp=ex.amp,
         progress=True,
     )
-
-
-def _init_distributed() -> None:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    import os
-
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend=backend)
-
-
-def _rank() -> int:
-    import torch
-
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def run_fingerprint(cfg: DictConfig, manifest, split) -> dict[str, Any]:
@@ -590,11 +562,11 @@ def extract_main(cfg: DictConfig) -> None:
     """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
     if (hc := _hydra_cfg()) is not None:
         refuse_sweep_without_multirun(hc, "dinoloc-extract")
-    _init_distributed()
+    setup(str(cfg.device))
     validate(cfg)
     manifest, _ = prepare_data(cfg)
     entry = run_extraction(cfg, manifest)
-    if _rank() == 0:
+    if rank_and_world()[0] == 0:
         meta = entry.meta
         print(f"{'cache hit' if entry.hit else 'extracted'}: {meta['n_images']} x {meta['dim']} -> {entry.path}"
               + ("  [SYNTHETIC]" if meta.get("synthetic") else ""))
@@ -619,7 +591,7 @@ def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
     from dinoloc.pretrain import PretrainParams, select_pretrain_images, train_dino
 
-    _init_distributed()
+    setup(str(cfg.device))
     bb, pt = cfg.backbone, cfg.pretrain
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
@@ -661,7 +633,7 @@ def pretrain_main(cfg: DictConfig) -> None:
         in_chans=bb.in_chans, intensity=pp.intensity, mean=None if pp.mean is None else list(pp.mean),
         std=None if pp.std is None else list(pp.std), params=params, device=resolve_device(cfg.device),
     )
-    if _rank() == 0:
+    if rank_and_world()[0] == 0:
         print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if cfg.data.synthetic or bb.synthetic else ""))
 
 

@@ -32,6 +32,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from dinoloc import __version__
+from dinoloc.device import barrier, rank_and_world
 from dinoloc.io import DinolocError, read_json, text_sha256, write_csv, write_json, write_npy
 
 CACHE_VERSION = 1
@@ -117,17 +118,6 @@ class _ImageDataset(Dataset):
         return idx, x
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def extract(
     *,
     image_ids: Sequence[str],
@@ -161,7 +151,7 @@ def extract(
     entry = lookup(cache_dir, key)
     if entry is not None:
         return entry
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     # One computation per key across processes: the second waits, then finds the finished entry.
@@ -169,7 +159,7 @@ def extract(
     if lock is not None:
         lock.acquire()
     try:
-        _barrier()
+        barrier()
         entry = lookup(cache_dir, key)
         if entry is None:
             _compute_chunks_or_report(
@@ -178,10 +168,10 @@ def extract(
                 chunk_size=chunk_size, device=torch.device(device), amp=amp, progress=progress and rank == 0,
                 rank=rank, world=world,
             )
-            _barrier()
+            barrier()
             if rank == 0:
                 _merge(folder, list(image_ids), chunk_size, meta | {"key": key, "cache_version": CACHE_VERSION})
-            _barrier()
+            barrier()
             entry = CacheEntry(key=key, path=folder, hit=False)
     finally:
         if lock is not None:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from dinoloc.backbones import create_vit, read_checkpoint
+from dinoloc.device import Dist, setup
 from dinoloc.io import DinolocError, atomic_path, text_sha256, write_csv
 from dinoloc.preprocess import INTENSITY_MODES, scale_intensity
 from dinoloc.pretrain.augment import ZSCORE_MODES, CropSpec, MultiCropAugment, sample_generator
@@ -262,41 +263,12 @@ class PretrainDataset(Dataset):
 # ----------------------------------------------------------------------------------------------------------
 # distributed / device
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int
-    world: int
-    device: torch.device
-    owned: bool  # we initialised the process group, so we tear it down
-
-
-def _setup(device: str) -> _Dist:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise DinolocError(f"device={device} but no CUDA device is visible; use device=cpu or device=auto")
-    owned = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        owned = True
-    ddp = dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    if cuda and ddp:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        dev = torch.device(device)
-    return _Dist(rank, world, dev, owned)
-
-
-def _barrier(d: _Dist) -> None:
+def _barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
 
 
-def _all_reduce_mean(values: list[float], d: _Dist) -> list[float]:
+def _all_reduce_mean(values: list[float], d: Dist) -> list[float]:
     if d.world == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=d.device)
@@ -354,7 +326,7 @@ def train_dino(
         )
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    d = _setup(device)
+    d = setup(device)
     try:
         return _train(images, read_fn, list(channels), out_dir, ckpt_path, arch, dict(model_kwargs), in_chans,
                       intensity, mean, std, params, d)
@@ -376,7 +348,7 @@ def _train(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     p: PretrainParams,
-    d: _Dist,
+    d: Dist,
 ) -> Path:
     resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     start_epoch = int(resume["epoch"]) if resume is not None else 0
