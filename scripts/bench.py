@@ -40,6 +40,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+from dinoloc import CONFIG_DIR  # noqa: E402
+
 SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "bf16", "demo")
 # Dense bf16 tensor-core peaks (TFLOP/s, multiply and add counted separately), from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
@@ -132,7 +134,7 @@ def bench_pretrain(quick: bool, device: str) -> dict:
         arch, kwargs, recipe = "vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 96, "depth": 4,
                                                         "num_heads": 3}, "demo"
         n_images, px, overrides = (128 if quick else 512), 160, {"epochs": 2}
-    cfg = yaml.safe_load((ROOT / "configs" / "pretrain" / f"{recipe}.yaml").read_text())
+    cfg = yaml.safe_load((CONFIG_DIR / "pretrain" / f"{recipe}.yaml").read_text())
     cfg = {k: v for k, v in cfg.items() if k not in ("source", "image_dir")} | overrides
     cfg["num_workers"] = min(cfg.get("num_workers", 0), os.cpu_count() or 1) if cuda else cfg["num_workers"]
     p = PretrainParams.from_dict(cfg)
@@ -263,7 +265,7 @@ def bench_scaling(quick: bool, device: str) -> dict:
     embed_fn = functools.partial(embed_batch, strategy="mapping", backbone_channels=["R", "G", "B"],
                                  channel_map={"protein": "R", "nucleus": "G"}, img_size=64, intensity="minmax",
                                  mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], spatial="resize")
-    cfg = yaml.safe_load((ROOT / "configs" / "classifier" / "mlp.yaml").read_text())
+    cfg = yaml.safe_load((CONFIG_DIR / "classifier" / "mlp.yaml").read_text())
     cfg.pop("name", None)
     cfg["epochs"] = 20 if quick else 100
     params = ClassifierParams.from_dict(cfg)

@@ -19,13 +19,13 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from dinoloc import CONFIG_DIR
 from dinoloc.classify import (
     ClassifierParams,
     cross_validate,
@@ -35,7 +35,7 @@ from dinoloc.classify import (
 )
 from dinoloc.ontology import N_CLASSES
 
-YAML = Path(__file__).resolve().parents[1] / "configs" / "classifier" / "mlp.yaml"
+YAML = CONFIG_DIR / "classifier" / "mlp.yaml"
 
 
 def make_features(n: int, dim: int, seed: int = 0, test_fraction: float = 0.2):

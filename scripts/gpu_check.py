@@ -54,6 +54,7 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from dinoloc import CONFIG_DIR
 from dinoloc.io import write_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -314,8 +315,8 @@ def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from dinoloc.strategies import embed_batch
 
     s, dev = run.sizes, run.device
-    bb = yaml.safe_load((ROOT / "configs" / "backbone" / "imagenet.yaml").read_text())  # the Table III row
-    ex = yaml.safe_load((ROOT / "configs" / "extract" / "default.yaml").read_text())
+    bb = yaml.safe_load((CONFIG_DIR / "backbone" / "imagenet.yaml").read_text())  # the Table III row
+    ex = yaml.safe_load((CONFIG_DIR / "extract" / "default.yaml").read_text())
     pp = bb["preprocess"]
     paths = tiffs(run, out)
     model = create_vit(s.arch, in_chans=bb["in_chans"], img_size=s.img_size, **s.model_kwargs).to(dev).eval()
@@ -459,7 +460,7 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from dinoloc.pretrain import PretrainParams
 
     s = run.sizes
-    cfg = yaml.safe_load((ROOT / "configs" / "pretrain" / "opencell.yaml").read_text())
+    cfg = yaml.safe_load((CONFIG_DIR / "pretrain" / "opencell.yaml").read_text())
     cfg |= {"local_crops_number": run.local_crops, "global_crop_size": s.global_px, "local_crop_size": s.local_px,
             **s.head}
     p = PretrainParams.from_dict(cfg)
@@ -489,7 +490,7 @@ def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from dinoloc.classify import ClassifierParams, cross_validate
 
     s, dev = run.sizes, str(run.device)
-    cfg = yaml.safe_load((ROOT / "configs" / "classifier" / "mlp.yaml").read_text())
+    cfg = yaml.safe_load((CONFIG_DIR / "classifier" / "mlp.yaml").read_text())
     cfg.pop("name", None)
     params = ClassifierParams.from_dict({**cfg, "epochs": s.clf_epochs})
     X, Y, split, fold, ids, targets = make_features(s.clf_n, s.clf_dim, test_fraction=0.1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ import yaml
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
+from dinoloc import CONFIG_DIR
 from dinoloc.classify import (
     ClassifierParams,
     cross_validate,
@@ -26,7 +26,7 @@ from dinoloc.classify import (
 from dinoloc.io import DinolocError
 from dinoloc.ontology import CATEGORIES, N_CLASSES
 
-YAML = Path(__file__).resolve().parents[1] / "configs" / "classifier" / "mlp.yaml"
+YAML = CONFIG_DIR / "classifier" / "mlp.yaml"
 Y_COLS = [f"y_{c}" for c in CATEGORIES]
 P_COLS = [f"p_{c}" for c in CATEGORIES]
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from dinoloc import CONFIG_DIR
 from dinoloc.data.manifest import build_manifest
 from dinoloc.data.opencell import check_label_sets, read_annotations
 from dinoloc.data.split import summarize
@@ -20,7 +21,7 @@ from dinoloc.ontology import CATEGORIES, GRADE_COLUMNS, label_columns
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LABELS = OmegaConf.load(REPO / "configs" / "data" / "opencell.yaml").labels
+LABELS = OmegaConf.load(CONFIG_DIR / "data" / "opencell.yaml").labels
 CLASSES, IGNORE = list(LABELS.classes), list(LABELS.ignore)
 HEADER = "ensg_id,target_name,annotations_grade_3,annotations_grade_2,annotations_grade_1\n"
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from dinoloc import CONFIG_DIR
 from dinoloc.backbones import create_vit
 from dinoloc.io import DinolocError
 from dinoloc.pretrain import (
@@ -197,7 +198,7 @@ def test_params_from_dict_validates_and_ignores_data_keys():
 
 @pytest.mark.parametrize("name", ["opencell", "demo"])
 def test_config_files_parse(name):
-    d = yaml.safe_load((ROOT / "configs" / "pretrain" / f"{name}.yaml").read_text())
+    d = yaml.safe_load((CONFIG_DIR / "pretrain" / f"{name}.yaml").read_text())
     p = PretrainParams.from_dict(d)
     assert d["source"] == "opencell"
     if name == "opencell":

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dinoloc import report
+from dinoloc import CONFIG_DIR, report
 from dinoloc.classify import ClassifierParams, cross_validate, train_folds
 from dinoloc.io import DinolocError
 from dinoloc.probes import KNNParams, knn_vote, params_from_config, ranking_notes, run_dir_name
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def compose_classifier(name: str, *extra: str) -> dict:
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"classifier={name}", *extra])
     return OmegaConf.to_container(cfg.classifier, resolve=True)
 

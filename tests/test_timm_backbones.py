@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from timm.layers import resample_abs_pos_embed
 
+from dinoloc import CONFIG_DIR
 from dinoloc.backbones import build_backbone, create_vit, describe_weights, display_name
 from dinoloc.io import DinolocError
 
@@ -21,7 +22,7 @@ REG = "vit_small_patch14_reg4_dinov2"
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 

@@ -15,11 +15,12 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from dinoloc import CONFIG_DIR
 from dinoloc.console import friendly, run_console
 from dinoloc.device import rank_and_world, resolve_device, setup
 from dinoloc.io import DinolocError
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_PATH = str(CONFIG_DIR)
 log = logging.getLogger("dinoloc")
 
 

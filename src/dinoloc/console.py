@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dinoloc import CONFIG_DIR
 from dinoloc.io import DinolocError
 
 log = logging.getLogger("dinoloc")
@@ -84,7 +85,7 @@ def run_console(hydra_main: Callable[[], Any], command: str, argv: list[str] | N
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("hydra.job.name=") for a in args):
         args.append(f"hydra.job.name={command}")
-    help_file = Path(__file__).resolve().parents[2] / "configs" / "hydra" / "help" / f"{command}.yaml"
+    help_file = CONFIG_DIR / "hydra" / "help" / f"{command}.yaml"
     if help_file.is_file() and not any(a.startswith("hydra/help=") for a in args):
         args.append(f"hydra/help={command}")
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
