@@ -189,7 +189,10 @@ def bench_cache(quick: bool) -> dict:
     from hydra import compose, initialize_config_dir
 
     import dinoloc.backbones as backbones
-    from dinoloc.cli import CONFIG_PATH, run_classifier
+    from dinoloc import CONFIG_DIR
+    from dinoloc.classify_stage import run_classification
+    from dinoloc.config import classify_spec, data_spec
+    from dinoloc.data.prepare import run_data
 
     forwards = {"n": 0}
     original = backbones.build_backbone
@@ -208,16 +211,15 @@ def bench_cache(quick: bool) -> dict:
         # The paper's 300 classifier epochs even with --quick: the rerun's fixed cost is compared to a real first run.
 
         def sweep(extra: list[str]) -> float:
-            with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 cfgs = [compose("config", overrides=[*common, f"row={r}", *extra]) for r in rows]
             t0 = time.perf_counter()
             for cfg in cfgs:
-                run_classifier(cfg)
+                run_classification(classify_spec(cfg))
             return time.perf_counter() - t0
 
-        with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-            from dinoloc.cli import prepare_data
-            prepare_data(compose("config", overrides=common))  # data generation is not part of the sweep
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            run_data(data_spec(compose("config", overrides=common)))  # data generation is not part of the sweep
         first = sweep([])
         n_first = forwards["n"]
         forwards["n"] = 0
@@ -304,10 +306,13 @@ def bench_bf16(quick: bool, device: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from dinoloc import CONFIG_DIR
     from dinoloc.backbones import build_backbone
     from dinoloc.classify import ClassifierParams, cross_validate
-    from dinoloc.cli import CONFIG_PATH, prepare_data, run_extraction
+    from dinoloc.config import data_spec, extract_spec
     from dinoloc.data.opencell import read_image
+    from dinoloc.data.prepare import run_data
+    from dinoloc.extract import run_extraction
     from dinoloc.ontology import CATEGORIES
     from dinoloc.strategies import embed_batch
 
@@ -318,10 +323,10 @@ def bench_bf16(quick: bool, device: str) -> dict:
     dev = torch.device(device)
     rows = ("imagenet_demo_mapping", "hpa_demo_replication", "opencell_demo_native")
     for row in rows[-1:] if quick else rows:  # CPU bf16 kernels are slow without native bf16 support
-        with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("config", overrides=["experiment=demo", f"row={row}"])
-        manifest, split = prepare_data(cfg)
-        emb32, ids = run_extraction(cfg, manifest).load()
+        manifest, split = run_data(data_spec(cfg))
+        emb32, ids = run_extraction(extract_spec(cfg), manifest).load()
         bb, pp = cfg.backbone, cfg.backbone.preprocess
         plain = functools.partial(OmegaConf.to_container, resolve=True)
         model = build_backbone(bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp.img_size,

@@ -32,8 +32,11 @@ from hydra import compose, initialize_config_dir
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from dinoloc import CONFIG_DIR
 from dinoloc.classify import macro_f1
-from dinoloc.cli import CONFIG_PATH, prepare_data, run_extraction, validate
+from dinoloc.config import data_spec, extract_spec, validate
+from dinoloc.data.prepare import run_data
+from dinoloc.extract import run_extraction
 from dinoloc.ontology import CATEGORIES
 
 CANDIDATES = ("dino4cells_config", "rgby")  # the keys of backbone.channel_orders in configs/backbone/hpa.yaml
@@ -65,17 +68,17 @@ def main(argv: list[str]) -> None:
     max_images = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--max-images=")), None)
     overrides = [a for a in argv if not a.startswith("--")]
     results = []
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for order in CANDIDATES:
             cfg = compose("config", overrides=["backbone=hpa", "strategy=mapping", *overrides,
                                                f"backbone.channel_order={order}"])
             validate(cfg)
-            manifest, split = prepare_data(cfg)
+            manifest, split = run_data(data_spec(cfg))
             labelled = split[split["split"].isin(["train", "test"])]
             if max_images is not None and len(labelled) > max_images:
                 labelled = labelled.sample(n=max_images, random_state=0)
             keep = manifest["image_id"].isin(set(labelled["image_id"]))
-            entry = run_extraction(cfg, manifest[keep].reset_index(drop=True))
+            entry = run_extraction(extract_spec(cfg), manifest[keep].reset_index(drop=True))
             emb, ids = entry.load()
             pos = {i: k for k, i in enumerate(ids)}
             rows = np.array([pos[i] for i in labelled["image_id"]])

@@ -532,7 +532,10 @@ def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
 def section_demo(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from hydra import compose, initialize_config_dir
 
-    from dinoloc.cli import CONFIG_PATH, prepare_data, run_classifier
+    from dinoloc import CONFIG_DIR
+    from dinoloc.classify_stage import run_classification
+    from dinoloc.config import classify_spec, data_spec
+    from dinoloc.data.prepare import run_data
     from dinoloc.data.synthetic import generate_opencell
 
     s = run.sizes
@@ -551,11 +554,11 @@ def section_demo(run: Run, out: dict[str, Any], budget: Budget) -> None:
     out["weights"] = "make demo's pretrained stand-ins" if pretrained else "random (no make demo checkpoints here)"
 
     def compose_cfg(extra: list[str]) -> Any:
-        with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose("config", overrides=[*common, *extra])
 
     t0 = time.perf_counter()
-    prepare_data(compose_cfg([]))  # data and split: not part of the sweep's time
+    run_data(data_spec(compose_cfg([])))  # data and split: not part of the sweep's time
     out["data_s"] = round(time.perf_counter() - t0, 2)
     devices = {"gpu": str(run.device), "cpu": "cpu"}
     seconds = {"gpu": 0.0, "cpu": 0.0}
@@ -569,7 +572,7 @@ def section_demo(run: Run, out: dict[str, Any], budget: Budget) -> None:
                 continue
             cfg = compose_cfg([f"row={row}", f"device={dev}", f"paths.output_dir={run.work / f'demo_{tag}'}"])
             t0 = time.perf_counter()
-            res = run_classifier(cfg)  # extraction (a fresh cache) + the 5-fold classifier: one `dinoloc-run` job
+            res = run_classification(classify_spec(cfg))  # extraction (a fresh cache) + the 5-fold classifier: one `dinoloc-run` job
             seconds[tag] += time.perf_counter() - t0
             rows.setdefault(row, {}).update({f"f1_{tag}": round(res["test_macro_f1_mean"], 4),
                                              f"fold_std_{tag}": round(res["test_macro_f1_std"], 4)})

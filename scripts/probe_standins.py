@@ -22,8 +22,11 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from dinoloc import CONFIG_DIR
 from dinoloc.classify import macro_f1
-from dinoloc.cli import CONFIG_PATH, prepare_data, run_extraction
+from dinoloc.config import data_spec, extract_spec
+from dinoloc.data.prepare import run_data
+from dinoloc.extract import run_extraction
 from dinoloc.ontology import CATEGORIES
 
 ROWS = [("imagenet_demo", "mapping"), ("hpa_demo", "mapping"), ("opencell_demo", "native")]
@@ -61,13 +64,13 @@ def main(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("--only=")]
     selected = [r for r in ROWS if not only or r[0] in only]
     results = []
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for backbone, strategy in selected:
             for init in ("pretrained", "random"):
                 extra = ["backbone.weights=", "allow_random_weights=true"] if init == "random" else []
                 cfg = compose("config", overrides=[f"backbone={backbone}", f"strategy={strategy}", *extra, *overrides])
-                manifest, split = prepare_data(cfg)
-                emb, ids = run_extraction(cfg, manifest).load()
+                manifest, split = run_data(data_spec(cfg))
+                emb, ids = run_extraction(extract_spec(cfg), manifest).load()
                 pos = {i: k for k, i in enumerate(ids)}
                 rows = np.array([pos[i] for i in split["image_id"]])
                 y = manifest.set_index("image_id").loc[split["image_id"], list(CATEGORIES)].to_numpy().astype(int)

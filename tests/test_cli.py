@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinoloc import cli, sweep
+from dinoloc import CONFIG_DIR, cli, config, sweep
 from dinoloc.console import EXIT_INTERRUPTED, format_warning, run_console
 from dinoloc.extract import ExtractionInterrupted, extract
 
@@ -120,7 +120,7 @@ def test_sweep_preset_without_multirun_is_refused(tmp_path, capsys, monkeypatch)
     # One row of the preset is a legitimate single run: the swept key is given, so nothing is refused there.
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=cli.CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         hc = compose("config", overrides=["experiment=table3", "row=hpa_mapping"], return_hydra_config=True).hydra
     hc.overrides.task = ["experiment=table3", "row=hpa_mapping"]
     cli.refuse_sweep_without_multirun(hc, "dinoloc-run")
@@ -176,15 +176,15 @@ def test_sweep_names_every_missing_weights_file_before_the_first_job(tmp_path, c
 def test_missing_opencell_checkpoint_names_the_pretrain_command_with_the_users_root(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=cli.CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["data=opencell", f"data.root={tmp_path}", "row=opencell_native",
                                            f"paths.output_dir={tmp_path}"])
-    assert cli.missing_weights(cfg) == (
+    assert config.missing_weights(cfg) == (
         f"backbone=opencell: weights file {tmp_path}/pretrain/opencell/checkpoint.pth does not exist; to get it: "
         f"dinoloc-pretrain backbone=opencell pretrain=opencell data=opencell data.root={tmp_path}")
     for ok in ("https://example.org/w.pth", "timm:vit_base_patch8_224.dino", ""):
         cfg.backbone.weights = ok
-        assert cli.missing_weights(cfg) is None
+        assert config.missing_weights(cfg) is None
 
 
 def test_user_config_dir_on_the_search_path_adds_a_backbone(tmp_path, capsys, monkeypatch):
@@ -239,7 +239,7 @@ def test_failed_job_is_recorded_and_the_sweep_exits_1_with_a_summary(tmp_path, c
     from dinoloc.console import friendly
     from dinoloc.io import DinolocError
 
-    with initialize_config_dir(config_dir=cli.CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["row=hpa_demo_mapping"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
@@ -260,7 +260,7 @@ def test_failed_job_is_recorded_and_the_sweep_exits_1_with_a_summary(tmp_path, c
     assert _one_line(capsys.readouterr().err) == (
         "dinoloc: error: job 1 (row=hpa_demo_mapping) failed: hpa_demo checkpoint is truncated; the other jobs continue")
     with pytest.raises(SystemExit) as e:
-        cli.ValidateSweep().on_multirun_end(config=cfg)
+        sweep.ValidateSweep().on_multirun_end(config=cfg)
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("dinoloc: error: 1 of 2 jobs failed") and "lists the failed rows as missing" in err[0]

@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dinoloc.cli import CONFIG_PATH, validate
+from dinoloc import CONFIG_DIR
+from dinoloc.config import validate
 from dinoloc.io import DinolocError
+
+CONFIG_PATH = str(CONFIG_DIR)
 
 GROUPS = Path(CONFIG_PATH)
 
@@ -121,7 +124,8 @@ def test_demo_has_the_floor_row():
 
 @pytest.mark.parametrize("preset", ["table3_sensitivity", "demo_sensitivity"])
 def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset):
-    from dinoloc.cli import run_name
+    from dinoloc.classify_stage import run_name
+    from dinoloc.config import classify_spec
 
     cfg = _compose(f"experiment={preset}", "data.root=/x", hydra=True)
     variants = cfg.hydra.sweeper.params.variant.split(",")
@@ -133,8 +137,8 @@ def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset
     row = cfg.hydra.sweeper.params.row.split(",")[0]
     made = {v: _compose(f"experiment={preset}", f"row={row}", f"variant={v}", "data.root=/x") for v in variants}
     base = made["baseline"]
-    assert run_name(base) == f"{base.backbone.name}__{base.strategy.name}"
-    assert run_name(made["crop600"]) == f"{base.backbone.name}__{base.strategy.name}__crop600"
+    assert run_name(classify_spec(base)) == f"{base.backbone.name}__{base.strategy.name}"
+    assert run_name(classify_spec(made["crop600"])) == f"{base.backbone.name}__{base.strategy.name}__crop600"
     assert made["image_split"].data.split.group_by == "none" and base.data.split.group_by == "target"
     assert made["crop600"].backbone.preprocess.spatial == "center_crop"
     assert made["min_grade2"].data.labels.min_grade == 2
@@ -145,11 +149,12 @@ def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset
 
 def test_dry_run_names_the_folder_the_run_writes(tmp_path):
     """The sweep listing (dry_run=true) shows the same run folder as dinoloc-run: head and variant included."""
-    from dinoloc.cli import run_name
+    from dinoloc.classify_stage import run_name
+    from dinoloc.config import classify_spec
     from dinoloc.sweep import describe_job
 
     for extra, folder in (([], "imagenet_demo__mapping"), (["variant=crop600"], "imagenet_demo__mapping__crop600"),
                           (["classifier=knn"], "imagenet_demo__mapping__knn")):
         cfg = _compose("experiment=demo", "row=imagenet_demo_mapping", f"paths.output_dir={tmp_path}", *extra)
-        assert run_name(cfg) == folder
-        assert describe_job(cfg).startswith(f"{folder} -> "), describe_job(cfg)
+        assert run_name(classify_spec(cfg)) == folder
+        assert describe_job(classify_spec(cfg)).startswith(f"{folder} -> "), describe_job(classify_spec(cfg))

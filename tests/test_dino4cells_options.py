@@ -286,9 +286,9 @@ def _compose(*overrides):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from dinoloc.cli import CONFIG_PATH
+    from dinoloc import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True)
 
@@ -301,9 +301,9 @@ def _get(cfg: dict, dotted: str):
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variant_composes_and_changes_the_key_it_names(name):
-    from dinoloc.cli import CONFIG_PATH
+    from dinoloc import CONFIG_DIR
 
-    assert (Path(CONFIG_PATH) / "variant" / f"{name}.yaml").is_file()
+    assert (CONFIG_DIR / "variant" / f"{name}.yaml").is_file()
     rows = ["row=hpa_mapping", "data.root=/x"]  # a real row: hpa_rgby acts only on the real HPA backbone
     base = _compose(*rows)
     var = _compose(*rows, f"variant={name}")

@@ -31,17 +31,18 @@ def test_dinov2_presets(preset, arch):
     bb = _compose(f"backbone={preset}").backbone
     assert bb.arch == arch and bb.weights == f"timm:{arch}.lvd142m" and bb.preprocess.img_size == 224
     assert bb.name == preset
-    from dinoloc.cli import backbone_display
+    from dinoloc.config import backbone_spec
 
-    assert backbone_display(bb) == f"{bb.label} (timm:{arch}.lvd142m)"
+    assert backbone_spec(bb).display == f"{bb.label} (timm:{arch}.lvd142m)"
 
 
 def test_generic_timm_backbone_config_names_arch_and_weights():
     cfg = _compose("backbone=timm", "backbone.arch=vit_small_patch16_224", "backbone.weights=/w/my_vits16.pth")
-    from dinoloc.cli import backbone_display
 
     assert cfg.backbone.name == "vit_small_patch16_224"  # run folders keep archs apart
-    assert backbone_display(cfg.backbone) == "vit_small_patch16_224 (my_vits16.pth)"
+    from dinoloc.config import backbone_spec
+
+    assert backbone_spec(cfg.backbone).display == "vit_small_patch16_224 (my_vits16.pth)"
     with pytest.raises(Exception, match="arch"):
         OmegaConf.to_container(_compose("backbone=timm").backbone, resolve=True, throw_on_missing=True)
 
@@ -103,7 +104,9 @@ def test_generic_timm_and_dinov2_extract_with_random_weights(tmp_path, write_ope
     """Through the pipeline's own extraction: a DINOv2 preset and a generic timm arch, seeded random init."""
     import numpy as np
 
-    from dinoloc.cli import prepare_data, run_extraction
+    from dinoloc.config import data_spec, extract_spec
+    from dinoloc.data.prepare import run_data
+    from dinoloc.extract import run_extraction
 
     root, ann = write_opencell_tree(n_targets=12, images_per_target=1, size=32)
     common = [f"paths.output_dir={tmp_path / 'out'}", "data=opencell", f"data.root={root}", "backbone.weights=",
@@ -113,12 +116,12 @@ def test_generic_timm_and_dinov2_extract_with_random_weights(tmp_path, write_ope
     dims = {}
     for extra in (["backbone=dinov2_vits14"], ["backbone=timm", "backbone.arch=vit_small_patch16_224"]):
         cfg = _compose(*common, *extra)
-        manifest, _ = prepare_data(cfg)
-        entry = run_extraction(cfg, manifest)
+        manifest, _ = run_data(data_spec(cfg))
+        entry = run_extraction(extract_spec(cfg), manifest)
         emb, ids = entry.load()
         assert ids == manifest["image_id"].tolist() and np.isfinite(emb).all()
         assert entry.meta["random_weights"] is True and "random init" in entry.meta["backbone_display"]
         dims[cfg.backbone.name] = emb.shape[1]
-        again = run_extraction(cfg, manifest)
+        again = run_extraction(extract_spec(cfg), manifest)
         assert again.hit and np.array_equal(again.load()[0], emb)
     assert dims == {"dinov2_vits14": 48, "vit_small_patch16_224": 48}

@@ -1,4 +1,5 @@
-"""Sweep bookkeeping shared by the launcher's processes: progress (job i of n, elapsed, remaining),
+"""Sweeps: the launcher callback that validates every job before the first starts (`ValidateSweep`), and the
+bookkeeping shared by the launcher's processes: progress (job i of n, elapsed, remaining),
 failed jobs (recorded, summarised at the end, non-zero exit) and the job listing of `dry_run=true`.
 
 Jobs may run in other processes (joblib) or on other machines (SLURM), so the state lives in files under
@@ -14,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dinoloc.io import write_json
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from dinoloc.io import DinolocError, write_json
 
 STATE_DIR = ".dinoloc"
 
@@ -104,46 +108,120 @@ def summary(sweep_dir: str | os.PathLike) -> tuple[str, bool]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the launcher callback: every job composed and validated before the first starts
+# ----------------------------------------------------------------------------------------------------------
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job of the multirun `config` would launch (sweeper params + command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task_overrides = list(config.hydra.overrides.task)
+    sweep_params = config.hydra.sweeper.get("params") or {}
+    overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
+    overrides += task_overrides
+    parser = OverridesParser.create()
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
+    return [list(j) for b in batches for j in b]
+
+
+class ValidateSweep(Callback):
+    """Compose every job of a multirun up front and validate it (pairs, values, weights files), so a bad
+    job fails before any work; `dry_run=true` lists the jobs and exits. While the sweep runs: job i of n,
+    elapsed and remaining time; a failed job is recorded, the others run, and the sweep exits 1 at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+
+        from dinoloc.config import classify_spec, validate
+        from dinoloc.console import error_line
+
+        jobs = sweep_jobs(config)
+        # The user's config directories (hydra.searchpath) must be seen by this compose too.
+        searchpath = list(config.hydra.get("searchpath") or [])
+        extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+        bad, composed = [], []
+        for job in jobs:
+            # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
+            try:
+                cfg = compose(config_name="config", overrides=job + extra)
+                composed.append(cfg)
+                validate(cfg, classifier=True)
+            except DinolocError as e:
+                bad.append(f"  {' '.join(job)}: {e}")
+            except Exception as e:
+                line = error_line(e)
+                if line is None:
+                    raise
+                print(f"dinoloc: error: {line}", file=sys.stderr)
+                sys.exit(2)
+        if bad:
+            print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
+            sys.exit(2)
+        if config.get("dry_run"):
+            print(f"{len(jobs)} jobs (dry_run=true: nothing is run):")
+            for i, (job, cfg) in enumerate(zip(jobs, composed, strict=True), 1):
+                print(f"  {i}. {' '.join(job)}\n     {describe_job(classify_spec(cfg))}")
+            sys.exit(0)
+        start(config.hydra.sweep.dir, jobs)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _is_multirun(config):
+            job_started(config.hydra.sweep.dir, int(config.hydra.job.num), list(config.hydra.overrides.task))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if _is_multirun(config):
+            job_finished(config.hydra.sweep.dir, int(config.hydra.job.num))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        text, ok = summary(config.hydra.sweep.dir)
+        print(text, file=sys.stderr)
+        if not ok:
+            sys.exit(1)
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
+
+
+# ----------------------------------------------------------------------------------------------------------
 # dry_run=true: what each job would compute and reuse
 # ----------------------------------------------------------------------------------------------------------
-def describe_job(cfg: Any) -> str:
-    """One line per job: its run folder and, for data, embeddings and classifier, `reuse` or what is computed.
+def describe_job(spec: Any) -> str:
+    """One line per job (a ClassifySpec): its run folder and, for data, embeddings and classifier, `reuse` or
+    what is computed.
 
     Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
     """
     from dinoloc.backbones import _is_url, cached_weights_path
-    from dinoloc.classify import load_result
-    from dinoloc.cli import extraction_fields, run_fingerprint, run_name
+    from dinoloc.classify_stage import finished_result, run_dir, run_name
     from dinoloc.data.split import load_dataset
-    from dinoloc.extract import cache_key, lookup
+    from dinoloc.extract import key_of, lookup
     from dinoloc.io import DinolocError
 
-    bb = cfg.backbone
-    name = run_name(cfg)  # the folder dinoloc-run writes: head and variant included
-    run_dir = Path(cfg.paths.runs_dir) / name
-    parts = [f"{name} -> {run_dir}"]
+    ex = spec.extract
+    parts = [f"{run_name(spec)} -> {run_dir(spec)}"]
     try:
-        manifest, split = load_dataset(cfg.paths.data_dir)
+        manifest, split = load_dataset(ex.data.out_dir)
     except DinolocError:
         return " ".join(parts + ["| data: build manifest + split | embeddings: compute | classifier: train"])
     parts.append(f"| data: reuse ({len(manifest)} images)")
-    weights = str(bb.weights or "")
-    if _is_url(weights) and not cached_weights_path(weights, cfg.paths.weights_dir).exists() and not bb.weights_sha256:
+    weights = str(ex.backbone.weights or "")
+    if _is_url(weights) and not cached_weights_path(weights, ex.weights_dir).exists() and not ex.backbone.weights_sha256:
         return " ".join(parts + ["| embeddings: download weights, compute | classifier: train"])
-    key = cache_key(extraction_fields(cfg, manifest))
-    if lookup(cfg.paths.cache_dir, key) is not None:
+    key = key_of(ex, manifest)
+    if lookup(ex.cache_dir, key) is not None:
         parts.append(f"| embeddings: reuse cache/{key}")
     else:
-        chunks = Path(cfg.paths.cache_dir) / key / "chunks"
+        chunks = Path(ex.cache_dir) / key / "chunks"
         n_chunks = len(list(chunks.glob("chunk_*.npy"))) if chunks.is_dir() else 0
         resume = f" (resume after {n_chunks} finished chunks)" if n_chunks else ""
         parts.append(f"| embeddings: compute {len(manifest)} images{resume} -> cache/{key}")
-    previous = load_result(run_dir)
-    if (previous is not None and not cfg.force and previous.get("cache_key") == key
-            and previous.get("run_fingerprint") == run_fingerprint(cfg, manifest, split)):
+    if finished_result(spec, manifest, split) is not None:
         parts.append("| classifier: reuse result.json (skip)")
     else:
-        c = cfg.classifier
-        what = "fit the k-NN" if c.get("name") == "knn" else f"train {cfg.data.split.n_folds} folds x {c.epochs} epochs"
+        c = spec.classifier
+        what = "fit the k-NN" if c.get("name") == "knn" else f"train {ex.data.n_folds} folds x {c['epochs']} epochs"
         parts.append(f"| classifier: {what}")
     return " ".join(parts)
