@@ -32,8 +32,8 @@ from hydra import compose, initialize_config_dir
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from dinoloc.classify import macro_f1
 from dinoloc.cli import CONFIG_PATH, prepare_data, run_extraction, validate
+from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES
 
 CANDIDATES = ("dino4cells_config", "rgby")  # the keys of backbone.channel_orders in configs/backbone/hpa.yaml

@@ -22,8 +22,8 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from dinoloc.classify import macro_f1
 from dinoloc.cli import CONFIG_PATH, prepare_data, run_extraction
+from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES
 
 ROWS = [("imagenet_demo", "mapping"), ("hpa_demo", "mapping"), ("opencell_demo", "native")]

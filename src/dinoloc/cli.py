@@ -44,7 +44,7 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
     if classifier:
-        from dinoloc.probes import params_from_config
+        from dinoloc.classify import params_from_config
 
         params_from_config(_plain(cfg.classifier))
     validate_root(cfg)
@@ -272,12 +272,12 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 
     import numpy as np
 
-    from dinoloc.classify import cross_validate_seeds, load_result, save_run
+    from dinoloc.classify import cross_validate_seeds, head_name, params_from_config
     from dinoloc.data.manifest import class_columns
     from dinoloc.extract import cache_key
     from dinoloc.io import frame_sha256
-    from dinoloc.probes import head_name, params_from_config
     from dinoloc.provenance import weights_record
+    from dinoloc.results import add_image_paths, load_result, write_run
     from dinoloc.stats import embedding_health
 
     manifest, split = prepare_data(cfg)
@@ -361,7 +361,7 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
         "classifier_seconds": round(time.perf_counter() - t0, 3),
         "versions": _versions(),
     }
-    save_run(run_dir, result, cv.predictions, cv.per_class)
+    write_run(run_dir, result, add_image_paths(cv.predictions, manifest), cv.per_class)
     log.info(
         "%s: test macro F1 %.4f ± %.4f (train %.4f, val %.4f)%s", run_dir.name, result["test_macro_f1_mean"],
         result["test_macro_f1_std"], result["train_macro_f1_mean"], result["val_macro_f1_mean"],
@@ -373,7 +373,8 @@ def run_classifier(cfg: DictConfig) -> dict[str, Any]:
 def run_name(cfg: DictConfig) -> str:
     """`<backbone>__<strategy>`, plus `__<head>` for a probe head (knn, linear) and `__<variant>` for a
     sensitivity variant other than the baseline."""
-    from dinoloc.probes import head_name, run_dir_name
+    from dinoloc.classify import head_name
+    from dinoloc.results import run_dir_name
 
     return run_dir_name(cfg.backbone.name, cfg.strategy.name, head_name(_plain(cfg.classifier)),
                         str(cfg.get("variant") or "baseline"))
@@ -641,14 +642,16 @@ def pretrain_main(cfg: DictConfig) -> None:
 @_console("dinoloc-report")
 def report_main(cfg: DictConfig) -> None:
     """dinoloc-report: aggregate the experiment's run folders into Table III and Figures 1 and 2."""
-    from dinoloc.report import write_report
+    from dinoloc.report import ReportSpec, run_report
 
-    expected = list(cfg.get("expected_rows") or []) or None
     rep = cfg.report
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
-                         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
-                         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
-                         max_points=int(rep.max_points))
+    spec = ReportSpec(
+        runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
+        seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
+        figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
+        max_points=int(rep.max_points), expected=tuple(cfg.get("expected_rows") or ()),
+    )
+    paths = run_report(spec)
     print(Path(paths["table3.md"]).read_text())
     if "sensitivity.md" in paths:
         print(Path(paths["sensitivity.md"]).read_text())

@@ -112,11 +112,11 @@ def describe_job(cfg: Any) -> str:
     Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
     """
     from dinoloc.backbones import _is_url, cached_weights_path
-    from dinoloc.classify import load_result
     from dinoloc.cli import extraction_fields, run_fingerprint, run_name
     from dinoloc.data.split import load_dataset
     from dinoloc.extract import cache_key, lookup
     from dinoloc.io import DinolocError
+    from dinoloc.results import load_result
 
     bb = cfg.backbone
     name = run_name(cfg)  # the folder dinoloc-run writes: head and variant included
