@@ -30,9 +30,9 @@ from dinoloc.classify import (
     ClassifierParams,
     cross_validate,
     fit_standardizer,
-    macro_f1,
     rarest_label_weights,
 )
+from dinoloc.metrics import macro_f1
 from dinoloc.ontology import N_CLASSES
 
 YAML = CONFIG_DIR / "classifier" / "mlp.yaml"

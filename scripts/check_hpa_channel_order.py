@@ -33,10 +33,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from dinoloc import CONFIG_DIR
-from dinoloc.classify import macro_f1
 from dinoloc.config import data_spec, extract_spec, validate
 from dinoloc.data.prepare import run_data
 from dinoloc.extract import run_extraction
+from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES
 
 CANDIDATES = ("dino4cells_config", "rgby")  # the keys of backbone.channel_orders in configs/backbone/hpa.yaml

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dinoloc.figures import plot_figure1
 from dinoloc.io import DinolocError
+from dinoloc.report.figures import plot_figure1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,17 +18,16 @@ from dinoloc.classify import (
     cross_validate,
     fit_standardizer,
     init_mlp,
-    load_result,
-    macro_f1,
     rarest_label_weights,
-    save_run,
 )
 from dinoloc.io import DinolocError
+from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES, N_CLASSES
+from dinoloc.results import label_columns, prob_columns
 
 YAML = CONFIG_DIR / "classifier" / "mlp.yaml"
-Y_COLS = [f"y_{c}" for c in CATEGORIES]
-P_COLS = [f"p_{c}" for c in CATEGORIES]
+Y_COLS = label_columns(CATEGORIES)
+P_COLS = prob_columns(CATEGORIES)
 
 
 def yaml_dict() -> dict:
@@ -326,24 +325,6 @@ def test_bad_inputs_raise_or_warn():
     with pytest.warns(UserWarning, match="fold 1"):
         res = run((X, Y2, split, fold, ids, targets), p)
     assert any(CATEGORIES[5] in w and "fold 1" in w for w in res.summary["warnings"])
-
-
-# ---------------------------------------------------------------------------------------------------- files
-def test_save_and_load_run(tmp_path):
-    res = run(make_data(), small_params(epochs=1))
-    run_dir = tmp_path / "runs" / "x__mapping"
-    assert load_result(run_dir) is None
-    save_run(run_dir, {**res.summary, "backbone": "x"}, res.predictions, res.per_class)
-    names = {p.name for p in run_dir.iterdir()}
-    assert names == {"result.json", "predictions.csv", "per_class.csv"}
-    assert (run_dir / "result.json").stat().st_mtime_ns >= (run_dir / "predictions.csv").stat().st_mtime_ns
-    loaded = load_result(run_dir)
-    assert loaded["test_macro_f1_mean"] == pytest.approx(res.summary["test_macro_f1_mean"])
-    back = pd.read_csv(run_dir / "predictions.csv")
-    assert back[P_COLS].to_numpy().tolist() == res.predictions[P_COLS].to_numpy().tolist()
-    (run_dir / "result.json").write_text("{not json")
-    with pytest.raises(DinolocError, match="result.json"):
-        load_result(run_dir)
 
 
 def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():

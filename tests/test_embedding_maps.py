@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dinoloc import embedding_maps as em
 from dinoloc.io import DinolocError
+from dinoloc.report import embedding_maps as em
 
 CLASSES = ["a", "b", "c"]
 

@@ -1,4 +1,4 @@
-"""The report's figures (dinoloc.figures): what is drawn equals the CSVs, the floor row is a line, both formats."""
+"""The report's figures (dinoloc.report.figures): what is drawn equals the CSVs, the floor row is a line, both formats."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dinoloc import figures
 from dinoloc.ontology import CATEGORIES
+from dinoloc.report import figures
 from dinoloc.viz import composite
 
 

@@ -13,9 +13,17 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dinoloc import CONFIG_DIR, report
-from dinoloc.classify import ClassifierParams, cross_validate, train_folds
+from dinoloc.classify import (
+    ClassifierParams,
+    KNNParams,
+    cross_validate,
+    knn_vote,
+    params_from_config,
+    train_folds,
+)
 from dinoloc.io import DinolocError
-from dinoloc.probes import KNNParams, knn_vote, params_from_config, ranking_notes, run_dir_name
+from dinoloc.report.notes import ranking_notes
+from dinoloc.results import run_dir_name
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,12 @@ import tifffile
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from dinoloc import report
+from dinoloc import report, results
 from dinoloc import stats as dstats
 from dinoloc.io import DinolocError
 from dinoloc.ontology import CATEGORIES
+from dinoloc.report import figures, statistics
+from dinoloc.report import runs as report_runs
 
 REPO = Path(__file__).resolve().parents[1]
 N_FOLDS = 5
@@ -74,9 +76,9 @@ def write_run(
         ):
             targets = test_set["target"] if split == "test" else [f"VAL{i}" for i in range(4)]
             for i, (iid, t) in enumerate(zip(ids, targets, strict=True)):
-                row = {"image_id": iid, "fold": fold, "split": split, "target": t}
-                row.update({f"y_{c}": int(yy[i, k]) for k, c in enumerate(CATEGORIES)})
-                row.update({f"p_{c}": float(pp[i, k]) for k, c in enumerate(CATEGORIES)})
+                row = {"image_id": iid, "fold": fold, "split": split, "target": t, "path": f"{t}/{iid}_proj.tif"}
+                row.update(zip(results.label_columns(CATEGORIES), map(int, yy[i]), strict=True))
+                row.update(zip(results.prob_columns(CATEGORIES), map(float, pp[i]), strict=True))
                 pred_rows.append(row)
         per_class = f1_score(y, yhat, average=None, zero_division=0, labels=list(range(len(CATEGORIES))))
         for k, c in enumerate(CATEGORIES):
@@ -87,8 +89,6 @@ def write_run(
         folds.append({"fold": fold, "train_macro_f1": 0.95 + 0.001 * fold, "val_macro_f1": 0.7 + 0.01 * fold,
                       "test_macro_f1": test_f1, "n_train": 30, "n_val": 4, "n_test": len(test_set),
                       "excluded_classes": {"train": [], "val": [], "test": []}})
-    pd.DataFrame(pred_rows).to_csv(run_dir / "predictions.csv", index=False)
-    pd.DataFrame(pc_rows).to_csv(run_dir / "per_class.csv", index=False)
     test_f1 = [f["test_macro_f1"] for f in folds]
     result = {
         "experiment": "table3", "backbone": backbone, "backbone_display": DISPLAY.get(backbone, backbone),
@@ -102,10 +102,10 @@ def write_run(
         "train_macro_f1_mean": float(np.mean([f["train_macro_f1"] for f in folds])), "train_macro_f1_std": 0.001,
         "val_macro_f1_mean": float(np.mean([f["val_macro_f1"] for f in folds])), "val_macro_f1_std": 0.01,
         "n_folds": N_FOLDS, "folds": folds, "warnings": [], "classifier": {"threshold": 0.5},
-        "n_features": 768, "versions": {},
+        "n_features": 768, "versions": {}, "classes": list(CATEGORIES),
     }
     result.update(extra or {})
-    (run_dir / "result.json").write_text(json.dumps(result))
+    results.write_run(run_dir, result, pd.DataFrame(pred_rows), pd.DataFrame(pc_rows))  # the contract's writer
     return run_dir
 
 
@@ -124,22 +124,11 @@ def write_images(root: Path, test_set: pd.DataFrame) -> Path:
     return manifest
 
 
-@pytest.fixture
-def image_io(monkeypatch):
-    """Use the real OpenCell reader and compositor when present; otherwise stand-ins with their contract."""
-    try:
-        report._image_reader()
-    except ImportError:
-        monkeypatch.setattr(report, "_image_reader",
-                            lambda: lambda p: tifffile.imread(p)[::-1].astype(np.float32))
-    try:
-        report._compositor()
-    except ImportError:
-        def composite(protein, nucleus):
-            out = np.zeros((*protein.shape, 3))
-            out[..., 0], out[..., 1] = protein / protein.max(), nucleus / nucleus.max()
-            return out
-        monkeypatch.setattr(report, "_compositor", lambda: composite)
+def _spec(runs_dir: Path, reports_dir: Path, **over) -> report.ReportSpec:
+    """A ReportSpec with small, fast settings (no embedding maps: tests/test_embedding_maps.py has them)."""
+    values = {"n_boot": 20, "seed": 0, "level": 0.95, "method": "percentile", "figure2_colors": "magenta_green",
+              "embedding_maps": "none", "max_points": 100, **over}
+    return report.ReportSpec(runs_dir=runs_dir, reports_dir=reports_dir, **values)
 
 
 @pytest.fixture
@@ -176,7 +165,7 @@ def test_table_matches_result_json_and_is_in_paper_order(study):
 def test_recomputed_test_f1_equals_result_json(study, recwarn):
     runs, _ = study
     for r in report.collect_runs(runs):
-        stats = report._run_stats(r, n_boot=10, seed=0)
+        stats = statistics.run_stats(r, n_boot=10, seed=0)
         assert abs(stats["recomputed"] - r["test_macro_f1_mean"]) <= 1e-9
         # the count-based statistic the bootstrap uses, with every target drawn once, is the same number
         ones = np.ones((1, len(stats["targets"])))
@@ -317,7 +306,7 @@ def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
     table, _ = report.build_table(report.collect_runs(runs), n_boot=20)
     csv = tmp_path / "table3.csv"
     table.to_csv(csv, index=False)
-    bars = report.plot_figure1(csv, tmp_path / "fig" / "figure1.png")
+    bars = figures.plot_figure1(csv, tmp_path / "fig" / "figure1.png")
     assert (tmp_path / "fig" / "figure1.png").stat().st_size > 0
     assert (tmp_path / "fig" / "figure1.pdf").stat().st_size > 0
     df = pd.read_csv(csv)
@@ -327,7 +316,7 @@ def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
         h, e = got[f"{r['weights']} / {r['strategy']}"]
         assert h == pytest.approx(r["test_f1_mean"], abs=1e-12)
         assert e == pytest.approx(r["test_f1_std"], abs=1e-12)
-    assert report.SYNTHETIC_MARKER in _png_title(tmp_path / "fig" / "figure1.png")
+    assert figures.SYNTHETIC_MARKER in _png_title(tmp_path / "fig" / "figure1.png")
     md = report.markdown_table(table, [], synthetic=True)
     assert md.startswith("**SYNTHETIC DEMO DATA**")
 
@@ -342,33 +331,56 @@ def test_figure1_script_runs(study, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout and out.is_file() and out.with_suffix(".pdf").is_file()
-    assert report.SYNTHETIC_MARKER not in _png_title(out)
+    assert figures.SYNTHETIC_MARKER not in _png_title(out)
 
 
-def test_figure2_shows_labelled_images_from_best_fold(tmp_path, image_io):
+def test_figure2_shows_labelled_images_from_best_fold(tmp_path):
     test_set = make_test_set()
     manifest = write_images(tmp_path / "data", test_set)
     run = write_run(tmp_path / "runs", "hpa", "mapping", test_set, 0.6, seed=4, synthetic=True, manifest=manifest)
     out = tmp_path / "figure2.png"
-    shown = report.plot_figure2(run, out, n_images=2, seed=0)
-    assert out.stat().st_size > 0 and report.SYNTHETIC_MARKER in _png_title(out)
+    shown = figures.plot_figure2(run, out, n_images=2, seed=0)
+    assert out.stat().st_size > 0 and figures.SYNTHETIC_MARKER in _png_title(out)
     assert len(shown) == 2 and len(set(shown)) == 2
     labelled = test_set.set_index("image_id")[list(CATEGORIES)].sum(axis=1) > 0
     assert all(labelled[i] for i in shown)
-    assert report.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0) == shown  # deterministic
+    assert figures.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0) == shown  # deterministic
     result = json.loads((run / "result.json").read_text())
     best_fold = max(result["folds"], key=lambda f: f["test_macro_f1"])["fold"]
     assert f"best fold {best_fold}" in _png_title(out)
 
 
-def test_write_report_end_to_end(tmp_path, image_io):
+def test_figure2_survives_a_moved_run_folder_and_names_a_missing_image(tmp_path):
+    test_set = make_test_set()
+    manifest = write_images(tmp_path / "data", test_set)
+    run = write_run(tmp_path / "outputs" / "runs", "hpa", "mapping", test_set, 0.6, seed=4, manifest=manifest)
+    manifest.unlink()  # Figure 2 needs only predictions.csv `path` under data.root, not the manifest
+    moved = (tmp_path / "outputs").rename(tmp_path / "elsewhere") / "runs" / run.name
+    shown = figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0)
+    assert len(shown) == 2
+    pred = pd.read_csv(moved / "predictions.csv")
+    missing = tmp_path / "data" / pred.loc[pred["image_id"] == shown[0], "path"].iloc[0]
+    missing.unlink()
+    with pytest.raises(DinolocError, match=rf"image {missing} not found.*elsewhere/runs/hpa__mapping/result\.json"):
+        figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0)
+
+
+def test_report_imports_without_torch():
+    code = ("import sys, dinoloc.report, dinoloc.report.embedding_maps, dinoloc.results, dinoloc.metrics; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_run_report_end_to_end(tmp_path):
     test_set = make_test_set()
     manifest = write_images(tmp_path / "data", test_set)
     runs = tmp_path / "runs"
     write_run(runs, "hpa", "mapping", test_set, 0.8, seed=1, manifest=manifest)
     write_run(runs, "opencell", "native", test_set, 0.4, seed=2, manifest=manifest)
     with pytest.warns(UserWarning, match="missing expected"):
-        paths = report.write_report(runs, tmp_path / "rep", expected=["hpa__replication"], n_boot=50)
+        paths = report.run_report(_spec(runs, tmp_path / "rep", expected=("hpa__replication",), n_boot=50))
     for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png", "figure1.pdf", "figure2.png"):
         assert paths[name].is_file() and paths[name].parent == tmp_path / "rep"
     assert "Missing rows: hpa__replication" in paths["table3.md"].read_text()
@@ -379,7 +391,7 @@ def test_write_report_end_to_end(tmp_path, image_io):
 def test_no_runs_is_a_clear_error(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(DinolocError, match=r"no finished runs in .*runs.*dinoloc-run -m experiment=table3"):
-        report.write_report(tmp_path / "runs", tmp_path / "rep")
+        report.run_report(_spec(tmp_path / "runs", tmp_path / "rep"))
 
 
 def test_bad_predictions_file_names_the_file(study):
@@ -447,7 +459,7 @@ def test_weights_label_and_epochs_come_from_what_was_loaded():
     user = {**base, "dino_epochs_config": 300,
             "provenance": {"weights_default": False, "weights_path": "/w/my_dino_ep3.pth", "checkpoint": {"epoch": 3}}}
     preset = {**base, "dino_epochs_config": 300, "provenance": {"weights_default": True, "checkpoint": {}}}
-    assert report._weights_label(user) == "user's weights (my_dino_ep3.pth) [ImageNet-1k preset]"
-    assert report._weights_label(preset) == "ImageNet-1k"
-    assert report._checkpoint_epochs(user) == 3 and report._epochs_source(user) == "checkpoint"
-    assert report._checkpoint_epochs(preset) == 300 and report._epochs_source(preset) == "config"
+    assert report_runs.weights_label(user) == "user's weights (my_dino_ep3.pth) [ImageNet-1k preset]"
+    assert report_runs.weights_label(preset) == "ImageNet-1k"
+    assert report_runs.checkpoint_epochs(user) == 3 and report_runs.epochs_source(user) == "checkpoint"
+    assert report_runs.checkpoint_epochs(preset) == 300 and report_runs.epochs_source(preset) == "config"

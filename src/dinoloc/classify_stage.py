@@ -42,7 +42,8 @@ class ClassifySpec:
 
 def run_name(spec: ClassifySpec) -> str:
     """`<backbone>__<strategy>`, plus `__<head>` for a probe head and `__<variant>` for a variant."""
-    from dinoloc.probes import head_name, run_dir_name
+    from dinoloc.classify import head_name
+    from dinoloc.results import run_dir_name
 
     ex = spec.extract
     return run_dir_name(ex.backbone.name, ex.strategy, head_name(spec.classifier), spec.variant)
@@ -63,7 +64,7 @@ def run_fingerprint(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any] | None:
     """The stored result.json when it was made with this cache key and these settings (and force is off)."""
-    from dinoloc.classify import load_result
+    from dinoloc.results import load_result
 
     previous = load_result(run_dir(spec))
     if previous is None or spec.force:
@@ -76,9 +77,9 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify import cross_validate_seeds, save_run
+    from dinoloc.classify import cross_validate_seeds, params_from_config
     from dinoloc.device import resolve_device
-    from dinoloc.probes import params_from_config
+    from dinoloc.results import add_image_paths, write_run
 
     params = params_from_config(dict(spec.classifier))
     manifest, split = run_data(spec.extract.data)
@@ -96,7 +97,7 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     )
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
     result["classifier_seconds"] = round(time.perf_counter() - t0, 3)
-    save_run(run_dir(spec), result, cv.predictions, cv.per_class)
+    write_run(run_dir(spec), result, add_image_paths(cv.predictions, manifest), cv.per_class)
     log.info(
         "%s: test macro F1 %.4f ± %.4f (train %.4f, val %.4f)%s", run_name(spec), result["test_macro_f1_mean"],
         result["test_macro_f1_std"], result["train_macro_f1_mean"], result["val_macro_f1_mean"],
@@ -123,7 +124,7 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
                     split: pd.DataFrame, params: Any) -> dict[str, Any]:
     """result.json's description of the run: what was loaded (from the cache's record), what was configured,
     and the data it saw. The classifier's numbers are added by the caller."""
-    from dinoloc.probes import head_name
+    from dinoloc.classify import head_name
     from dinoloc.provenance import weights_record
     from dinoloc.stats import embedding_health
 

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import classify_spec, data_spec, extract_spec, plain, validate, validate_root
+from dinoloc.config import classify_spec, data_spec, extract_spec, plain, report_spec, validate, validate_root
 from dinoloc.console import friendly, run_console
 from dinoloc.device import rank_and_world, setup
 from dinoloc.io import DinolocError
@@ -168,14 +168,9 @@ def pretrain_main(cfg: DictConfig) -> None:
 @_console("dinoloc-report")
 def report_main(cfg: DictConfig) -> None:
     """dinoloc-report: aggregate the experiment's run folders into Table III and Figures 1 and 2."""
-    from dinoloc.report import write_report
+    from dinoloc.report import run_report
 
-    expected = list(cfg.get("expected_rows") or []) or None
-    rep = cfg.report
-    paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
-                         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
-                         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
-                         max_points=int(rep.max_points))
+    paths = run_report(report_spec(cfg))
     print(Path(paths["table3.md"]).read_text())
     if "sensitivity.md" in paths:
         print(Path(paths["sensitivity.md"]).read_text())

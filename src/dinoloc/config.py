@@ -89,6 +89,18 @@ def classify_spec(cfg: DictConfig):
                         force=bool(cfg.force))
 
 
+def report_spec(cfg: DictConfig):
+    from dinoloc.report import ReportSpec
+
+    rep = cfg.report
+    return ReportSpec(
+        runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
+        seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
+        figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
+        max_points=int(rep.max_points), expected=tuple(cfg.get("expected_rows") or ()),
+    )
+
+
 def _weights_are_default() -> bool:
     """False when backbone.weights was overridden on the command line (the user's own weights)."""
     from hydra.core.hydra_config import HydraConfig
@@ -120,7 +132,7 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
     if classifier:
-        from dinoloc.probes import params_from_config
+        from dinoloc.classify import params_from_config
 
         params_from_config(plain(cfg.classifier))
     validate_root(cfg)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dinoloc.results import result_run_name
+
 # The paper's values, where it states them (Sec. "Classification head", Table I/III, "Datasets").
 PAPER: dict[str, Any] = {
     "classifier.hidden": [512, 256],
@@ -56,8 +58,6 @@ def deviations(resolved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 
 def _run_label(result: dict) -> str:
-    from dinoloc.probes import result_run_name
-
     return result_run_name(result)
 
 

@@ -12,14 +12,23 @@ import functools
 import os
 import re
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dinoloc.io import DinolocError, atomic_path, read_json
+from dinoloc.io import DinolocError, atomic_path
+from dinoloc.report.runs import select_test, threshold
+from dinoloc.results import (
+    RESULT_FILE,
+    image_file,
+    label_columns,
+    prob_columns,
+    read_predictions,
+    read_result,
+    result_classes,
+)
 
 SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
 _HEAD_HATCH = {"knn": "//", "linear": ".."}  # probe heads' bars; the MLP's stay plain
@@ -154,18 +163,6 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
 # ----------------------------------------------------------------------------------------------------------
 # Figure 2
 # ----------------------------------------------------------------------------------------------------------
-def _image_reader() -> Callable[[str | os.PathLike], np.ndarray]:
-    from dinoloc.data.opencell import read_image
-
-    return read_image
-
-
-def _compositor() -> Callable[..., np.ndarray]:
-    from dinoloc.viz import composite
-
-    return composite
-
-
 def _stretch(channel: np.ndarray) -> np.ndarray:
     """Display scaling of one channel: 0.5-99.5 percentile to [0, 1] (16-bit images are mostly dark)."""
     lo, hi = np.percentile(channel, [0.5, 99.5])
@@ -199,28 +196,25 @@ def plot_figure2(
     """The paper's Figure 2: for `n_images` labelled test images of the best fold (highest test macro F1)
     of a run, the composite (magenta/green by default, colour-blind safe; `colors="red_green"` as the
     paper), each channel, and a table of ground truth vs prediction with probabilities. Writes out_png and
-    a PDF beside it. Returns the image ids shown."""
-    from dinoloc.report import _test_rows, _threshold, read_predictions, result_classes
+    a PDF beside it. Returns the image ids shown. The images are read from predictions.csv `path` under the
+    run's data.root (dinoloc.results.image_file), so the run folder may move."""
+    from dinoloc.data.opencell import read_image
+    from dinoloc.viz import composite
 
     plt = _pyplot()
     if colors not in _COMPOSITE_NAMES:
         raise DinolocError(f"Figure 2 colours {colors!r}: use one of {', '.join(_COMPOSITE_NAMES)}")
     run_dir, out_png = Path(best_row_run_dir), Path(out_png)
-    result_path = run_dir / "result.json"
-    if not result_path.is_file():
-        raise DinolocError(f"{result_path} is missing; pass a finished run folder")
-    result = read_json(result_path)
-    result["run_dir"] = str(run_dir)
-    threshold = _threshold(result)
+    result = read_result(run_dir)
+    cut = threshold(result)
     folds = result.get("folds") or []
     if not folds:
-        raise DinolocError(f"{result_path} has no per-fold results ('folds'); rerun the row")
+        raise DinolocError(f"{run_dir / RESULT_FILE} has no per-fold results ('folds'); rerun the row")
     best = max(folds, key=lambda f: (float(f["test_macro_f1"]), -int(f["fold"])))
     classes = result_classes(result)
-    test = _test_rows(read_predictions(run_dir, classes), str(run_dir))
+    test = select_test(read_predictions(run_dir, classes), str(run_dir))
     rows = test[test["fold"] == best["fold"]]
-    y_cols = [f"y_{c}" for c in classes]
-    p_cols = [f"p_{c}" for c in classes]
+    y_cols, p_cols = label_columns(classes), prob_columns(classes)
     labelled = rows[rows[y_cols].to_numpy().sum(axis=1) > 0].sort_values("image_id")
     if labelled.empty:
         raise DinolocError(f"{run_dir / 'predictions.csv'}: fold {best['fold']} has no labelled test image")
@@ -234,16 +228,7 @@ def plot_figure2(
     chosen += [i for i in order if i not in chosen]
     picked = labelled.iloc[chosen[:n_images]]
 
-    data = result.get("data") or {}
-    manifest_path = Path(str(data.get("manifest", "")))
-    if not manifest_path.is_file():
-        raise DinolocError(
-            f"{result_path}: data.manifest={manifest_path} does not exist; Figure 2 needs the images. "
-            "Restore the data folder or rerun dinoloc-data"
-        )
-    manifest = pd.read_csv(manifest_path, dtype={"image_id": str}).set_index("image_id")
-    root = Path(str(data.get("root", manifest_path.parent)))
-    read_image, composite = _image_reader(), _compositor()
+    data = result["data"]
     if data.get("reader") == "folder":  # a labels-CSV folder: its protein / nucleus roles, else last / first channel
         from dinoloc.data.folder import display_pair
 
@@ -258,14 +243,9 @@ def plot_figure2(
                "Ground truth vs prediction\n(blue: agree, orange: disagree)"]
     for row_i, (row_axes, (_, r)) in enumerate(zip(axes, picked.iterrows(), strict=True)):
         image_id = str(r["image_id"])
-        if image_id not in manifest.index:
-            raise DinolocError(f"{manifest_path}: image_id {image_id} (from predictions.csv) is not in the manifest")
-        image = read_image(root / str(manifest.loc[image_id, "path"]))
+        image = read_image(image_file(result, r["path"]))
         protein, nucleus = image[0], image[1]
-        try:
-            rgb = composite(protein, nucleus, scheme=colors)
-        except TypeError:  # a compositor without colour schemes (red/green only)
-            rgb = composite(protein, nucleus)
+        rgb = composite(protein, nucleus, scheme=colors)
         panels = [(rgb, None), (_stretch(protein), "gray"), (_stretch(nucleus), "gray")]
         for ax, (img, cmap) in zip(row_axes[:3], panels, strict=True):
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
@@ -277,9 +257,9 @@ def plot_figure2(
             for ax, head in zip(row_axes, headers, strict=True):
                 ax.set_title(head, fontsize=9)
         y, prob = r[y_cols].to_numpy(dtype=float), r[p_cols].to_numpy(dtype=float)
-        shown = [i for i, c in enumerate(classes) if y[i] > 0 or prob[i] > threshold]
+        shown = [i for i, c in enumerate(classes) if y[i] > 0 or prob[i] > cut]
         cells = [
-            [classes[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > threshold else "no", f"{prob[i]:.2f}"]
+            [classes[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > cut else "no", f"{prob[i]:.2f}"]
             for i in shown
         ]
         tax = row_axes[3]
@@ -292,12 +272,12 @@ def plot_figure2(
         tab.set_fontsize(8)
         tab.scale(1.0, 1.25)
         for k, i in enumerate(shown, start=1):  # blue when the prediction matches, orange when not (Okabe-Ito)
-            ok = (y[i] > 0) == (prob[i] > threshold)
+            ok = (y[i] > 0) == (prob[i] > cut)
             for col in range(4):
                 tab[k, col].set_facecolor("#d6e9f8" if ok else "#fbe3c0")
     title = (
         f"{result.get('backbone_display', result['backbone'])} · {result['strategy']} · best fold {best['fold']} "
-        f"(test macro F1 {float(best['test_macro_f1']):.4f}); threshold {threshold:g}"
+        f"(test macro F1 {float(best['test_macro_f1']):.4f}); threshold {cut:g}"
     )
     if synthetic:
         title = f"{SYNTHETIC_MARKER}\n{title}"

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from dinoloc.io import DinolocError
+from dinoloc.report.runs import row_order
+from dinoloc.results import result_classes
 
 METHODS = ("auto", "umap", "tsne", "none")
 NO_LABEL = "(no positive label)"
@@ -66,8 +68,6 @@ def project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
 
 def _row_data(result: dict) -> tuple[np.ndarray, pd.DataFrame]:
     """The row's embeddings of its labelled (train + test) images and a frame image_id, split, label."""
-    from dinoloc.report import result_classes
-
     run = Path(result.get("run_dir", "?")) / "result.json"
     cache = result.get("cache_path")
     if not cache or not (Path(cache) / "embeddings.npy").is_file():
@@ -103,13 +103,12 @@ def plot_embedding_maps(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dinoloc.figures import SYNTHETIC_MARKER, _save
-    from dinoloc.report import _row_order
+    from dinoloc.report.figures import SYNTHETIC_MARKER, _save
 
     t0 = time.perf_counter()
     method = resolve_method(method)
     rows, seen = [], set()
-    for r in sorted(results, key=_row_order):
+    for r in sorted(results, key=row_order):
         key = r.get("cache_key") or r.get("cache_path")
         if key in seen:
             continue
