@@ -124,11 +124,11 @@ def _plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def ensure_synthetic(cfg: DictConfig) -> None:
     """Generate the synthetic demo data (all parts) when the embedded default is used and it is missing."""
-    from dinoloc.data.synthetic import generate_all
+    from dinoloc.synthetic.generate import GeneratorSpec, generate_all
 
-    gen = cfg.data.generator
+    spec = GeneratorSpec.from_mapping(_plain(cfg.data.generator))
     with FileLock(str(Path(cfg.paths.synthetic_dir)) + ".lock"):
-        generate_all(cfg.paths.synthetic_dir, n_targets=gen.n_targets, image_size=gen.image_size, seed=gen.seed)
+        generate_all(cfg.paths.synthetic_dir, spec, display_percentiles=list(cfg.report.display_percentiles))
 
 
 def prepare_data(cfg: DictConfig):
@@ -647,7 +647,8 @@ def report_main(cfg: DictConfig) -> None:
     rep = cfg.report
     paths = write_report(cfg.paths.runs_dir, cfg.paths.reports_dir, expected=expected, n_boot=int(rep.n_boot),
                          seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
-                         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
+                         figure2_colors=str(cfg.figure2_colors), display_percentiles=list(rep.display_percentiles),
+                         embedding_maps=str(rep.embedding_maps),
                          max_points=int(rep.max_points))
     print(Path(paths["table3.md"]).read_text())
     if "sensitivity.md" in paths:

@@ -681,10 +681,13 @@ def write_report(
     figure2_colors: str = "magenta_green",
     embedding_maps: str = "auto",
     max_points: int = 2000,
+    *,
+    display_percentiles: Sequence[float],
 ) -> dict[str, Path]:
     """Aggregate `runs_dir` into out_dir: table3.csv, table3.md, per_class.csv, figure1, figure2 (best row's
-    best fold), per_class_f1 (heatmap) and embedding_maps (`embedding_maps`: auto | umap | tsne | none, at most
-    `max_points` images per panel), each figure as .png and .pdf. Returns {file name: path}."""
+    best fold, panels stretched by `display_percentiles`), per_class_f1 (heatmap) and embedding_maps
+    (`embedding_maps`: auto | umap | tsne | none, at most `max_points` images per panel), each figure as .png
+    and .pdf. Returns {file name: path}."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     results = collect_runs(runs_dir)
     if not results:
@@ -712,7 +715,8 @@ def write_report(
     paths["figure1.pdf"] = paths["figure1.png"].with_suffix(".pdf")
     best_dir = table.loc[table.attrs["best"], "run_dir"]
     paths["figure2.png"] = out_dir / "figure2.png"
-    shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed, colors=figure2_colors)
+    shown = plot_figure2(best_dir, paths["figure2.png"], seed=seed, colors=figure2_colors,
+                         display_percentiles=display_percentiles)
     print(f"Figure 2: {', '.join(shown)} from {best_dir}", file=sys.stderr)
     paths["per_class_f1.png"] = out_dir / "per_class_f1.png"
     plot_per_class(paths["per_class.csv"], paths["per_class_f1.png"], synthetic=synthetic,
