@@ -350,12 +350,13 @@ def test_figure2_shows_labelled_images_from_best_fold(tmp_path, image_io):
     manifest = write_images(tmp_path / "data", test_set)
     run = write_run(tmp_path / "runs", "hpa", "mapping", test_set, 0.6, seed=4, synthetic=True, manifest=manifest)
     out = tmp_path / "figure2.png"
-    shown = report.plot_figure2(run, out, n_images=2, seed=0)
+    shown = report.plot_figure2(run, out, n_images=2, seed=0, display_percentiles=(0.5, 99.8))
     assert out.stat().st_size > 0 and report.SYNTHETIC_MARKER in _png_title(out)
     assert len(shown) == 2 and len(set(shown)) == 2
     labelled = test_set.set_index("image_id")[list(CATEGORIES)].sum(axis=1) > 0
     assert all(labelled[i] for i in shown)
-    assert report.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0) == shown  # deterministic
+    assert report.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0,
+                              display_percentiles=(0.5, 99.8)) == shown  # deterministic
     result = json.loads((run / "result.json").read_text())
     best_fold = max(result["folds"], key=lambda f: f["test_macro_f1"])["fold"]
     assert f"best fold {best_fold}" in _png_title(out)
@@ -368,7 +369,8 @@ def test_write_report_end_to_end(tmp_path, image_io):
     write_run(runs, "hpa", "mapping", test_set, 0.8, seed=1, manifest=manifest)
     write_run(runs, "opencell", "native", test_set, 0.4, seed=2, manifest=manifest)
     with pytest.warns(UserWarning, match="missing expected"):
-        paths = report.write_report(runs, tmp_path / "rep", expected=["hpa__replication"], n_boot=50)
+        paths = report.write_report(runs, tmp_path / "rep", expected=["hpa__replication"], n_boot=50,
+                                    display_percentiles=(0.5, 99.8))
     for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png", "figure1.pdf", "figure2.png"):
         assert paths[name].is_file() and paths[name].parent == tmp_path / "rep"
     assert "Missing rows: hpa__replication" in paths["table3.md"].read_text()
@@ -379,7 +381,7 @@ def test_write_report_end_to_end(tmp_path, image_io):
 def test_no_runs_is_a_clear_error(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(DinolocError, match=r"no finished runs in .*runs.*dinoloc-run -m experiment=table3"):
-        report.write_report(tmp_path / "runs", tmp_path / "rep")
+        report.write_report(tmp_path / "runs", tmp_path / "rep", display_percentiles=(0.5, 99.8))
 
 
 def test_bad_predictions_file_names_the_file(study):

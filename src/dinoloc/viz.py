@@ -25,7 +25,7 @@ def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
 
 def stretch(channel: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
     """One channel for display: its low / high `percentiles` (config report.display_percentiles) mapped to
-    0 / 1 and clipped, float32. 16-bit microscopy is mostly dark with a few bright pixels, so a min/max
+    0 / 1 and clipped. 16-bit microscopy is mostly dark with a few bright pixels, so a min/max
     stretch would show almost nothing; a flat channel (nothing to show) stays black."""
     lo, hi = np.percentile(channel, check_percentiles(percentiles))
     if not hi > lo:

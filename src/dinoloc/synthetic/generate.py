@@ -1,9 +1,10 @@
-"""SYNTHETIC demo data in the real on-disk formats (`dinoloc-synth`): the whole set, each part built once.
+"""SYNTHETIC demo data in the real on-disk formats (`dinoloc-synth`).
 
-out_dir/opencell/ (labelled, the real OpenCell layout), hpa_like/ and natural_like/ (unlabelled stand-ins
-for the pretraining data), contact_sheet.png and README.txt. The sizes come from configs/data/synthetic.yaml
-(`generator`) and the display stretch from configs/config.yaml (`report.display_percentiles`): nothing
-here has a default of its own, so a missing key fails with its name.
+The whole set, each part built once per parameter set: out_dir/opencell/ (labelled, the real OpenCell
+layout), hpa_like/ and natural_like/ (unlabelled stand-ins for the pretraining data), contact_sheet.png and
+README.txt. The sizes come from configs/data/synthetic.yaml (`generator`) and the display stretch from
+configs/config.yaml (`report.display_percentiles`): nothing here has a default of its own, so a missing
+key fails with its name.
 """
 
 from __future__ import annotations
@@ -108,7 +109,6 @@ def _ensure_part(folder: Path, params: dict, build: Callable[[Path], object]) ->
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return True
-
 
 
 def generate_all(

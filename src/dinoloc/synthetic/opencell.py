@@ -48,7 +48,6 @@ CATEGORY_WEIGHTS: dict[str, float] = {c: 1.0 for c in CATEGORIES} | {
 }
 
 
-
 def render_fov(
     rng: np.random.Generator, image_size: int, grades: Mapping[str, int], expression: float = 1.0
 ) -> tuple[np.ndarray, Cells]:
@@ -187,8 +186,6 @@ def generate_opencell(
                        "Layout as the real download: <gene>_<ensg>/OC-FOV_<gene>_<ensg>_<cell-line>_<fov>_proj.tif, "
                        "uint16 (2, H, W), channel 0 = nucleus, channel 1 = protein.")
     return csv_path
-
-
 
 
 def opencell_contact_sheet(

@@ -37,6 +37,9 @@ GRADE_AMPLITUDE = {1: 0.2, 2: 0.5, 3: 1.0}  # grade 1 = weak or barely detectabl
 NONSPECIFIC = 0.05  # diffuse background every tagged protein shows in its cells
 
 
+# --------------------------------------------------------------------------------------------------
+# one painter per category: protein signal relative to nucleus and cell, peak 1
+
 
 def _nucleoplasm(cells: Cells, rng: np.random.Generator) -> np.ndarray:
     return soft(cells.nucleus, px(cells, 0.6)) * (1 - 0.75 * cells.nucleolar)
