@@ -536,14 +536,17 @@ def section_demo(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from dinoloc.classify_stage import run_classification
     from dinoloc.config import classify_spec, data_spec
     from dinoloc.data.prepare import run_data
-    from dinoloc.data.synthetic import generate_opencell
+    from dinoloc.synthetic.generate import packaged_spec
+    from dinoloc.synthetic.opencell import generate_opencell
 
     s = run.sizes
     # The demo's SYNTHETIC OpenCell-like data (same generator and seed as `make demo`); the HPA- and natural-like
     # pretraining images are not needed, so data.synthetic=false skips generating them.
     synth = run.work / "demo_synthetic"
     if not (synth / "opencell").is_dir():
-        generate_opencell(synth / "opencell", n_targets=s.demo_targets, image_size=s.demo_px, seed=0)
+        gen = packaged_spec()  # the shipped generator values; this check's own size
+        generate_opencell(synth / "opencell", n_targets=s.demo_targets, image_size=s.demo_px, seed=gen.seed,
+                          images_per_target=gen.images_per_target, n_unannotated=gen.n_unannotated)
     # The stand-ins pretrained by `make demo` when they exist here, else the same tiny ViTs with random weights.
     pretrained = all((ROOT / "outputs" / "pretrain" / f"{b}_demo" / "checkpoint.pth").is_file()
                      for b in ("imagenet", "hpa", "opencell"))

@@ -85,7 +85,8 @@ def test_per_class_heatmap_equals_the_csv(tmp_path):
 def test_magenta_green_composite_is_the_colour_blind_safe_option():
     rng = np.random.default_rng(0)
     protein, nucleus = rng.uniform(0, 100, (8, 8)), rng.uniform(0, 100, (8, 8))
-    mg, rg = composite(protein, nucleus, scheme="magenta_green"), composite(protein, nucleus)
+    pct = (0.5, 99.8)
+    mg, rg = composite(protein, nucleus, scheme="magenta_green", percentiles=pct), composite(protein, nucleus, percentiles=pct)
     np.testing.assert_array_equal(mg[..., 2], mg[..., 0])  # magenta = red + blue, both the protein
     np.testing.assert_array_equal(mg[..., :2], rg[..., :2])
     assert not rg[..., 2].any()

@@ -127,7 +127,7 @@ def write_images(root: Path, test_set: pd.DataFrame) -> Path:
 def _spec(runs_dir: Path, reports_dir: Path, **over) -> report.ReportSpec:
     """A ReportSpec with small, fast settings (no embedding maps: tests/test_embedding_maps.py has them)."""
     values = {"n_boot": 20, "seed": 0, "level": 0.95, "method": "percentile", "figure2_colors": "magenta_green",
-              "embedding_maps": "none", "max_points": 100, **over}
+              "embedding_maps": "none", "max_points": 100, "display_percentiles": (0.5, 99.8), **over}
     return report.ReportSpec(runs_dir=runs_dir, reports_dir=reports_dir, **values)
 
 
@@ -339,12 +339,13 @@ def test_figure2_shows_labelled_images_from_best_fold(tmp_path):
     manifest = write_images(tmp_path / "data", test_set)
     run = write_run(tmp_path / "runs", "hpa", "mapping", test_set, 0.6, seed=4, synthetic=True, manifest=manifest)
     out = tmp_path / "figure2.png"
-    shown = figures.plot_figure2(run, out, n_images=2, seed=0)
+    shown = figures.plot_figure2(run, out, n_images=2, seed=0, display_percentiles=(0.5, 99.8))
     assert out.stat().st_size > 0 and figures.SYNTHETIC_MARKER in _png_title(out)
     assert len(shown) == 2 and len(set(shown)) == 2
     labelled = test_set.set_index("image_id")[list(CATEGORIES)].sum(axis=1) > 0
     assert all(labelled[i] for i in shown)
-    assert figures.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0) == shown  # deterministic
+    assert figures.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0,
+                                 display_percentiles=(0.5, 99.8)) == shown  # deterministic
     result = json.loads((run / "result.json").read_text())
     best_fold = max(result["folds"], key=lambda f: f["test_macro_f1"])["fold"]
     assert f"best fold {best_fold}" in _png_title(out)
@@ -356,13 +357,13 @@ def test_figure2_survives_a_moved_run_folder_and_names_a_missing_image(tmp_path)
     run = write_run(tmp_path / "outputs" / "runs", "hpa", "mapping", test_set, 0.6, seed=4, manifest=manifest)
     manifest.unlink()  # Figure 2 needs only predictions.csv `path` under data.root, not the manifest
     moved = (tmp_path / "outputs").rename(tmp_path / "elsewhere") / "runs" / run.name
-    shown = figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0)
+    shown = figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0, display_percentiles=(0.5, 99.8))
     assert len(shown) == 2
     pred = pd.read_csv(moved / "predictions.csv")
     missing = tmp_path / "data" / pred.loc[pred["image_id"] == shown[0], "path"].iloc[0]
     missing.unlink()
     with pytest.raises(DinolocError, match=rf"image {missing} not found.*elsewhere/runs/hpa__mapping/result\.json"):
-        figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0)
+        figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0, display_percentiles=(0.5, 99.8))
 
 
 def test_report_imports_without_torch():

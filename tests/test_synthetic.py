@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -13,14 +14,25 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from dinoloc.data import synthetic
+from dinoloc import CONFIG_DIR
 from dinoloc.data.folders import list_images, read_channels, read_multichannel
 from dinoloc.io import DinolocError, read_json
 from dinoloc.ontology import CATEGORIES, GRADE_COLUMNS
-from dinoloc.viz import composite, contact_sheet
+from dinoloc.synthetic import generate, opencell, patterns, standins
+from dinoloc.synthetic.cells import Cells, make_cells
+from dinoloc.viz import composite, contact_sheet, stretch
 
 FOV_RE = re.compile(r"^OC-FOV_(SYN\d{3})_(ENSG\d{11})_(CID\d{6})_(FID\d{8})_proj\.tif$")
 SMALL = {"n_targets": 20, "image_size": 64}
+DEFAULTS = generate.packaged_spec()  # configs/data/synthetic.yaml's generator values
+PERCENTILES = generate.packaged_display_percentiles()  # configs/config.yaml report.display_percentiles
+
+
+def _opencell(out_dir, **sizes) -> Path:
+    """generate_opencell with the shipped YAML's values for every size `sizes` leaves out."""
+    spec = dataclasses.replace(DEFAULTS, **sizes)
+    return opencell.generate_opencell(out_dir, n_targets=spec.n_targets, image_size=spec.image_size, seed=spec.seed,
+                                      images_per_target=spec.images_per_target, n_unannotated=spec.n_unannotated)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -30,7 +42,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def _grades(csv_path: Path) -> pd.DataFrame:
     """(target_name x category) highest grade, 0 = absent; the 17 classes, then the extra (ignored) names."""
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    out = pd.DataFrame(0, index=table["target_name"], columns=[*CATEGORIES, *synthetic.EXTRA_CATEGORIES])
+    out = pd.DataFrame(0, index=table["target_name"], columns=[*CATEGORIES, *opencell.EXTRA_CATEGORIES])
     for rec in table.to_dict("records"):
         for g, col in GRADE_COLUMNS.items():
             for c in filter(None, rec[col].split(";")):
@@ -42,7 +54,7 @@ def _grades(csv_path: Path) -> pd.DataFrame:
 def big(tmp_path_factory) -> Path:
     """The default 80 targets (at 96 px to stay fast): what label statistics and patterns are tested on."""
     root = tmp_path_factory.mktemp("synth_big") / "opencell"
-    synthetic.generate_opencell(root, n_targets=80, image_size=96, seed=0)
+    _opencell(root, n_targets=80, image_size=96, seed=0)
     return root
 
 
@@ -51,19 +63,19 @@ def big(tmp_path_factory) -> Path:
 
 
 def test_same_seed_gives_identical_files_other_seed_differs(tmp_path):
-    a = _files(synthetic.generate_opencell(tmp_path / "a", seed=3, **SMALL).parent)
-    b = _files(synthetic.generate_opencell(tmp_path / "b", seed=3, **SMALL).parent)
-    c = _files(synthetic.generate_opencell(tmp_path / "c", seed=4, **SMALL).parent)
+    a = _files(_opencell(tmp_path / "a", seed=3, **SMALL).parent)
+    b = _files(_opencell(tmp_path / "b", seed=3, **SMALL).parent)
+    c = _files(_opencell(tmp_path / "c", seed=4, **SMALL).parent)
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
     tifs = [k for k in a if k.endswith(".tif")]
     assert len(tifs) >= 20 * 4
     shared = [k for k in tifs if k in c]
     assert not shared or any(a[k] != c[k] for k in shared)
-    assert a[synthetic.ANNOTATIONS_NAME] != c[synthetic.ANNOTATIONS_NAME]
+    assert a[opencell.ANNOTATIONS_NAME] != c[opencell.ANNOTATIONS_NAME]
 
 
 def test_opencell_on_disk_format(tmp_path):
-    csv_path = synthetic.generate_opencell(tmp_path / "oc", n_targets=12, image_size=64, seed=0, n_unannotated=2)
+    csv_path = _opencell(tmp_path / "oc", n_targets=12, image_size=64, seed=0, n_unannotated=2)
     root = csv_path.parent
     assert csv_path.name == "opencell-localization-annotations.csv"
     folders = sorted(p for p in root.iterdir() if p.is_dir())
@@ -91,9 +103,9 @@ def test_opencell_on_disk_format(tmp_path):
 def test_project_reader_accepts_the_synthetic_tree(tmp_path):
     from dinoloc.data.opencell import find_images, read_annotations, read_image
 
-    csv_path = synthetic.generate_opencell(tmp_path / "oc", **SMALL)
+    csv_path = _opencell(tmp_path / "oc", **SMALL)
     images = find_images(csv_path.parent)
-    ann = read_annotations(csv_path, ignore=synthetic.EXTRA_CATEGORIES)
+    ann = read_annotations(csv_path, ignore=opencell.EXTRA_CATEGORIES)
     assert images["target"].nunique() == 20 and len(ann) == 17
     assert sum(ann.attrs["label_notes"]["ignored"].values()) >= 1  # the demo goes through the ignore path
     img = read_image(csv_path.parent / images["path"].iloc[0])
@@ -122,7 +134,7 @@ def _nuclear_ratio(folder: Path) -> float:
     """Mean over images of (protein in nuclei) / (protein in a ring around them), offset removed."""
     ratios = []
     for f in sorted(folder.glob("*_proj.tif")):
-        arr = tifffile.imread(f).astype(float) - synthetic.CAMERA_OFFSET
+        arr = tifffile.imread(f).astype(float) - patterns.CAMERA_OFFSET
         mask = _nuclei(arr[0])
         ring = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(mask, iterations=1)
         ratios.append(arr[1][mask].mean() / max(arr[1][ring].mean(), 1.0))
@@ -130,7 +142,7 @@ def _nuclear_ratio(folder: Path) -> float:
 
 
 def test_nucleoplasm_is_nuclear_and_cytoplasmic_is_not(big):
-    grades = _grades(big / synthetic.ANNOTATIONS_NAME)
+    grades = _grades(big / opencell.ANNOTATIONS_NAME)
     nuclear = ["nucleoplasm", "nucleolus_gc", "nucleolus_fc_dfc", "chromatin", "nuclear_punctae", "nuclear_membrane"]
     outside = [c for c in CATEGORIES if c not in nuclear]
     nucleo = grades[(grades["nucleoplasm"] == 3) & (grades[outside] <= 1).all(axis=1)].index
@@ -151,11 +163,11 @@ def test_nucleoplasm_is_nuclear_and_cytoplasmic_is_not(big):
 
 
 def test_annotation_table_classes_imbalance_and_unannotated(big):
-    csv_path = big / synthetic.ANNOTATIONS_NAME
+    csv_path = big / opencell.ANNOTATIONS_NAME
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     assert list(table.columns) == ["ensg_id", "target_name", *GRADE_COLUMNS.values()]
     grades = _grades(csv_path)  # _grades would KeyError on an unknown name
-    extra = grades[list(synthetic.EXTRA_CATEGORIES)]
+    extra = grades[list(opencell.EXTRA_CATEGORIES)]
     grades = grades[list(CATEGORIES)]
     # A few targets also carry OpenCell names outside the 17 (issue 18), each on top of 17-class labels.
     carriers = (extra > 0).any(axis=1)
@@ -183,9 +195,9 @@ def test_annotation_table_classes_imbalance_and_unannotated(big):
 
 
 @pytest.fixture(scope="module")
-def cells() -> synthetic.Cells:
+def cells() -> Cells:
     for seed in range(50):
-        c = synthetic.make_cells(np.random.default_rng(seed), 160)
+        c = make_cells(np.random.default_rng(seed), 160)
         if c.contacts.sum() > 20 and c.n_cells >= 4:
             return c
     raise AssertionError("no geometry with cell contacts in 50 seeds")
@@ -220,29 +232,29 @@ def test_every_category_paints_in_its_compartment(cells):
     }
     assert set(expect) == set(CATEGORIES)
     for cat, (region, share) in expect.items():
-        pattern = synthetic.paint(cat, cells, np.random.default_rng(0))
+        pattern = patterns.paint(cat, cells, np.random.default_rng(0))
         assert pattern.shape == (160, 160) and pattern.dtype == np.float32
         assert np.isclose(pattern.max(), 1.0), cat
         assert _share(pattern, region) >= share, (cat, _share(pattern, region))
     # the cell_contact pattern avoids outlines facing the background; membrane does not
     free_edge = cells.edges & ~ndimage.binary_dilation(cells.contacts, iterations=3)
-    assert _share(synthetic.paint("cell_contact", cells, np.random.default_rng(0)), free_edge) < 0.05
-    assert _share(synthetic.paint("membrane", cells, np.random.default_rng(0)), free_edge) > 0.3
+    assert _share(patterns.paint("cell_contact", cells, np.random.default_rng(0)), free_edge) < 0.05
+    assert _share(patterns.paint("membrane", cells, np.random.default_rng(0)), free_edge) > 0.3
     # every category looks different from every other one (a copied painter would correlate ~1)
-    patterns = np.stack([synthetic.paint(c, cells, np.random.default_rng(0)).ravel() for c in CATEGORIES])
-    corr = np.corrcoef(patterns)
+    painted = np.stack([patterns.paint(c, cells, np.random.default_rng(0)).ravel() for c in CATEGORIES])
+    corr = np.corrcoef(painted)
     np.fill_diagonal(corr, 0)
     assert corr.max() < 0.9, np.unravel_index(corr.argmax(), corr.shape)
     # punctate patterns are concentrated, diffuse ones are not
-    frac_bright = {c: float((synthetic.paint(c, cells, np.random.default_rng(0)) > 0.3).mean()) for c in CATEGORIES}
+    frac_bright = {c: float((patterns.paint(c, cells, np.random.default_rng(0)) > 0.3).mean()) for c in CATEGORIES}
     assert frac_bright["centrosome"] < 0.2 * frac_bright["cytoplasmic"]
     assert frac_bright["nucleolus_gc"] < 0.5 * frac_bright["nucleoplasm"]
 
 
 def test_grade_sets_pattern_strength():
     def signal(grade: int) -> float:
-        image, cells = synthetic.render_fov(np.random.default_rng(7), 96, {"nucleoplasm": grade})
-        return float(image[1][cells.nucleus].mean() - synthetic.CAMERA_OFFSET)
+        image, cells = opencell.render_fov(np.random.default_rng(7), 96, {"nucleoplasm": grade})
+        return float(image[1][cells.nucleus].mean() - patterns.CAMERA_OFFSET)
 
     s1, s2, s3 = signal(1), signal(2), signal(3)
     assert s1 < s2 < s3 and s3 > 3 * s1
@@ -250,11 +262,11 @@ def test_grade_sets_pattern_strength():
 
 def test_unknown_category_or_grade_raises():
     with pytest.raises(DinolocError, match="unknown category"):
-        synthetic.render_fov(np.random.default_rng(0), 64, {"nucleus_of_doom": 3})
+        opencell.render_fov(np.random.default_rng(0), 64, {"nucleus_of_doom": 3})
     with pytest.raises(DinolocError, match="grade"):
-        synthetic.render_fov(np.random.default_rng(0), 64, {"er": 5})
+        opencell.render_fov(np.random.default_rng(0), 64, {"er": 5})
     with pytest.raises(DinolocError, match="image_size"):
-        synthetic.generate_opencell("unused", image_size=8)
+        _opencell("unused", image_size=8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,8 +274,8 @@ def test_unknown_category_or_grade_raises():
 
 
 def test_hpa_and_natural_like_folders(tmp_path):
-    hpa = synthetic.generate_hpa_like(tmp_path / "hpa", n_images=3, image_size=64, seed=1)
-    nat = synthetic.generate_natural_like(tmp_path / "nat", n_images=3, image_size=48, seed=2)
+    hpa = standins.generate_hpa_like(tmp_path / "hpa", n_images=3, image_size=64, seed=1)
+    nat = standins.generate_natural_like(tmp_path / "nat", n_images=3, image_size=48, seed=2)
     assert read_channels(hpa) == ["nucleus", "protein", "microtubules", "er"]
     assert read_channels(nat) == ["R", "G", "B"]
     for folder, c, size in ((hpa, 4, 64), (nat, 3, 48)):
@@ -317,16 +329,21 @@ def test_folder_reader_errors_name_the_file(tmp_path):
 
 def test_generate_all_skips_complete_parts_and_regenerates_on_change(tmp_path):
     kw = {"n_targets": 20, "image_size": 64, "n_pretrain_images": 3}
-    paths = synthetic.generate_all(tmp_path, seed=0, **kw)
+
+    def generate_all(seed):
+        spec = dataclasses.replace(DEFAULTS, seed=seed, **kw)
+        return generate.generate_all(tmp_path, spec, display_percentiles=PERCENTILES)
+
+    paths = generate_all(0)
     for part in ("opencell", "hpa_like", "natural_like"):
         assert (tmp_path / part / ".complete").is_file()
         assert "SYNTHETIC" in (tmp_path / part / "README.txt").read_text()
     assert paths["annotations"].is_file() and paths["contact_sheet"].is_file()
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    synthetic.generate_all(tmp_path, seed=0, **kw)
+    generate_all(0)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamp  # nothing rewritten
     before = _files(tmp_path / "opencell")
-    synthetic.generate_all(tmp_path, seed=5, **kw)
+    generate_all(5)
     after = _files(tmp_path / "opencell")
     assert before != after
     assert read_json(tmp_path / "opencell" / ".complete")["seed"] == 5
@@ -338,9 +355,10 @@ def test_killed_part_leaves_no_half_dataset(tmp_path, monkeypatch):
         Path(out_dir, "HPALIKE_00000.tif").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "generate_hpa_like", boom)
+    monkeypatch.setattr(generate, "generate_hpa_like", boom)
+    spec = dataclasses.replace(DEFAULTS, n_targets=20, image_size=64, n_pretrain_images=2)
     with pytest.raises(KeyboardInterrupt):
-        synthetic.generate_all(tmp_path, n_targets=20, image_size=64, n_pretrain_images=2)
+        generate.generate_all(tmp_path, spec, display_percentiles=PERCENTILES)
     assert (tmp_path / "opencell" / ".complete").is_file()
     assert not (tmp_path / "hpa_like").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -352,14 +370,14 @@ def test_composite_range_and_colours():
     nucleus = rng.uniform(100, 200, (32, 32))
     protein[:16] += 5000  # bright top half
     nucleus[:, :16] += 5000  # bright left half
-    rgb = composite(protein, nucleus)
+    rgb = composite(protein, nucleus, percentiles=PERCENTILES)
     assert rgb.shape == (32, 32, 3) and rgb.min() >= 0 and rgb.max() <= 1
     assert rgb[:16, :, 0].mean() > 0.9 and rgb[16:, :, 0].mean() < 0.1  # red follows protein
     assert rgb[:, :16, 1].mean() > 0.9 and rgb[:, 16:, 1].mean() < 0.1  # green follows nucleus
     assert not rgb[..., 2].any()
-    assert not composite(np.full((8, 8), 7.0), np.full((8, 8), 7.0)).any()  # flat channels stay black
+    assert not composite(np.full((8, 8), 7.0), np.full((8, 8), 7.0), percentiles=PERCENTILES).any()  # flat channels stay black
     with pytest.raises(DinolocError):
-        composite(protein, nucleus[:10])
+        composite(protein, nucleus[:10], percentiles=PERCENTILES)
 
 
 def test_contact_sheet_png(tmp_path):
@@ -367,18 +385,18 @@ def test_contact_sheet_png(tmp_path):
     panels = [("a", rng.uniform(0, 1000, (2, 20, 20))), ("b", rng.uniform(0, 1, (20, 20, 3))),
               ("c", rng.uniform(0, 1, (20, 20)))]
     out = tmp_path / "sheet.png"
-    contact_sheet(panels, out, "SYNTHETIC test sheet")
+    contact_sheet(panels, out, "SYNTHETIC test sheet", percentiles=PERCENTILES)
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 100
         assert im.info.get("Title") == "SYNTHETIC test sheet"
     assert [p.name for p in tmp_path.iterdir()] == ["sheet.png"]  # no temporary left
     with pytest.raises(DinolocError, match="bad"):
-        contact_sheet([("bad", np.zeros((5, 8, 8)))], tmp_path / "x.png", "t")
+        contact_sheet([("bad", np.zeros((5, 8, 8)))], tmp_path / "x.png", "t", percentiles=PERCENTILES)
 
 
 def test_cli_main_writes_everything(tmp_path, capsys):
     out = tmp_path / "synth"
-    synthetic.main(["--out", str(out), "--n-targets", "20", "--image-size", "64", "--seed", "1",
+    generate.main(["--out", str(out), "--n-targets", "20", "--image-size", "64", "--seed", "1",
                     "--n-pretrain-images", "2"])
     text = capsys.readouterr().out
     assert "SYNTHETIC" in text and str(out / "opencell") in text
@@ -388,5 +406,76 @@ def test_cli_main_writes_everything(tmp_path, capsys):
         assert "SYNTHETIC" in im.info["Title"]
     assert read_json(out / "opencell" / ".complete")["seed"] == 1
     with pytest.raises(SystemExit):
-        synthetic.main(["--out", str(tmp_path / "bad"), "--image-size", "7"])
+        generate.main(["--out", str(tmp_path / "bad"), "--image-size", "7"])
     assert os.path.exists(out / "README.txt")
+
+
+# --------------------------------------------------------------------------------------------------
+# one source per value: the generator sizes and the display stretch live in the YAML
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_generator_sizes_come_from_the_yaml_only():
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    # The stages (data.generator) and dinoloc-synth's defaults read the same YAML node, so `make demo`'s
+    # dinoloc-synth folder is the one the stages reuse.
+    cfg = _compose()
+    assert generate.GeneratorSpec.from_mapping(OmegaConf.to_container(cfg.data.generator)) == DEFAULTS
+    assert generate._parser(DEFAULTS).parse_args([]).n_pretrain_images == DEFAULTS.n_pretrain_images
+    # No size has a code default that could silently stand in for a dropped key.
+    for fn in (opencell.generate_opencell, standins.generate_hpa_like, standins.generate_natural_like,
+               generate.generate_all):
+        defaults = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        assert not defaults, (fn.__name__, defaults)
+    assert not [f.name for f in dataclasses.fields(generate.GeneratorSpec)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+
+
+def test_missing_generator_key_fails_naming_it(tmp_path, monkeypatch, capsys):
+    from dinoloc.cli import ensure_synthetic
+
+    values = dataclasses.asdict(DEFAULTS)
+    del values["n_pretrain_images"]
+    with pytest.raises(DinolocError, match=r"data\.generator\.n_pretrain_images"):
+        generate.GeneratorSpec.from_mapping(values)
+    with pytest.raises(DinolocError, match=r"data\.generator\.n_images"):
+        generate.GeneratorSpec.from_mapping({**dataclasses.asdict(DEFAULTS), "n_images": 3})
+    cfg = _compose(f"paths.output_dir={tmp_path}", "~data.generator.pretrain_image_size")
+    with pytest.raises(DinolocError, match=r"data\.generator\.pretrain_image_size"):
+        ensure_synthetic(cfg)
+    assert not (tmp_path / "synthetic").exists()  # refused before anything is written
+    # dinoloc-synth reads the shipped YAML: a key missing there is named too (exit 2, nothing written).
+    configs = tmp_path / "configs"
+    (configs / "data").mkdir(parents=True)
+    (configs / "config.yaml").write_text((CONFIG_DIR / "config.yaml").read_text())
+    yaml = (CONFIG_DIR / "data" / "synthetic.yaml").read_text()
+    (configs / "data" / "synthetic.yaml").write_text(re.sub(r"\n  n_targets: .*", "", yaml))
+    monkeypatch.setattr(generate, "CONFIG_DIR", configs)
+    with pytest.raises(SystemExit) as exc:
+        generate.main(["--out", str(tmp_path / "synth")])
+    assert exc.value.code == 2 and "data.generator.n_targets" in capsys.readouterr().err
+    assert not (tmp_path / "synth").exists()
+
+
+def test_display_stretch_uses_the_configured_percentiles():
+    cfg = _compose()
+    assert tuple(cfg.report.display_percentiles) == PERCENTILES
+    channel = np.arange(10_001, dtype=np.float64)  # percentile p sits at value 100 p
+    low, high = PERCENTILES
+    out = stretch(channel, PERCENTILES)
+    assert out[int(100 * low)] == 0 and out[: int(100 * low)].max() == 0
+    assert out[int(100 * high)] == 1 and out[int(100 * high):].min() == 1
+    assert 0 < out[5000] < 1
+    for bad in ([99.8, 0.5], [0.5], [-1, 50], [1, 101], ["a", 2]):
+        with pytest.raises(DinolocError, match="report.display_percentiles"):
+            stretch(channel, bad)

@@ -51,6 +51,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         channels=tuple(d.channels) if reader == "folder" else (),
         synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
         generator=plain(d.generator) if d.synthetic else {},
+        display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
     )
 
 
@@ -97,7 +98,7 @@ def report_spec(cfg: DictConfig):
         runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
-        max_points=int(rep.max_points), expected=tuple(cfg.get("expected_rows") or ()),
+        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.get("expected_rows") or ()),
     )
 
 

@@ -1,1 +1,1 @@
-"""OpenCell data: reader (opencell), manifest, leakage-free split, synthetic generator."""
+"""OpenCell data: reader (opencell), your own images (folder, folders), manifest, leakage-free split."""

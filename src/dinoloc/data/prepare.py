@@ -41,6 +41,7 @@ class DataSpec:
     channels: tuple[str, ...] = ()   # a folder: its channel names in file order
     synthetic_dir: str | None = None  # the demo data's folder (synthetic only)
     generator: dict[str, Any] = field(default_factory=dict)  # the synthetic generator's sizes (data.generator)
+    display_percentiles: tuple[float, ...] = ()  # the contact sheet's stretch (report.display_percentiles)
 
     def __post_init__(self) -> None:
         if self.reader not in READERS:
@@ -63,10 +64,11 @@ def check_root(spec: DataSpec) -> None:
 
 def ensure_synthetic(spec: DataSpec) -> None:
     """Generate the synthetic demo data (all parts) when it is missing; parallel jobs wait for one writer."""
-    from dinoloc.data.synthetic import generate_all
+    from dinoloc.synthetic.generate import GeneratorSpec, generate_all
 
+    generator = GeneratorSpec.from_mapping(spec.generator)  # a missing size is named before any work
     with FileLock(str(spec.synthetic_dir) + ".lock"):
-        generate_all(spec.synthetic_dir, **spec.generator)
+        generate_all(spec.synthetic_dir, generator, display_percentiles=spec.display_percentiles)
 
 
 def run_data(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -42,6 +42,7 @@ class ReportSpec:
     figure2_colors: str  # magenta_green | red_green
     embedding_maps: str  # auto | umap | tsne | none
     max_points: int  # images per embedding-map panel at most
+    display_percentiles: tuple[float, float]  # Figure 2's channel stretch (report.display_percentiles)
     expected: tuple[str, ...] = ()  # run names Table III should have; absent ones are listed as missing
 
 
@@ -89,7 +90,8 @@ def _draw_figures(out_dir: Path, table: pd.DataFrame, paths: dict[str, Path], sy
                                             "per_class_f1.png", "per_class_f1.pdf")}
     plot_figure1(paths["table3.csv"], out["figure1.png"])
     best_dir = table.loc[table.attrs["best"], "run_dir"]
-    shown = plot_figure2(best_dir, out["figure2.png"], seed=spec.seed, colors=spec.figure2_colors)
+    shown = plot_figure2(best_dir, out["figure2.png"], seed=spec.seed, colors=spec.figure2_colors,
+                         display_percentiles=spec.display_percentiles)
     print(f"Figure 2: {', '.join(shown)} from {best_dir}", file=sys.stderr)
     plot_per_class(paths["per_class.csv"], out["per_class_f1.png"], synthetic=synthetic,
                    labels={r["run"]: f"{r['weights']} · {r['strategy']}" for _, r in table.iterrows()})

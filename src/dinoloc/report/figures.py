@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +164,6 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
 # ----------------------------------------------------------------------------------------------------------
 # Figure 2
 # ----------------------------------------------------------------------------------------------------------
-def _stretch(channel: np.ndarray) -> np.ndarray:
-    """Display scaling of one channel: 0.5-99.5 percentile to [0, 1] (16-bit images are mostly dark)."""
-    lo, hi = np.percentile(channel, [0.5, 99.5])
-    return np.clip((channel - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(channel)
 
 
 _OPENCELL_ID = re.compile(r"^OC-FOV_(?P<gene>[^_]+)_ENSG\d+_CID\d+_FID0*(?P<fov>\d+)")
@@ -192,14 +189,17 @@ def plot_figure2(
     n_images: int = 2,
     seed: int = 0,
     colors: str = "magenta_green",
+    *,
+    display_percentiles: Sequence[float],
 ) -> list[str]:
     """The paper's Figure 2: for `n_images` labelled test images of the best fold (highest test macro F1)
     of a run, the composite (magenta/green by default, colour-blind safe; `colors="red_green"` as the
-    paper), each channel, and a table of ground truth vs prediction with probabilities. Writes out_png and
-    a PDF beside it. Returns the image ids shown. The images are read from predictions.csv `path` under the
+    paper), each channel, and a table of ground truth vs prediction with probabilities. Every panel is
+    stretched by `display_percentiles` (config report.display_percentiles, dinoloc.viz.stretch). Writes out_png
+    and a PDF beside it. Returns the image ids shown. The images are read from predictions.csv `path` under the
     run's data.root (dinoloc.results.image_file), so the run folder may move."""
     from dinoloc.data.opencell import read_image
-    from dinoloc.viz import composite
+    from dinoloc.viz import composite, stretch
 
     plt = _pyplot()
     if colors not in _COMPOSITE_NAMES:
@@ -245,8 +245,9 @@ def plot_figure2(
         image_id = str(r["image_id"])
         image = read_image(image_file(result, r["path"]))
         protein, nucleus = image[0], image[1]
-        rgb = composite(protein, nucleus, scheme=colors)
-        panels = [(rgb, None), (_stretch(protein), "gray"), (_stretch(nucleus), "gray")]
+        rgb = composite(protein, nucleus, scheme=colors, percentiles=display_percentiles)
+        panels = [(rgb, None), (stretch(protein, display_percentiles), "gray"),
+                  (stretch(nucleus, display_percentiles), "gray")]
         for ax, (img, cmap) in zip(row_axes[:3], panels, strict=True):
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
             ax.set_xticks([])
