@@ -442,7 +442,8 @@ def test_generator_sizes_come_from_the_yaml_only():
 
 
 def test_missing_generator_key_fails_naming_it(tmp_path, monkeypatch, capsys):
-    from dinoloc.cli import ensure_synthetic
+    from dinoloc.config import data_spec
+    from dinoloc.data.prepare import ensure_synthetic
 
     values = dataclasses.asdict(DEFAULTS)
     del values["n_pretrain_images"]
@@ -452,7 +453,7 @@ def test_missing_generator_key_fails_naming_it(tmp_path, monkeypatch, capsys):
         generate.GeneratorSpec.from_mapping({**dataclasses.asdict(DEFAULTS), "n_images": 3})
     cfg = _compose(f"paths.output_dir={tmp_path}", "~data.generator.pretrain_image_size")
     with pytest.raises(DinolocError, match=r"data\.generator\.pretrain_image_size"):
-        ensure_synthetic(cfg)
+        ensure_synthetic(data_spec(cfg))
     assert not (tmp_path / "synthetic").exists()  # refused before anything is written
     # dinoloc-synth reads the shipped YAML: a key missing there is named too (exit 2, nothing written).
     configs = tmp_path / "configs"
