@@ -15,6 +15,7 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
 from dinoloc import CONFIG_DIR
 from dinoloc.console import friendly, run_console
 from dinoloc.device import rank_and_world, resolve_device, setup
@@ -587,55 +588,53 @@ def run_main(cfg: DictConfig) -> None:
     run_classifier(cfg)
 
 
+def pretrain_spec(cfg: DictConfig):
+    """cfg.pretrain + cfg.backbone -> the pretraining stage's PretrainSpec. Every recipe key is checked here
+    (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
+    from dinoloc.pretrain import DATA_KEYS, PretrainParams, PretrainSpec
+    from dinoloc.pretrain.params import missing_key
+
+    bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
+    if not bb.weights:
+        raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
+    hc = _hydra_cfg()  # the YAML the recipe came from, for the messages
+    choice = hc.runtime.choices.get("pretrain") if hc is not None else None
+    origin = f"configs/pretrain/{choice or OmegaConf.select(cfg, 'hydra.runtime.choices.pretrain') or '<name>'}.yaml"
+    given = {k: v for k, v in _plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
+    params = PretrainParams.from_dict(given, origin=origin)
+    for key in DATA_KEYS:
+        if key not in given:
+            raise missing_key(key, origin)
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    spec = PretrainSpec(
+        params=params, backbone=str(bb.name), arch=str(bb.arch), model_kwargs=_plain(bb.model_kwargs),
+        in_chans=int(bb.in_chans), channels=tuple(bb.channels), intensity=str(pp.intensity),
+        mean=None if pp.mean is None else tuple(pp.mean), std=None if pp.std is None else tuple(pp.std),
+        source=str(given["source"]), image_dir=None if given["image_dir"] is None else str(given["image_dir"]),
+        data_root=None if root is None or OmegaConf.is_missing(cfg.data, "root") else str(root),
+        out_dir=str(Path(str(bb.weights)).parent), device=str(cfg.device),
+        synthetic=bool(cfg.data.synthetic or bb.synthetic),
+    )
+    spec.check()
+    return spec
+
+
 @_console("dinoloc-pretrain")
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
-    from dinoloc.pretrain import PretrainParams, select_pretrain_images, train_dino
+    from dinoloc.pretrain import run_pretrain
 
     setup(str(cfg.device))
-    bb, pt = cfg.backbone, cfg.pretrain
-    if not bb.weights:
-        raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
-    # Every config value is checked before the (possibly long) manifest and image scan.
-    params = PretrainParams.from_dict(_plain(pt, drop=("source", "image_dir")))
+    spec = pretrain_spec(cfg)  # every config value is checked before the (possibly long) manifest and image scan
     validate_root(cfg)
-    out_dir = Path(str(bb.weights)).parent
-    if pt.source == "opencell":
-        from dinoloc.data.opencell import read_image
-
-        if list(bb.channels) != ["protein", "nucleus"]:
-            raise DinolocError(f"pretrain.source=opencell needs a 2-channel [protein, nucleus] backbone, not {bb.name}")
+    manifest = split = None
+    if spec.source == "opencell":
         manifest, split = prepare_data(cfg)
-        allowed = set(select_pretrain_images(split))
-        m = manifest[manifest["image_id"].isin(allowed)]
-        root = Path(cfg.data.root)
-        images = [(i, str(root / p)) for i, p in zip(m["image_id"], m["path"], strict=True)]
-        read_fn, channels = read_image, ["protein", "nucleus"]
-    elif pt.source == "folder":
-        import functools
-
-        from dinoloc.data.folders import list_images, read_channels, read_multichannel
-
-        if cfg.data.synthetic:
-            ensure_synthetic(cfg)
-        folder = Path(str(pt.image_dir))
-        channels = read_channels(folder)
-        if list(channels) != list(bb.channels):
-            raise DinolocError(
-                f"{folder}/channels.json lists {channels} but backbone={bb.name} expects {list(bb.channels)}"
-            )
-        images = [(p.stem, str(p)) for p in list_images(folder)]
-        read_fn = functools.partial(read_multichannel, n_channels=len(channels))
-    else:
-        raise DinolocError(f"pretrain.source={pt.source!r}: use opencell or folder")
-    pp = bb.preprocess
-    ckpt = train_dino(
-        images, read_fn, channels, out_dir, arch=bb.arch, model_kwargs=_plain(bb.model_kwargs),
-        in_chans=bb.in_chans, intensity=pp.intensity, mean=None if pp.mean is None else list(pp.mean),
-        std=None if pp.std is None else list(pp.std), params=params, device=resolve_device(cfg.device),
-    )
+    elif cfg.data.synthetic:
+        ensure_synthetic(cfg)  # the generated stand-in folders (pretrain.image_dir)
+    ckpt = run_pretrain(spec, manifest, split)
     if rank_and_world()[0] == 0:
-        print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if cfg.data.synthetic or bb.synthetic else ""))
+        print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if spec.synthetic else ""))
 
 
 @_console("dinoloc-report")

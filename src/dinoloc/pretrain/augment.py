@@ -134,24 +134,24 @@ def jitter_channels(x: torch.Tensor, brightness: float, contrast: float, g: torc
 
 @dataclass(frozen=True)
 class CropSpec:
-    """The augmentation recipe (values from the pretrain config)."""
+    """The augmentation recipe. No defaults: every value comes from the pretrain YAML (configs/pretrain/)."""
 
-    global_crop_size: int = 224
-    local_crop_size: int = 96
-    global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    local_crops_number: int = 8
-    flip_prob: float = 0.5
-    warp_prob: float = 0.5
-    protein_rescale_prob: float = 0.2
-    channel_drop_prob: float = 0.2
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
+    global_crop_size: int
+    local_crop_size: int
+    global_crops_scale: tuple[float, float]
+    local_crops_scale: tuple[float, float]
+    local_crops_number: int
+    flip_prob: float
+    warp_prob: float
+    protein_rescale_prob: float
+    channel_drop_prob: float
+    jitter_prob: float
+    brightness: float
+    contrast: float
     # image: z-score the whole image once (backbone.preprocess.intensity), then crop, as extraction does.
     # crop: also z-score every view after its augmentations (Dino4Cells: `self_normalize` closes each crop's
     # transform, utils/yaml_tfms.py), so each crop's channels have mean 0, std 1.
-    zscore: str = "image"
+    zscore: str
 
 
 class MultiCropAugment:
