@@ -590,3 +590,15 @@ def test_dinoloc_pretrain_without_a_key_exits_2_naming_it(tmp_path):
         "a value, set in configs/pretrain/*.yaml (no default in code); give it another value instead, e.g. "
         "pretrain.teacher_temp=<value>"]
     assert not out.exists()
+
+
+def test_pretrain_help_renders(capsys, monkeypatch):
+    """`dinoloc-pretrain --help` (its page once crashed on the shell's `$(...)` in the torchrun example)."""
+    from dinoloc import cli
+
+    monkeypatch.setattr(sys, "argv", ["dinoloc-pretrain", "--help"])
+    with pytest.raises(SystemExit) as e:
+        cli.pretrain_main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("dinoloc-pretrain: ")
+    assert "torchrun --nproc_per_node 4 $(which dinoloc-pretrain) backbone=opencell pretrain=opencell" in out
