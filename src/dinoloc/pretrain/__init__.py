@@ -3,29 +3,38 @@
 stage.py (PretrainSpec, run_pretrain: the stage's entry point) -> data.py (which images, the loader) ->
 train.py (train_dino: the loop) -> step.py (models, one iteration), schedules.py, checkpoint.py;
 params.py (the recipe, no defaults: configs/pretrain/*.yaml), augment.py, head.py, loss.py.
+
+The names below load their module on first use (PEP 562), so `dinoloc.pretrain.params` (plain dataclasses,
+read by the config schema at every command's start) does not pull in torchvision and timm.
 """
 
-from dinoloc.pretrain.augment import CropSpec, MultiCropAugment, sample_generator
-from dinoloc.pretrain.checkpoint import CHECKPOINT_NAME, LOG_COLUMNS, from_official_keys, to_official_keys
-from dinoloc.pretrain.data import PretrainDataset, PretrainImages, select_pretrain_images
-from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
-from dinoloc.pretrain.loss import DINOLoss, collapse_stats
-from dinoloc.pretrain.params import DATA_KEYS, PretrainParams
-from dinoloc.pretrain.schedules import cosine_scheduler, teacher_temp_schedule
-from dinoloc.pretrain.stage import PretrainSpec, pretrain_images, run_pretrain
-from dinoloc.pretrain.step import (
-    build_dino_model,
-    cancel_gradients_last_layer,
-    clip_gradients,
-    ema_update,
-    param_groups,
-)
-from dinoloc.pretrain.train import train_dino
+from __future__ import annotations
 
-__all__ = [
-    "CHECKPOINT_NAME", "DATA_KEYS", "LOG_COLUMNS", "CropSpec", "DINOHead", "DINOLoss", "MultiCropAugment",
-    "MultiCropWrapper", "PretrainDataset", "PretrainImages", "PretrainParams", "PretrainSpec", "build_dino_model",
-    "cancel_gradients_last_layer", "clip_gradients", "collapse_stats", "cosine_scheduler", "ema_update",
-    "from_official_keys", "param_groups", "pretrain_images", "run_pretrain", "sample_generator",
-    "select_pretrain_images", "teacher_temp_schedule", "to_official_keys", "train_dino",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CropSpec": "params", "DATA_KEYS": "params", "PretrainParams": "params",
+    "MultiCropAugment": "augment", "sample_generator": "augment",
+    "CHECKPOINT_NAME": "checkpoint", "LOG_COLUMNS": "checkpoint", "from_official_keys": "checkpoint",
+    "to_official_keys": "checkpoint",
+    "PretrainDataset": "data", "PretrainImages": "data", "select_pretrain_images": "data",
+    "DINOHead": "head", "MultiCropWrapper": "head",
+    "DINOLoss": "loss", "collapse_stats": "loss",
+    "cosine_scheduler": "schedules", "teacher_temp_schedule": "schedules",
+    "PretrainSpec": "stage", "pretrain_images": "stage", "run_pretrain": "stage",
+    "build_dino_model": "step", "cancel_gradients_last_layer": "step", "clip_gradients": "step",
+    "ema_update": "step", "param_groups": "step",
+    "train_dino": "train",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dinoloc.pretrain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"dinoloc.pretrain.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from dinoloc.preprocess import normalize, scale_intensity
-
-ZSCORE_MODES = ("image", "crop")
+from dinoloc.pretrain.params import CropSpec
 
 
 def sample_generator(*keys: int) -> torch.Generator:
@@ -130,28 +128,6 @@ def jitter_channels(x: torch.Tensor, brightness: float, contrast: float, g: torc
     shifts = torch.tensor([_uniform(g, -brightness, brightness) for _ in range(c)], dtype=x.dtype)
     std, mean = torch.std_mean(x, dim=(-2, -1), correction=0, keepdim=True)
     return (x - mean) * factors.view(c, 1, 1) + mean + shifts.view(c, 1, 1) * std
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """The augmentation recipe. No defaults: every value comes from the pretrain YAML (configs/pretrain/)."""
-
-    global_crop_size: int
-    local_crop_size: int
-    global_crops_scale: tuple[float, float]
-    local_crops_scale: tuple[float, float]
-    local_crops_number: int
-    flip_prob: float
-    warp_prob: float
-    protein_rescale_prob: float
-    channel_drop_prob: float
-    jitter_prob: float
-    brightness: float
-    contrast: float
-    # image: z-score the whole image once (backbone.preprocess.intensity), then crop, as extraction does.
-    # crop: also z-score every view after its augmentations (Dino4Cells: `self_normalize` closes each crop's
-    # transform, utils/yaml_tfms.py), so each crop's channels have mean 0, std 1.
-    zscore: str
 
 
 class MultiCropAugment:

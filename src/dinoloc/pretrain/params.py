@@ -1,5 +1,6 @@
 """The pretraining recipe (PretrainParams): one field per key of configs/pretrain/*.yaml, none with a default.
 
+Plain dataclasses only (no torch): the config schema (dinoloc.schema) is built from these fields.
 The YAML is the one source of every value; a key missing from it is refused naming the key, instead of silently
 falling back to a value in code (which disagreed with the YAML before: teacher_temp 0.04 vs 0.07, batch 64 vs 32).
 """
@@ -14,12 +15,33 @@ from typing import Any
 import numpy as np
 
 from dinoloc.io import DinolocError
-from dinoloc.pretrain.augment import ZSCORE_MODES, CropSpec
 
 AMP_MODES = ("bf16", "fp16", "none")
+ZSCORE_MODES = ("image", "crop")
 # Pretrain YAML keys that choose the data (dinoloc.pretrain.stage), not the recipe: accepted and skipped here.
 DATA_KEYS = ("source", "image_dir")
-SOURCES = ("opencell", "folder")
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """The augmentation recipe. No defaults: every value comes from the pretrain YAML (configs/pretrain/)."""
+
+    global_crop_size: int
+    local_crop_size: int
+    global_crops_scale: tuple[float, float]
+    local_crops_scale: tuple[float, float]
+    local_crops_number: int
+    flip_prob: float
+    warp_prob: float
+    protein_rescale_prob: float
+    channel_drop_prob: float
+    jitter_prob: float
+    brightness: float
+    contrast: float
+    # image: z-score the whole image once (backbone.preprocess.intensity), then crop, as extraction does.
+    # crop: also z-score every view after its augmentations (Dino4Cells: `self_normalize` closes each crop's
+    # transform, utils/yaml_tfms.py), so each crop's channels have mean 0, std 1.
+    zscore: str
 
 
 @dataclass(frozen=True)
