@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from filelock import FileLock
@@ -20,6 +20,9 @@ from dinoloc import CONFIG_DIR
 from dinoloc.console import friendly, run_console
 from dinoloc.device import rank_and_world, resolve_device, setup
 from dinoloc.io import DinolocError
+
+if TYPE_CHECKING:
+    from dinoloc.pretrain import PretrainSpec
 
 CONFIG_PATH = str(CONFIG_DIR)
 log = logging.getLogger("dinoloc")
@@ -588,7 +591,7 @@ def run_main(cfg: DictConfig) -> None:
     run_classifier(cfg)
 
 
-def pretrain_spec(cfg: DictConfig):
+def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
     """cfg.pretrain + cfg.backbone -> the pretraining stage's PretrainSpec. Every recipe key is checked here
     (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
     from dinoloc.pretrain import DATA_KEYS, PretrainParams, PretrainSpec
@@ -597,9 +600,9 @@ def pretrain_spec(cfg: DictConfig):
     bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
-    hc = _hydra_cfg()  # the YAML the recipe came from, for the messages
-    choice = hc.runtime.choices.get("pretrain") if hc is not None else None
-    origin = f"configs/pretrain/{choice or OmegaConf.select(cfg, 'hydra.runtime.choices.pretrain') or '<name>'}.yaml"
+    hc = _hydra_cfg()  # which YAML the recipe came from, for the messages (a Hydra app, or a composed hydra node)
+    choice = hc.runtime.choices.get("pretrain") if hc is not None else OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    origin = f"configs/pretrain/{choice or '<name>'}.yaml"
     given = {k: v for k, v in _plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
     params = PretrainParams.from_dict(given, origin=origin)
     for key in DATA_KEYS:
