@@ -119,12 +119,12 @@ def bench_gpu(quick: bool, peak_override: float | None, compile_model: bool) -> 
 # ------------------------------------------------------------------------------------------------------------
 def bench_pretrain(quick: bool, device: str) -> dict:
     sys.path.insert(0, str(ROOT / "scripts"))
-    import yaml
+    from omegaconf import OmegaConf
 
     from bench_extract import write_images  # type: ignore[import-not-found]
+    from dinoloc.config import compose as compose_config
     from dinoloc.data.opencell import read_image
-    from dinoloc.pretrain import DINOLoss, PretrainParams, train_dino
-    from dinoloc.pretrain.train import build_dino_model
+    from dinoloc.pretrain import DATA_KEYS, DINOLoss, PretrainParams, build_dino_model, train_dino
 
     cuda = device.startswith("cuda")
     if cuda:  # the paper's OpenCell run: ViT-B/8, official multi-crop
@@ -134,9 +134,9 @@ def bench_pretrain(quick: bool, device: str) -> dict:
         arch, kwargs, recipe = "vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 96, "depth": 4,
                                                         "num_heads": 3}, "demo"
         n_images, px, overrides = (128 if quick else 512), 160, {"epochs": 2}
-    cfg = yaml.safe_load((CONFIG_DIR / "pretrain" / f"{recipe}.yaml").read_text())
-    cfg = {k: v for k, v in cfg.items() if k not in ("source", "image_dir")} | overrides
-    cfg["num_workers"] = min(cfg.get("num_workers", 0), os.cpu_count() or 1) if cuda else cfg["num_workers"]
+    cfg = OmegaConf.to_container(compose_config([f"pretrain={recipe}"]).pretrain, resolve=True)
+    cfg = {k: v for k, v in cfg.items() if k not in DATA_KEYS} | overrides
+    cfg["num_workers"] = min(cfg["num_workers"], os.cpu_count() or 1) if cuda else cfg["num_workers"]
     p = PretrainParams.from_dict(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -152,7 +152,8 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     student = build_dino_model(arch, kwargs, 2, p, p.drop_path_rate).to(dev).train()
     teacher = build_dino_model(arch, kwargs, 2, p, 0.0).to(dev).eval()
     loss_fn = DINOLoss(p.out_dim, 2 + p.local_crops_number, p.warmup_teacher_temp, p.teacher_temp,
-                       p.warmup_teacher_temp_epochs, p.epochs, p.student_temp, p.center_momentum).to(dev)
+                       p.warmup_teacher_temp_epochs, p.epochs, student_temp=p.student_temp,
+                       center_momentum=p.center_momentum).to(dev)
     b = p.batch_size_per_gpu
     crops = [torch.randn(b, 2, p.global_crop_size, p.global_crop_size, device=dev) for _ in range(2)]
     crops += [torch.randn(b, 2, p.local_crop_size, p.local_crop_size, device=dev) for _ in range(p.local_crops_number)]

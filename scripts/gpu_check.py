@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -352,46 +353,23 @@ def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # 3. DINO pretraining at the paper's multi-crop
 def measure_dino_steps(run: Run, p: PretrainParams, out: dict[str, Any], budget: Budget) -> None:
-    """The step of dinoloc.pretrain.train._train, piece by piece (minus logging), on crops already on the device,
-    at growing batch sizes until one does not fit."""
+    """dinoloc's own training iteration (dinoloc.pretrain.step.train_step: schedules, clipping, EMA, loss
+    scaling with fp16), on crops already on the device, at growing batch sizes until one does not fit."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dinoloc.pretrain import (
-        DINOLoss,
-        cancel_gradients_last_layer,
-        clip_gradients,
-        collapse_stats,
-        ema_update,
-        param_groups,
-    )
-    from dinoloc.pretrain.train import build_dino_model
+    from dinoloc.device import Dist
+    from dinoloc.pretrain.schedules import build_schedules
+    from dinoloc.pretrain.step import build_trainer, train_step
 
     s, dev = run.sizes, run.device
-    dtype = autocast_dtype(dev)
-    student = build_dino_model(s.arch, s.model_kwargs, 2, p, p.drop_path_rate).to(dev).train()
-    teacher = build_dino_model(s.arch, s.model_kwargs, 2, p, 0.0).to(dev).eval()
-    teacher.load_state_dict(student.state_dict())
-    for q in teacher.parameters():
-        q.requires_grad = False
-    dino_loss = DINOLoss(p.out_dim, 2 + p.local_crops_number, p.warmup_teacher_temp, p.teacher_temp,
-                         p.warmup_teacher_temp_epochs, p.epochs, p.student_temp, p.center_momentum).to(dev)
-    optimizer = torch.optim.AdamW(param_groups(student))
+    if dev.type == "cuda" and autocast_dtype(dev) == torch.float16:
+        p = dataclasses.replace(p, amp="fp16")  # V100: no bf16 tensor cores; fp16 with loss scaling as training
+    trainer = build_trainer(s.arch, s.model_kwargs, 2, p, Dist(0, 1, dev, owned=False))
+    epoch = min(p.freeze_last_layer, p.epochs - 1)  # past the frozen last layer: every gradient flows
+    schedules = build_schedules(p, 1, s.pretrain_batches[0])
 
     def step(crops: list[torch.Tensor]) -> None:
-        with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
-            teacher_output = teacher(crops[:2])
-            student_output = student(crops)
-        q = dino_loss.teacher_probs(teacher_output, 0)
-        collapse_stats(student_output.detach(), q, p.student_temp)
-        loss = dino_loss(student_output, teacher_output, 0)
-        if not math.isfinite(loss.item()):  # the loop checks every step: one sync per step
-            raise RuntimeError(f"DINO loss {loss.item()} at batch {len(crops[0])}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(student, p.clip_grad)
-        cancel_gradients_last_layer(p.freeze_last_layer, student, p.freeze_last_layer)  # past the frozen epoch
-        optimizer.step()
-        ema_update(teacher, student, p.momentum_teacher)
+        train_step(trainer, crops, epoch, 0, epoch, schedules, p)  # one sync per step: the finite-loss check
 
     def crops_for(b: int) -> list[torch.Tensor]:
         return ([torch.randn(b, 2, p.global_crop_size, p.global_crop_size, device=dev) for _ in range(2)]
@@ -417,7 +395,7 @@ def measure_dino_steps(run: Run, p: PretrainParams, out: dict[str, Any], budget:
             sec = None
         crops = []
         if sec is None:
-            optimizer.zero_grad(set_to_none=True)
+            trainer.optimizer.zero_grad(set_to_none=True)
             free_memory(dev)
             out["oom_batch"] = b
             break
@@ -457,10 +435,13 @@ def measure_multicrop_loader(run: Run, p: PretrainParams, out: dict[str, Any], b
 
 
 def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
+    from omegaconf import OmegaConf
+
+    from dinoloc.config import compose as compose_config
     from dinoloc.pretrain import PretrainParams
 
     s = run.sizes
-    cfg = yaml.safe_load((CONFIG_DIR / "pretrain" / "opencell.yaml").read_text())
+    cfg = OmegaConf.to_container(compose_config(["pretrain=opencell"]).pretrain, resolve=True)  # the paper's recipe
     cfg |= {"local_crops_number": run.local_crops, "global_crop_size": s.global_px, "local_crop_size": s.local_px,
             **s.head}
     p = PretrainParams.from_dict(cfg)

@@ -1,8 +1,10 @@
-"""torchrun worker for tests/test_pretrain.py: a tiny 2-epoch DINO run on CPU (gloo) over .npy images."""
+"""torchrun worker for tests/test_pretrain.py: a tiny 2-epoch DINO run on CPU (gloo) over .npy images.
+The recipe comes from the test as JSON (the test builds it from configs/pretrain/demo.yaml)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,13 +14,9 @@ import numpy as np
 from dinoloc.pretrain import PretrainParams, train_dino
 
 
-def main(data_dir: str, out_dir: str) -> None:
+def main(data_dir: str, out_dir: str, params_json: str) -> None:
     images = [(p.stem, str(p)) for p in sorted(Path(data_dir).glob("*.npy"))]
-    params = PretrainParams.from_dict({
-        "epochs": 2, "batch_size_per_gpu": 2, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
-        "global_crop_size": 32, "local_crop_size": 16, "local_crops_number": 2, "num_workers": 0,
-        "warmup_epochs": 1, "amp": "none",
-    })
+    params = PretrainParams.from_dict(json.loads(params_json))
     ckpt = train_dino(
         images, functools.partial(np.load, allow_pickle=False), ["protein", "nucleus"], out_dir,
         arch="vit_tiny_patch16_224", model_kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3},
@@ -28,4 +26,4 @@ def main(data_dir: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -236,9 +236,22 @@ def test_empty_channels_zero_before_or_after_imagenet_norm():
 
 
 # ---------------------------------------------------------------------------------------------------- pretraining z-score
+def _pretrain_params(*overrides):
+    """The demo recipe from configs/pretrain/demo.yaml (its one source), with overrides."""
+    from omegaconf import OmegaConf
+
+    from dinoloc.config import compose as compose_config
+    from dinoloc.pretrain import PretrainParams
+
+    pt = compose_config(["pretrain=demo", *(f"pretrain.{o}" for o in overrides)]).pretrain
+    return PretrainParams.from_dict(OmegaConf.to_container(pt, resolve=True))
+
+
 def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
+    import dataclasses
+
     from dinoloc.preprocess import scale_intensity
-    from dinoloc.pretrain.augment import CropSpec, MultiCropAugment, sample_generator
+    from dinoloc.pretrain.augment import MultiCropAugment, sample_generator
 
     g = torch.Generator().manual_seed(0)
     # an image with structure: bright blobs on one side, so crops of the z-scored image are not unit-std
@@ -249,7 +262,8 @@ def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
                 protein_rescale_prob=0.0, channel_drop_prob=0.0)
     stds = {}
     for mode in ("image", "crop"):
-        aug = MultiCropAugment(CropSpec(**base, zscore=mode), ["protein", "nucleus"])
+        aug = MultiCropAugment(dataclasses.replace(_pretrain_params().crop_spec(), **base, zscore=mode),
+                               ["protein", "nucleus"])
         crops = aug(img, sample_generator(0, 0, 0))
         stds[mode] = torch.stack([c.std(dim=(-2, -1), unbiased=False) for c in crops])
         if mode == "crop":
@@ -260,14 +274,14 @@ def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
 
 
 def test_crop_zscore_refused_for_non_zscored_backbone(tmp_path):
-    from dinoloc.pretrain import PretrainParams, train_dino
+    from dinoloc.pretrain import train_dino
 
-    params = PretrainParams.from_dict({"zscore": "crop", "epochs": 1})
+    params = _pretrain_params("zscore=crop", "epochs=1")
     with pytest.raises(DinolocError, match="pretrain.zscore=crop"):
         train_dino([("a", "a.tif")], lambda p: None, ["R", "G", "B"], tmp_path, arch=ARCH, model_kwargs=TINY,
                    in_chans=3, intensity="minmax", mean=None, std=None, params=params, device="cpu")
     with pytest.raises(DinolocError, match="pretrain.zscore"):
-        PretrainParams.from_dict({"zscore": "bogus"})
+        _pretrain_params("zscore=bogus")
 
 
 # ---------------------------------------------------------------------------------------------------- variants

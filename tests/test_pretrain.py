@@ -1,8 +1,13 @@
-"""DINO pretraining: loss, schedules, EMA, augmentation, checkpoint format, resume, DDP."""
+"""DINO pretraining: loss, schedules, EMA, augmentation, checkpoint format, resume, DDP, the stage runner and
+the recipe's one source (configs/pretrain/*.yaml, no defaults in code)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import inspect
+import json
 import math
 import os
 import subprocess
@@ -15,10 +20,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-import yaml
+from omegaconf import OmegaConf
 
-from dinoloc import CONFIG_DIR
 from dinoloc.backbones import create_vit
+from dinoloc.config import compose as compose_config
 from dinoloc.io import DinolocError
 from dinoloc.pretrain import (
     CropSpec,
@@ -27,31 +32,45 @@ from dinoloc.pretrain import (
     MultiCropAugment,
     MultiCropWrapper,
     PretrainParams,
+    PretrainSpec,
+    build_dino_model,
     cancel_gradients_last_layer,
     clip_gradients,
     cosine_scheduler,
     ema_update,
     param_groups,
+    pretrain_images,
+    run_pretrain,
     sample_generator,
     select_pretrain_images,
     teacher_temp_schedule,
     train_dino,
 )
+from dinoloc.pretrain import step as step_mod
 from dinoloc.pretrain import train as train_mod
 from dinoloc.pretrain.augment import cell_warp, remove_channel
+from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = "vit_tiny_patch16_224"
 TINY_KW = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}
+# A tiny run of the paper's recipe (configs/pretrain/opencell.yaml) with official DINO's short-run teacher
+# temperature (0.04 from the start).
 TINY = {
     "epochs": 2, "batch_size_per_gpu": 4, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
     "global_crop_size": 32, "local_crop_size": 16, "local_crops_number": 2, "num_workers": 0,
-    "warmup_epochs": 1, "amp": "none",
+    "warmup_epochs": 1, "amp": "none", "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0,
 }
 
 
+@functools.cache
+def recipe(name: str = "opencell") -> dict:
+    """configs/pretrain/<name>.yaml as composed (the recipe's one source)."""
+    return OmegaConf.to_container(compose_config([f"pretrain={name}"]).pretrain, resolve=True)
+
+
 def tiny_params(**overrides) -> PretrainParams:
-    return PretrainParams.from_dict({**TINY, **overrides})
+    return PretrainParams.from_dict({**recipe("opencell"), **TINY, **overrides})
 
 
 def tiny_images(n: int = 8, size: int = 40, channels: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -78,7 +97,7 @@ def test_loss_matches_hand_computation():
     b, k, ncrops, t_temp, s_temp = 3, 5, 4, 0.07, 0.1
     student = torch.randn(ncrops * b, k)
     teacher = torch.randn(2 * b, k)
-    loss_fn = DINOLoss(k, ncrops, t_temp, t_temp, 0, 3, student_temp=s_temp)
+    loss_fn = DINOLoss(k, ncrops, t_temp, t_temp, 0, 3, student_temp=s_temp, center_momentum=0.9)
     loss_fn.center.copy_(torch.randn(1, k))  # a non-zero centre must be subtracted
     center = loss_fn.center.clone()
     got = loss_fn(student, teacher, epoch=0).item()
@@ -106,7 +125,7 @@ def test_loss_matches_hand_computation():
 
 def test_center_update_is_ema_of_teacher_mean():
     torch.manual_seed(1)
-    loss_fn = DINOLoss(6, 3, 0.04, 0.04, 0, 1, center_momentum=0.9)
+    loss_fn = DINOLoss(6, 3, 0.04, 0.04, 0, 1, student_temp=0.1, center_momentum=0.9)
     t1, t2 = torch.randn(4, 6), torch.randn(4, 6)
     loss_fn(torch.randn(6, 6), t1, 0)
     torch.testing.assert_close(loss_fn.center, 0.1 * t1.mean(0, keepdim=True))
@@ -149,7 +168,7 @@ def test_ema_update_matches_formula():
 
 
 def test_param_groups_no_decay_on_biases_and_1d():
-    model = MultiCropWrapper(create_vit(TINY_ARCH, 2, img_size=32, **TINY_KW), DINOHead(48, 64, 3, 32, 16))
+    model = MultiCropWrapper(create_vit(TINY_ARCH, 2, img_size=32, **TINY_KW), DINOHead(48, 64, 3, 32, 16, norm_last_layer=True))
     decay, no_decay = param_groups(model)
     assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
     names = {id(p): n for n, p in model.named_parameters()}
@@ -164,7 +183,7 @@ def test_param_groups_no_decay_on_biases_and_1d():
 
 
 def test_last_layer_gradients_cancelled_only_while_frozen():
-    head = DINOHead(8, 10, 2, 6, 4)
+    head = DINOHead(8, 10, 2, 6, 4, norm_last_layer=True)
     for epoch, expect_none in ((0, True), (1, False)):
         head.zero_grad(set_to_none=True)
         head(torch.randn(5, 8)).sum().backward()
@@ -186,24 +205,43 @@ def test_clip_gradients_per_parameter():
 
 # ------------------------------------------------------------------------------------------------- params
 def test_params_from_dict_validates_and_ignores_data_keys():
-    p = PretrainParams.from_dict({"epochs": 3, "global_crops_scale": [0.5, 1], "source": "folder", "image_dir": "x"})
+    base = recipe()
+    p = PretrainParams.from_dict({**base, "epochs": 3, "global_crops_scale": [0.5, 1], "source": "folder",
+                                  "image_dir": "x"})
     assert p.epochs == 3 and p.global_crops_scale == (0.5, 1.0)
     with pytest.raises(DinolocError, match="pretrain.epochz"):
-        PretrainParams.from_dict({"epochz": 3})
+        PretrainParams.from_dict({**base, "epochz": 3})
     for key, value in (("epochs", 0), ("lr", 0.0), ("batch_size_per_gpu", 0), ("warp_prob", 1.5),
-                       ("local_crops_scale", [0.5, 0.2]), ("amp", "fp8"), ("epochs", 2.5)):
+                       ("local_crops_scale", [0.5, 0.2]), ("amp", "fp8"), ("epochs", 2.5), ("norm_last_layer", 1)):
         with pytest.raises(DinolocError, match=f"pretrain.{key}"):
-            PretrainParams.from_dict({key: value})
+            PretrainParams.from_dict({**base, key: value})
+    for key in ("teacher_temp", "num_workers", "batch_size_per_gpu", "zscore"):
+        with pytest.raises(DinolocError, match=f"pretrain.{key} is missing from the pretrain config"):
+            PretrainParams.from_dict({k: v for k, v in base.items() if k != key})
 
 
-@pytest.mark.parametrize("name", ["opencell", "demo"])
+@pytest.mark.parametrize("name", ["opencell", "demo", "hpa_demo", "imagenet_demo"])
 def test_config_files_parse(name):
-    d = yaml.safe_load((CONFIG_DIR / "pretrain" / f"{name}.yaml").read_text())
+    d = recipe(name)
     p = PretrainParams.from_dict(d)
-    assert d["source"] == "opencell"
-    if name == "opencell":
+    assert d["source"] == ("opencell" if name in ("opencell", "demo") else "folder")
+    if name == "opencell":  # the values the code's defaults used to contradict (0.04, 4, 64)
         assert (p.epochs, p.out_dim, p.global_crop_size, p.local_crop_size, p.local_crops_number) == (
             300, 65536, 224, 96, 8)
+        assert (p.teacher_temp, p.num_workers, p.batch_size_per_gpu) == (0.07, 10, 32)
+
+
+def test_recipe_values_have_no_default_in_code():
+    """configs/pretrain/*.yaml is the one source: no recipe field, crop value or head size has a code default."""
+    for cls in (PretrainParams, CropSpec):
+        with_default = [f.name for f in dataclasses.fields(cls)
+                        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+        assert with_default == [], cls
+    head = inspect.signature(DINOHead).parameters
+    loss = inspect.signature(DINOLoss).parameters
+    for params, names in ((head, ("out_dim", "nlayers", "hidden_dim", "bottleneck_dim", "norm_last_layer")),
+                          (loss, ("student_temp", "center_momentum"))):
+        assert all(params[n].default is inspect.Parameter.empty for n in names)
 
 
 def test_select_pretrain_images_never_returns_test():
@@ -221,7 +259,8 @@ def test_select_pretrain_images_never_returns_test():
 
 # ------------------------------------------------------------------------------------------- augmentation
 def test_multicrop_shapes_determinism_and_any_channel_count():
-    spec = CropSpec(global_crop_size=24, local_crop_size=12, local_crops_number=3, warp_prob=1.0)
+    spec = dataclasses.replace(PretrainParams.from_dict(recipe("opencell")).crop_spec(), global_crop_size=24,
+                               local_crop_size=12, local_crops_number=3, warp_prob=1.0)
     x = torch.rand(4, 50, 40)
     aug = MultiCropAugment(spec, ["nucleus", "protein", "microtubules", "er"])
     crops = aug(x, sample_generator(0, 1, 5))
@@ -285,14 +324,14 @@ def test_checkpoint_format_logs_and_frozen_last_layer(tmp_path):
     # epoch 0 with freeze_last_layer=1: the student's last layer is still its initial value (same seed),
     # while the rest of the student moved
     torch.manual_seed(0)
-    init = train_mod.build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
+    init = build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
     last = "head.last_layer.parametrizations.weight.original1"
     assert torch.equal(state["student"]["module.head.last_layer.weight_v"], init[last])  # official key
     assert not torch.equal(state["student"]["module.head.mlp.0.weight"], init["head.mlp.0.weight"])
     assert not torch.equal(state["student"]["module.backbone.blocks.0.attn.qkv.weight"],
                            init["backbone.blocks.0.attn.qkv.weight"])
     log = pd.read_csv(tmp_path / "run" / "log.csv")
-    assert list(log.columns) == train_mod.LOG_COLUMNS and log["epoch"].tolist() == [1]
+    assert list(log.columns) == LOG_COLUMNS and log["epoch"].tolist() == [1]
     assert np.isfinite(log.drop(columns="epoch").to_numpy()).all()
     assert 0 < log["teacher_entropy"].iloc[0] <= math.log(64) + 1e-6
     assert pd.read_csv(tmp_path / "run" / "pretrain_images.csv")["image_id"].tolist() == list(images)
@@ -301,7 +340,7 @@ def test_checkpoint_format_logs_and_frozen_last_layer(tmp_path):
 def test_last_layer_moves_when_not_frozen(tmp_path):
     state = load_ckpt(run_tiny(tmp_path / "run", tiny_images(), epochs=1, freeze_last_layer=0))
     torch.manual_seed(0)
-    init = train_mod.build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
+    init = build_dino_model(TINY_ARCH, TINY_KW, 2, tiny_params(), 0.1).state_dict()
     last = "head.last_layer.parametrizations.weight.original1"
     assert not torch.equal(state["student"]["module.head.last_layer.weight_v"], init[last])
 
@@ -313,17 +352,17 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     class Killed(Exception):
         pass
 
-    save = train_mod._save_checkpoint
+    save = train_mod.save_checkpoint
 
     def save_then_die(path, state):
         save(path, state)
         if state["epoch"] == 1:
             raise Killed
 
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         run_tiny(tmp_path / "resumed", images)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save)
     assert load_ckpt(tmp_path / "resumed" / "checkpoint.pth")["epoch"] == 1
     resumed = load_ckpt(run_tiny(tmp_path / "resumed", images))
     assert resumed["epoch"] == 2
@@ -350,7 +389,7 @@ def test_complete_checkpoint_is_skipped_and_other_images_refused(tmp_path, monke
     def no_build(*a, **k):
         raise AssertionError("a finished checkpoint must not be trained again")
 
-    monkeypatch.setattr(train_mod, "build_dino_model", no_build)
+    monkeypatch.setattr(step_mod, "build_dino_model", no_build)
     assert run_tiny(tmp_path / "run", images, epochs=1) == ckpt
     assert ckpt.stat().st_mtime_ns == before and "skipped" in capsys.readouterr().out
     with pytest.raises(DinolocError, match="other images"):
@@ -373,9 +412,10 @@ def test_torchrun_two_process_gloo(tmp_path):
     for k, arr in tiny_images(n=8).items():
         np.save(data / f"{k}.npy", arr)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    params = json.dumps(dataclasses.asdict(tiny_params(batch_size_per_gpu=2)))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-         str(ROOT / "tests" / "_ddp_pretrain_worker.py"), str(data), str(tmp_path / "out")],
+         str(ROOT / "tests" / "_ddp_pretrain_worker.py"), str(data), str(tmp_path / "out"), params],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -427,8 +467,6 @@ class _OfficialDINOHead(torch.nn.Module):
 
 
 def test_checkpoint_head_uses_official_keys_and_loads_into_official_head(tmp_path):
-    from dinoloc.pretrain.head import from_official_keys
-
     state = load_ckpt(run_tiny(tmp_path / "run", tiny_images(), epochs=1))
     assert "head.last_layer.weight_g" in state["teacher"] and "head.last_layer.weight_v" in state["teacher"]
     assert "module.head.last_layer.weight_v" in state["student"]
@@ -438,10 +476,129 @@ def test_checkpoint_head_uses_official_keys_and_loads_into_official_head(tmp_pat
     embed_dim = TINY_KW["embed_dim"]
     official = _OfficialDINOHead(embed_dim, p.out_dim, p.nlayers, p.hidden_dim, p.bottleneck_dim)
     official.load_state_dict(head_state, strict=True)
-    ours = DINOHead(embed_dim, p.out_dim, p.nlayers, p.hidden_dim, p.bottleneck_dim)
+    ours = DINOHead(embed_dim, p.out_dim, p.nlayers, p.hidden_dim, p.bottleneck_dim, norm_last_layer=p.norm_last_layer)
     ours.load_state_dict(from_official_keys(head_state), strict=True)  # and back into dinoloc's head
     x = torch.randn(5, embed_dim)
     with torch.no_grad():
         assert torch.allclose(official(x), ours(x), atol=1e-6)
     # a checkpoint in the older parametrization form still loads (either key form is read)
     assert from_official_keys(ours.state_dict()).keys() == ours.state_dict().keys()
+
+
+# ------------------------------------------------------------------------------------------- the stage runner
+def tiny_spec(tmp_path: Path, **changes) -> PretrainSpec:
+    spec = PretrainSpec(
+        params=tiny_params(epochs=1), backbone="tiny", arch=TINY_ARCH, model_kwargs=TINY_KW, in_chans=2,
+        channels=("protein", "nucleus"), intensity="zscore", mean=None, std=None, source="folder",
+        image_dir=str(tmp_path / "images"), data_root=None, out_dir=str(tmp_path / "run"), device="cpu",
+        synthetic=True,
+    )
+    return dataclasses.replace(spec, **changes)
+
+
+def test_run_pretrain_on_a_folder_checks_its_channels(tmp_path):
+    import tifffile
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, arr in tiny_images(n=4).items():
+        tifffile.imwrite(folder / f"{k}.tif", arr)
+    (folder / "channels.json").write_text(json.dumps({"channels": ["nucleus", "protein"]}))
+    with pytest.raises(DinolocError, match=r"channels.json lists \['nucleus', 'protein'\] but backbone=tiny"):
+        run_pretrain(tiny_spec(tmp_path))
+    (folder / "channels.json").write_text(json.dumps({"channels": ["protein", "nucleus"]}))
+    ckpt = run_pretrain(tiny_spec(tmp_path))
+    assert ckpt == tmp_path / "run" / "checkpoint.pth" and load_ckpt(ckpt)["epoch"] == 1
+    assert pd.read_csv(tmp_path / "run" / "pretrain_images.csv")["image_id"].tolist() == [f"img{k}" for k in range(4)]
+
+
+def test_opencell_source_takes_train_and_unlabeled_images_only(tmp_path):
+    manifest = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "path": ["t/a.tif", "t/b.tif", "t/c.tif", "t/d.tif"]})
+    split = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "split": ["train", "test", "unlabeled", "test"]})
+    spec = tiny_spec(tmp_path, source="opencell", image_dir=None, data_root=str(tmp_path / "root"))
+    got = pretrain_images(spec, manifest, split)
+    assert got.images == [("a", str(tmp_path / "root" / "t/a.tif")), ("c", str(tmp_path / "root" / "t/c.tif"))]
+    assert got.channels == ["protein", "nucleus"]
+    with pytest.raises(DinolocError, match="needs the manifest"):
+        pretrain_images(spec)
+    with pytest.raises(DinolocError, match="pretrain.source=opencell needs a 2-channel"):
+        pretrain_images(dataclasses.replace(spec, channels=("nucleus", "protein")), manifest, split)
+    with pytest.raises(DinolocError, match="pretrain.source='hpa'"):
+        pretrain_images(dataclasses.replace(spec, source="hpa"), manifest, split)
+
+
+# ----------------------------------------------------------------------- one source per value: the config
+def _compose_with_choices(*overrides, config_dir: Path | None = None):
+    from hydra import compose, initialize_config_dir
+
+    from dinoloc import CONFIG_DIR
+
+    extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("key", ["teacher_temp", "num_workers", "batch_size_per_gpu", "global_crops_scale", "source"])
+def test_key_missing_from_the_pretrain_yaml_is_refused_naming_it(tmp_path, key):
+    """A YAML that forgets a key (here a copy of demo.yaml without it) fails in the spec builder, naming the key
+    and the YAML, instead of silently training with a value from code."""
+    from dinoloc import CONFIG_DIR
+    from dinoloc.config import pretrain_spec
+
+    mine = tmp_path / "configs" / "pretrain"
+    mine.mkdir(parents=True)
+    text = (CONFIG_DIR / "pretrain" / "demo.yaml").read_text()
+    kept = [line for line in text.splitlines() if not line.startswith(f"{key}:")]
+    assert len(kept) == len(text.splitlines()) - 1
+    (mine / "mine.yaml").write_text("\n".join(kept))
+    cfg = _compose_with_choices("pretrain=mine", "backbone=opencell_demo", config_dir=tmp_path / "configs")
+    assert OmegaConf.is_missing(cfg.pretrain, key)  # the schema keeps the key, without a value
+    with pytest.raises(DinolocError, match=rf"^pretrain\.{key} is missing from the pretrain config "
+                                           rf"\(configs/pretrain/mine\.yaml\)"):
+        pretrain_spec(cfg)
+
+
+def test_removing_or_misspelling_a_pretrain_key_is_refused_naming_it():
+    """`~pretrain.<key>` and a misspelt key are refused by the pretrain schema when the config is composed;
+    the console turns Hydra's error into one line naming the key."""
+    from dinoloc.config import pretrain_spec
+    from dinoloc.console import error_line
+
+    for override, expected in (("~pretrain.teacher_temp", "pretrain.teacher_temp cannot be removed"),
+                               ("~pretrain.zscore", "pretrain.zscore cannot be removed"),
+                               ("pretrain.teacher_tmp=0.1", "pretrain.teacher_tmp is not a pretrain setting"),
+                               ("pretrain.epochs=2.5", "pretrain.epochs: Value '2.5'")):
+        with pytest.raises(Exception) as info:
+            compose_config([override])
+        line = error_line(info.value)
+        assert line is not None and line.startswith(expected) and "\n" not in line, line
+    spec = pretrain_spec(_compose_with_choices("backbone=opencell_demo", "pretrain=opencell"))
+    assert (spec.params.teacher_temp, spec.params.num_workers, spec.params.batch_size_per_gpu) == (0.07, 10, 32)
+    assert spec.source == "opencell" and spec.channels == ("protein", "nucleus") and spec.out_dir.endswith("opencell_demo")
+    with pytest.raises(DinolocError, match="pretrain.epochs is missing from the pretrain config"):
+        pretrain_spec(_compose_with_choices("pretrain.epochs=???"))
+
+
+def test_dinoloc_pretrain_without_a_key_exits_2_naming_it(tmp_path):
+    """The process-level exit-code path: one line on stderr, exit 2, nothing written."""
+    out = tmp_path / "out"
+    res = subprocess.run([str(Path(sys.executable).parent / "dinoloc-pretrain"), "~pretrain.teacher_temp",
+                          f"paths.output_dir={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [
+        "dinoloc: error: pretrain.teacher_temp cannot be removed (~pretrain.teacher_temp): every pretrain key needs "
+        "a value, set in configs/pretrain/*.yaml (no default in code); give it another value instead, e.g. "
+        "pretrain.teacher_temp=<value>"]
+    assert not out.exists()
+
+
+def test_pretrain_help_renders(capsys, monkeypatch):
+    """`dinoloc-pretrain --help` (its page once crashed on the shell's `$(...)` in the torchrun example)."""
+    from dinoloc import cli
+
+    monkeypatch.setattr(sys, "argv", ["dinoloc-pretrain", "--help"])
+    with pytest.raises(SystemExit) as e:
+        cli.pretrain_main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("dinoloc-pretrain: ")
+    assert "torchrun --nproc_per_node 4 $(which dinoloc-pretrain) backbone=opencell pretrain=opencell" in out

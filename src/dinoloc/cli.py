@@ -12,7 +12,15 @@ import hydra
 from omegaconf import DictConfig
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import classify_spec, data_spec, extract_spec, plain, report_spec, validate, validate_root
+from dinoloc.config import (
+    classify_spec,
+    data_spec,
+    extract_spec,
+    pretrain_spec,
+    report_spec,
+    validate,
+    validate_root,
+)
 from dinoloc.console import friendly, run_console
 from dinoloc.device import rank_and_world, setup
 from dinoloc.io import DinolocError
@@ -116,53 +124,19 @@ def run_main(cfg: DictConfig) -> None:
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
     from dinoloc.data.prepare import ensure_synthetic, run_data
-    from dinoloc.device import resolve_device
-    from dinoloc.pretrain import PretrainParams, select_pretrain_images, train_dino
+    from dinoloc.pretrain import run_pretrain
 
     setup(str(cfg.device))
-    bb, pt = cfg.backbone, cfg.pretrain
-    if not bb.weights:
-        raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
-    # Every config value is checked before the (possibly long) manifest and image scan.
-    params = PretrainParams.from_dict(plain(pt, drop=("source", "image_dir")))
+    spec = pretrain_spec(cfg)  # every config value is checked before the (possibly long) manifest and image scan
     validate_root(cfg)
-    out_dir = Path(str(bb.weights)).parent
-    if pt.source == "opencell":
-        from dinoloc.data.opencell import read_image
-
-        if list(bb.channels) != ["protein", "nucleus"]:
-            raise DinolocError(f"pretrain.source=opencell needs a 2-channel [protein, nucleus] backbone, not {bb.name}")
+    manifest = split = None
+    if spec.source == "opencell":
         manifest, split = run_data(data_spec(cfg))
-        allowed = set(select_pretrain_images(split))
-        m = manifest[manifest["image_id"].isin(allowed)]
-        root = Path(cfg.data.root)
-        images = [(i, str(root / p)) for i, p in zip(m["image_id"], m["path"], strict=True)]
-        read_fn, channels = read_image, ["protein", "nucleus"]
-    elif pt.source == "folder":
-        import functools
-
-        from dinoloc.data.folders import list_images, read_channels, read_multichannel
-
-        if cfg.data.synthetic:
-            ensure_synthetic(data_spec(cfg))
-        folder = Path(str(pt.image_dir))
-        channels = read_channels(folder)
-        if list(channels) != list(bb.channels):
-            raise DinolocError(
-                f"{folder}/channels.json lists {channels} but backbone={bb.name} expects {list(bb.channels)}"
-            )
-        images = [(p.stem, str(p)) for p in list_images(folder)]
-        read_fn = functools.partial(read_multichannel, n_channels=len(channels))
-    else:
-        raise DinolocError(f"pretrain.source={pt.source!r}: use opencell or folder")
-    pp = bb.preprocess
-    ckpt = train_dino(
-        images, read_fn, channels, out_dir, arch=bb.arch, model_kwargs=plain(bb.model_kwargs),
-        in_chans=bb.in_chans, intensity=pp.intensity, mean=None if pp.mean is None else list(pp.mean),
-        std=None if pp.std is None else list(pp.std), params=params, device=str(resolve_device(cfg.device)),
-    )
+    elif cfg.data.synthetic:
+        ensure_synthetic(data_spec(cfg))  # the generated stand-in folders (pretrain.image_dir)
+    ckpt = run_pretrain(spec, manifest, split)
     if rank_and_world()[0] == 0:
-        print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if cfg.data.synthetic or bb.synthetic else ""))
+        print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if spec.synthetic else ""))
 
 
 @_console("dinoloc-report")

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
 from dinoloc.data.prepare import DataSpec, check_root
 from dinoloc.extract import BackboneSpec, ExtractSpec
 from dinoloc.extract.stage import source
@@ -100,6 +101,39 @@ def report_spec(cfg: DictConfig):
         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
         max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.get("expected_rows") or ()),
     )
+
+
+def pretrain_spec(cfg: DictConfig):
+    """cfg.pretrain + cfg.backbone -> the pretraining stage's PretrainSpec. Every recipe key is checked here
+    (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from dinoloc.pretrain import DATA_KEYS, PretrainParams, PretrainSpec
+    from dinoloc.pretrain.params import missing_key
+
+    bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
+    if not bb.weights:
+        raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
+    hc = HydraConfig.get() if HydraConfig.initialized() else None  # which YAML the recipe came from, for the messages (a Hydra app, or a composed hydra node)
+    choice = hc.runtime.choices.get("pretrain") if hc is not None else OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    origin = f"configs/pretrain/{choice or '<name>'}.yaml"
+    given = {k: v for k, v in plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
+    params = PretrainParams.from_dict(given, origin=origin)
+    for key in DATA_KEYS:
+        if key not in given:
+            raise missing_key(key, origin)
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    spec = PretrainSpec(
+        params=params, backbone=str(bb.name), arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs),
+        in_chans=int(bb.in_chans), channels=tuple(bb.channels), intensity=str(pp.intensity),
+        mean=None if pp.mean is None else tuple(pp.mean), std=None if pp.std is None else tuple(pp.std),
+        source=str(given["source"]), image_dir=None if given["image_dir"] is None else str(given["image_dir"]),
+        data_root=None if root is None or OmegaConf.is_missing(cfg.data, "root") else str(root),
+        out_dir=str(Path(str(bb.weights)).parent), device=str(cfg.device),
+        synthetic=bool(cfg.data.synthetic or bb.synthetic),
+    )
+    spec.check()
+    return spec
 
 
 def _weights_are_default() -> bool:

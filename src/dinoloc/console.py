@@ -65,6 +65,10 @@ def error_line(exc: BaseException) -> str | None:
             f"{group}={choice}: no such {group}; valid choices: {', '.join(sorted(exc.options))} "
             "(your own YAML: put it in <dir>/" + group + "/ and add hydra.searchpath=[file://<dir>])"
         )
+    from dinoloc.schema import composition_error_line
+
+    if (line := composition_error_line(exc)) is not None:  # a key a config group's schema refuses
+        return line
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
         return _one_line(str(exc))
     return None

@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from dinoloc.preprocess import normalize, scale_intensity
-
-ZSCORE_MODES = ("image", "crop")
+from dinoloc.pretrain.params import CropSpec
 
 
 def sample_generator(*keys: int) -> torch.Generator:
@@ -130,28 +128,6 @@ def jitter_channels(x: torch.Tensor, brightness: float, contrast: float, g: torc
     shifts = torch.tensor([_uniform(g, -brightness, brightness) for _ in range(c)], dtype=x.dtype)
     std, mean = torch.std_mean(x, dim=(-2, -1), correction=0, keepdim=True)
     return (x - mean) * factors.view(c, 1, 1) + mean + shifts.view(c, 1, 1) * std
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """The augmentation recipe (values from the pretrain config)."""
-
-    global_crop_size: int = 224
-    local_crop_size: int = 96
-    global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    local_crops_number: int = 8
-    flip_prob: float = 0.5
-    warp_prob: float = 0.5
-    protein_rescale_prob: float = 0.2
-    channel_drop_prob: float = 0.2
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    # image: z-score the whole image once (backbone.preprocess.intensity), then crop, as extraction does.
-    # crop: also z-score every view after its augmentations (Dino4Cells: `self_normalize` closes each crop's
-    # transform, utils/yaml_tfms.py), so each crop's channels have mean 0, std 1.
-    zscore: str = "image"
 
 
 class MultiCropAugment:

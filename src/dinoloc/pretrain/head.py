@@ -9,51 +9,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-# torch's parametrization names for the weight-normalised last layer vs official DINO's (the deprecated
-# nn.utils.weight_norm it uses). Same tensors and shapes (g: (out_dim, 1), v: (out_dim, bottleneck)).
-_PARAM_TO_OFFICIAL = {
-    "last_layer.parametrizations.weight.original0": "last_layer.weight_g",
-    "last_layer.parametrizations.weight.original1": "last_layer.weight_v",
-}
-
-
-def _rename(state: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        for old, new in mapping.items():
-            if key == old or key.endswith("." + old):
-                key = key[: len(key) - len(old)] + new
-                break
-        out[key] = value
-    return out
-
-
-def to_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict with the head's last layer under official DINO's keys (`last_layer.weight_g/weight_v`),
-    so official DINO and Dino4Cells code can load and resume dinoloc checkpoints."""
-    return _rename(state, _PARAM_TO_OFFICIAL)
-
-
-def from_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of to_official_keys (either form in, this module's parametrization keys out)."""
-    return _rename(state, {v: k for k, v in _PARAM_TO_OFFICIAL.items()})
-
 
 class DINOHead(nn.Module):
     """MLP (nlayers Linear with GELU) -> bottleneck -> L2-normalize -> weight-normed Linear(bottleneck, out_dim).
 
     With norm_last_layer the weight-norm magnitude g is fixed to 1 (not trained), which official DINO found to
-    stabilise training. Weight init: truncated normal std 0.02, zero biases, as official.
+    stabilise training. Weight init: truncated normal std 0.02, zero biases, as official. The sizes have no
+    defaults: they come from the pretrain YAML.
     """
 
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 65536,
-        nlayers: int = 3,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        norm_last_layer: bool = True,
+        out_dim: int,
+        nlayers: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        *,
+        norm_last_layer: bool,
     ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)

@@ -1,43 +1,13 @@
-"""DINO loss (cross-entropy between the centred, sharpened teacher and the student) and the schedules."""
+"""DINO loss (cross-entropy between the centred, sharpened teacher and the student) and the collapse monitor."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def cosine_scheduler(
-    base_value: float,
-    final_value: float,
-    epochs: int,
-    niter_per_ep: int,
-    warmup_epochs: int = 0,
-    start_warmup_value: float = 0.0,
-) -> np.ndarray:
-    """One value per iteration, as official DINO's `utils.cosine_scheduler`: linear warm-up from
-    start_warmup_value to base_value over warmup_epochs, then half a cosine from base_value to final_value.
-
-    A warm-up longer than the run is cut to the run's length (a short override of `epochs` stays usable).
-    """
-    total = epochs * niter_per_ep
-    warmup_iters = min(warmup_epochs, epochs) * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
-    iters = np.arange(total - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
-    schedule = np.concatenate((warmup, cosine))
-    assert len(schedule) == total
-    return schedule
-
-
-def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: int, epochs: int) -> list[float]:
-    """Per-epoch teacher temperature: linear warmup_teacher_temp -> teacher_temp over warmup_epochs, then constant
-    (official DINO; a high initial temperature avoids early collapse)."""
-    warm = min(warmup_epochs, epochs)
-    ramp = np.linspace(warmup_teacher_temp, teacher_temp, warm) if warm > 0 else np.array([])
-    return [float(t) for t in np.concatenate((ramp, np.full(epochs - warm, teacher_temp)))]
+from dinoloc.pretrain.schedules import teacher_temp_schedule
 
 
 class DINOLoss(nn.Module):
@@ -55,8 +25,9 @@ class DINOLoss(nn.Module):
         teacher_temp: float,
         warmup_teacher_temp_epochs: int,
         nepochs: int,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
+        *,
+        student_temp: float,
+        center_momentum: float,
         n_global_crops: int = 2,
     ) -> None:
         super().__init__()
