@@ -191,7 +191,7 @@ def bench_cache(quick: bool) -> dict:
 
     import dinoloc.backbones as backbones
     from dinoloc import CONFIG_DIR
-    from dinoloc.classify_stage import run_classification
+    from dinoloc.classify.stage import run_classification
     from dinoloc.config import classify_spec, data_spec
     from dinoloc.data.prepare import run_data
 

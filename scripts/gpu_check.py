@@ -514,7 +514,7 @@ def section_demo(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from hydra import compose, initialize_config_dir
 
     from dinoloc import CONFIG_DIR
-    from dinoloc.classify_stage import run_classification
+    from dinoloc.classify.stage import run_classification
     from dinoloc.config import classify_spec, data_spec
     from dinoloc.data.prepare import run_data
     from dinoloc.synthetic.generate import packaged_spec

@@ -272,9 +272,11 @@ def test_hash_computed_once_per_file(tmp_path, monkeypatch):
     path = tmp_path / "w.pth"
     torch.save(_vit(0).state_dict(), path)
     calls = []
-    real = backbones.file_sha256
-    monkeypatch.setattr(backbones, "file_sha256", lambda p: calls.append(p) or real(p))
-    monkeypatch.setattr(backbones, "_HASHES", {})
+    from dinoloc.backbones import weights as weight_sources
+
+    real = weight_sources.file_sha256
+    monkeypatch.setattr(weight_sources, "file_sha256", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(weight_sources, "_HASHES", {})
     fp = weights_fingerprint(path)
     _build(path)
     assert fp == real(path) and len(calls) == 1

@@ -124,7 +124,7 @@ def test_demo_has_the_floor_row():
 
 @pytest.mark.parametrize("preset", ["table3_sensitivity", "demo_sensitivity"])
 def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset):
-    from dinoloc.classify_stage import run_name
+    from dinoloc.classify.stage import run_name
     from dinoloc.config import classify_spec
 
     cfg = _compose(f"experiment={preset}", "data.root=/x", hydra=True)
@@ -149,7 +149,7 @@ def test_sensitivity_presets_sweep_rows_by_variants_into_separate_folders(preset
 
 def test_dry_run_names_the_folder_the_run_writes(tmp_path):
     """The sweep listing (dry_run=true) shows the same run folder as dinoloc-run: head and variant included."""
-    from dinoloc.classify_stage import run_name
+    from dinoloc.classify.stage import run_name
     from dinoloc.config import classify_spec
     from dinoloc.sweep import describe_job
 

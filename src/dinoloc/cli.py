@@ -107,7 +107,7 @@ def extract_main(cfg: DictConfig) -> None:
 @_console("dinoloc-run")
 def run_main(cfg: DictConfig) -> None:
     """dinoloc-run: extract (cached) + 5-fold CV classifier for one backbone x strategy."""
-    from dinoloc.classify_stage import run_classification
+    from dinoloc.classify.stage import run_classification
 
     _refuse_sweep_without_multirun("dinoloc-run")
     validate(cfg, classifier=True)

@@ -84,7 +84,7 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
 
 
 def classify_spec(cfg: DictConfig):
-    from dinoloc.classify_stage import ClassifySpec
+    from dinoloc.classify.stage import ClassifySpec
 
     return ClassifySpec(extract=extract_spec(cfg), classifier=plain(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
                         experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
@@ -179,11 +179,11 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
 def missing_weights(cfg: DictConfig) -> str | None:
     """A local weights file that does not exist, with the command (or download) that makes it; else None.
     URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
-    from dinoloc.backbones import TIMM_PREFIX, _is_url
+    from dinoloc.backbones import TIMM_PREFIX, is_url
 
     bb = cfg.backbone
     weights = str(bb.weights or "")
-    if not weights or weights.startswith(TIMM_PREFIX) or _is_url(weights) or Path(weights).expanduser().is_file():
+    if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():
         return None
     how = str(bb.get("weights_from") or "point backbone.weights at the checkpoint file, a URL or timm:<name>")
     root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)

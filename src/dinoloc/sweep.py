@@ -194,8 +194,8 @@ def describe_job(spec: Any) -> str:
 
     Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
     """
-    from dinoloc.backbones import _is_url, cached_weights_path
-    from dinoloc.classify_stage import finished_result, run_dir, run_name
+    from dinoloc.backbones import cached_weights_path, is_url
+    from dinoloc.classify.stage import finished_result, run_dir, run_name
     from dinoloc.data.split import load_dataset
     from dinoloc.extract import key_of, lookup
     from dinoloc.io import DinolocError
@@ -208,7 +208,7 @@ def describe_job(spec: Any) -> str:
         return " ".join(parts + ["| data: build manifest + split | embeddings: compute | classifier: train"])
     parts.append(f"| data: reuse ({len(manifest)} images)")
     weights = str(ex.backbone.weights or "")
-    if _is_url(weights) and not cached_weights_path(weights, ex.weights_dir).exists() and not ex.backbone.weights_sha256:
+    if is_url(weights) and not cached_weights_path(weights, ex.weights_dir).exists() and not ex.backbone.weights_sha256:
         return " ".join(parts + ["| embeddings: download weights, compute | classifier: train"])
     key = key_of(ex, manifest)
     if lookup(ex.cache_dir, key) is not None:

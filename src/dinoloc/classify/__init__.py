@@ -5,6 +5,7 @@ embeddings.
 - `trainer`: the K folds' MLPs trained as one batched model (sampling, schedules, AdamW, prediction).
 - `cv`: folds, train-only standardisation, `cross_validate`, `cross_validate_seeds` -> CVResult.
 - `probes`: DINO's weighted k-NN.
+- `stage`: the stage's entry point, `run_classification(ClassifySpec)`: data, embeddings, CV, result.json.
 Scores are in dinoloc.metrics, the run folder's files in dinoloc.results.
 """
 
@@ -23,6 +24,7 @@ from dinoloc.classify.params import (
     refuse_unknown_keys,
 )
 from dinoloc.classify.probes import knn_predict_proba, knn_vote
+from dinoloc.classify.stage import ClassifySpec, run_classification, run_name
 from dinoloc.classify.trainer import (
     ADAM_EPS,
     Hook,
@@ -37,9 +39,9 @@ from dinoloc.classify.trainer import (
 )
 
 __all__ = [
-    "ADAM_EPS", "LOSS_CHOICES", "LR_SCALING_CHOICES", "RESAMPLE_CHOICES", "SAMPLER_CHOICES", "SCHEDULER_CHOICES",
+    "ADAM_EPS", "ClassifySpec", "LOSS_CHOICES", "LR_SCALING_CHOICES", "RESAMPLE_CHOICES", "SAMPLER_CHOICES", "SCHEDULER_CHOICES",
     "SCHEDULE_STEP_CHOICES", "SPLITS", "CVResult", "ClassifierParams", "Hook", "KNNParams", "class_uniform_weights",
     "cross_validate", "cross_validate_seeds", "epoch_lrs", "fit_standardizer", "fold_lr_schedules", "fold_seed",
     "head_name", "init_mlp", "knn_predict_proba", "knn_vote", "params_from_config", "predict_proba",
-    "rarest_label_weights", "refuse_unknown_keys", "train_folds",
+    "rarest_label_weights", "refuse_unknown_keys", "run_classification", "run_name", "train_folds",
 ]
