@@ -1,9 +1,12 @@
 """The config tree composes for every choice, presets select the right rows, bad configs are refused early."""
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from dinoloc import CONFIG_DIR
 from dinoloc.config import validate
@@ -60,13 +63,65 @@ def test_demo_rows_are_synthetic_standins():
         assert c.backbone.synthetic and c.data.synthetic
 
 
+PAPER_CLASSIFIER = {"lr": 1e-4, "weight_decay": 0.04, "betas": [0.9, 0.999], "epochs": 300, "batch_size": 512,
+                    "dropout": 0.5, "hidden": [512, 256], "scheduler": "cosine", "loss": "bce_with_logits"}
+
+
+def _classifier_settings(path: Path) -> dict[str, object]:
+    """The classifier keys a YAML file sets, wherever it sets them: top level of a classifier/ file, a nested
+    `classifier:` block, or a dotted `classifier.<key>` (e.g. in an experiment or variant's overrides)."""
+    node = yaml.safe_load(path.read_text()) or {}
+    found: dict[str, object] = {}
+
+    def walk(d, prefix):
+        if isinstance(d, dict):
+            for k, v in d.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif isinstance(d, list) and prefix.endswith("defaults"):
+            for item in d:
+                walk(item, prefix)
+        else:
+            parts = prefix.split(".")
+            if "classifier" in parts[:-1] or parts[0].startswith("/classifier") or path.parent.name == "classifier":
+                found[parts[-1]] = d
+
+    walk(node, "")
+    # string overrides inside sweeper params or override lists, e.g. "classifier.lr=2e-4"
+    for k, v in re.findall(r"classifier\.(\w+)=([^,\s\]]+)", path.read_text()):
+        found.setdefault(k, yaml.safe_load(v))
+    return found
+
+
 def test_paper_classifier_values_live_in_one_yaml():
+    """Each paper value is set by exactly one file (classifier/mlp.yaml), has no default in code, and a YAML
+    without it is refused by name."""
+    import dataclasses
+
+    from dinoloc.classify import ClassifierParams
+
     cfg = _compose()
-    c = cfg.classifier
-    assert (c.lr, c.weight_decay, list(c.betas), c.epochs, c.batch_size, c.dropout, list(c.hidden)) == (
-        1e-4, 0.04, [0.9, 0.999], 300, 512, 0.5, [512, 256])
-    hits = [p for p in GROUPS.rglob("*.yaml") if "weight_decay: 0.04" in p.read_text()]
-    assert [p.relative_to(GROUPS).as_posix() for p in hits if "classifier" in p.as_posix()] == ["classifier/mlp.yaml"]
+    assert {k: OmegaConf.to_container(cfg.classifier)[k] for k in PAPER_CLASSIFIER} == PAPER_CLASSIFIER
+    for key, value in PAPER_CLASSIFIER.items():
+        setters = sorted(p.relative_to(GROUPS).as_posix() for p in GROUPS.rglob("*.yaml")
+                         if _classifier_settings(p).get(key) == value)
+        assert setters == ["classifier/mlp.yaml"], (key, setters)
+    assert not [f.name for f in dataclasses.fields(ClassifierParams)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    full = yaml.safe_load((GROUPS / "classifier" / "mlp.yaml").read_text())
+    for key in full.keys() - {"name"}:
+        with pytest.raises(DinolocError, match=f"classifier.{key}"):
+            ClassifierParams.from_dict({k: v for k, v in full.items() if k != key})
+
+
+def test_the_paper_classifier_test_sees_a_second_setter(tmp_path):
+    """The scan above finds a paper value repeated in another group's file (what the test exists to catch)."""
+    (tmp_path / "experiment").mkdir()
+    twin = tmp_path / "experiment" / "twin.yaml"
+    twin.write_text("# @package _global_\nclassifier:\n  weight_decay: 0.04\n")
+    assert _classifier_settings(twin) == {"weight_decay": 0.04}
+    swept = tmp_path / "experiment" / "swept.yaml"
+    swept.write_text("hydra:\n  sweeper:\n    params:\n      classifier.lr: 1e-4\nx: [classifier.epochs=300]\n")
+    assert _classifier_settings(swept)["epochs"] == 300
 
 
 def test_invalid_pair_refused_naming_the_key():

@@ -42,10 +42,10 @@ class ClassifierParams:
     unlabeled_weight: float
     standardize: bool
     seed: int
-    lr_scaling: str = "none"
-    schedule_step: str = "epoch"
-    sampler: str = "rarest_label"
-    n_seeds: int = 1  # CV repeats with seeds seed, seed+1, ... (cross_validate_seeds); the paper: 1
+    lr_scaling: str
+    schedule_step: str
+    sampler: str
+    n_seeds: int  # CV repeats with seeds seed, seed+1, ... (cross_validate_seeds); the paper: 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierParams:
@@ -53,8 +53,7 @@ class ClassifierParams:
         d = {k: v for k, v in dict(d).items() if k != "name"}
         names = [f.name for f in dataclasses.fields(cls)]
         refuse_unknown_keys(d, names, "mlp.yaml")
-        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        missing = [k for k in names if k not in d and k not in optional]
+        missing = [k for k in names if k not in d]  # no defaults in code: the YAML holds every value
         if missing:
             raise DinolocError(
                 f"missing classifier key(s) {['classifier.' + k for k in missing]}; "
@@ -95,10 +94,9 @@ class ClassifierParams:
         out["seed"] = as_int("seed")
         if out["seed"] < 0:
             raise bad("seed", "must be >= 0")
-        if "n_seeds" in d:
-            out["n_seeds"] = as_int("n_seeds")
-            if out["n_seeds"] < 1:
-                raise bad("n_seeds", "must be >= 1")
+        out["n_seeds"] = as_int("n_seeds")
+        if out["n_seeds"] < 1:
+            raise bad("n_seeds", "must be >= 1")
         out["lr"] = as_float("lr")
         if out["lr"] <= 0:
             raise bad("lr", "must be > 0")
@@ -124,8 +122,6 @@ class ClassifierParams:
         for key, choices in (("scheduler", SCHEDULER_CHOICES), ("loss", LOSS_CHOICES), ("resample", RESAMPLE_CHOICES),
                              ("lr_scaling", LR_SCALING_CHOICES), ("schedule_step", SCHEDULE_STEP_CHOICES),
                              ("sampler", SAMPLER_CHOICES)):
-            if key not in d:  # an optional key left out: its dataclass default
-                continue
             if d[key] not in choices:
                 raise bad(key, f"must be one of {list(choices)}")
             out[key] = str(d[key])
