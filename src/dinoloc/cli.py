@@ -22,7 +22,6 @@ from dinoloc.config import (
     validate_root,
 )
 from dinoloc.console import friendly, run_console
-from dinoloc.device import rank_and_world, setup
 from dinoloc.io import DinolocError
 
 CONFIG_PATH = str(CONFIG_DIR)
@@ -90,6 +89,7 @@ def data_main(cfg: DictConfig) -> None:
 def extract_main(cfg: DictConfig) -> None:
     """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
     from dinoloc.data.prepare import run_data
+    from dinoloc.device import rank_and_world, setup
     from dinoloc.extract import run_extraction
 
     _refuse_sweep_without_multirun("dinoloc-extract")
@@ -124,6 +124,7 @@ def run_main(cfg: DictConfig) -> None:
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
     from dinoloc.data.prepare import ensure_synthetic, run_data
+    from dinoloc.device import rank_and_world, setup
     from dinoloc.pretrain import run_pretrain
 
     setup(str(cfg.device))

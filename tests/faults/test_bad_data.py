@@ -1,5 +1,6 @@
-"""Fault suite, bad data: every case ends with exit code 2 and one message naming the file (and row) and the fix,
-and no manifest or split is written for it."""
+"""Fault suite, bad data: every case ends with one message naming the file (and row) and the fix, and no manifest
+or split is written for it. In-process through the data stage (`run_data`); one case through `dinoloc-data` for
+the exit code 2 and the single `dinoloc: error:` line."""
 
 import os
 import subprocess
@@ -9,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+
+from dinoloc.config import compose, data_spec, extract_spec
+from dinoloc.console import error_line
+from dinoloc.data.prepare import run_data
+from dinoloc.extract import run_extraction
 
 BIN = Path(sys.executable).parent
 
@@ -70,15 +76,32 @@ CASES = {
 }
 
 
+def _refusal(check) -> str:
+    """The one line the console prints for the error `check()` raises (None would mean a traceback)."""
+    with pytest.raises(Exception) as exc:  # noqa: PT011 - error_line maps each kind a user can fix
+        check()
+    line = error_line(exc.value)
+    assert line is not None, f"{type(exc.value).__name__} would print a traceback: {exc.value}"
+    return line
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_data_fails_loudly_and_writes_nothing(tmp_path, write_opencell_tree, case):
     root, csv = write_opencell_tree(n_targets=12, images_per_target=2, size=32)
     culprit = CASES[case](root, csv)
     out = tmp_path / "out"
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    spec = data_spec(compose(["data=opencell", f"data.root={root}", f"paths.output_dir={out}"]))
+    assert culprit in _refusal(lambda: run_data(spec))
+    assert not list(out.rglob("manifest.csv")) and not list(out.rglob("split.csv"))
+
+
+def test_bad_data_exits_2_with_one_line(tmp_path, write_opencell_tree):
+    root, csv = write_opencell_tree(n_targets=12, images_per_target=2, size=32)
+    culprit = _truncate(root, csv)
+    out = tmp_path / "out"
     res = subprocess.run(
         [str(BIN / "dinoloc-data"), "data=opencell", f"data.root={root}", f"paths.output_dir={out}"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}, timeout=120,
     )
     assert res.returncode == 2, res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("dinoloc: error:")]
@@ -90,18 +113,14 @@ def test_bad_data_fails_loudly_and_writes_nothing(tmp_path, write_opencell_tree,
 def test_image_deleted_after_the_manifest_is_named_and_nothing_cached(tmp_path, write_opencell_tree):
     root, _ = write_opencell_tree(n_targets=12, images_per_target=2, size=32)
     out = tmp_path / "out"
-    common = ["data=opencell", f"data.root={root}", f"paths.output_dir={out}"]
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    assert subprocess.run([str(BIN / "dinoloc-data"), *common], capture_output=True, env=env).returncode == 0
+    cfg = compose(["data=opencell", f"data.root={root}", f"paths.output_dir={out}", "backbone=opencell_demo",
+                   "strategy=native", "backbone.weights=", "allow_random_weights=true", "extract.num_workers=0"])
+    run_data(data_spec(cfg))
     gone = _first_image(root)
     gone.unlink()
-    res = subprocess.run([str(BIN / "dinoloc-extract"), *common, "backbone=opencell_demo", "strategy=native",
-                          "backbone.weights=", "allow_random_weights=true", "extract.num_workers=0"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 2, res.stdout + res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("dinoloc: error:")]
+    spec = extract_spec(cfg)
     # The data folder is rescanned: the stored split no longer fits and the removed image is named.
+    line = _refusal(lambda: run_extraction(spec, run_data(spec.data)[0]))
     image_id = gone.name.removesuffix("_proj.tif")
-    assert len(errors) == 1 and image_id in errors[0] and "removed" in errors[0], res.stderr
-    assert "Traceback" not in res.stderr
+    assert image_id in line and "removed" in line, line
     assert not list(out.rglob("meta.json")) and not list(out.rglob("embeddings.npy"))

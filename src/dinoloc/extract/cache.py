@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from dinoloc import __version__
 from dinoloc.io import DinolocError, read_json, text_sha256, write_csv, write_json, write_npy
@@ -127,7 +126,13 @@ def merge(folder: Path, image_ids: list[str], chunk_size: int, meta: dict[str, A
         "embedding_health": embedding_health(emb),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dinoloc_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": _torch_version(),
     }
     write_json(folder / "meta.json", meta)  # last: marks the entry complete
     shutil.rmtree(chunks_dir, ignore_errors=True)
+
+
+def _torch_version() -> str:
+    import torch  # only when an entry is written: reading the cache needs no torch
+
+    return torch.__version__

@@ -16,7 +16,6 @@ import pandas as pd
 
 from dinoloc.data.prepare import DataSpec
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
-from dinoloc.extract.engine import extract
 
 log = logging.getLogger("dinoloc")
 EMPTY_CHANNELS_DEFAULT = "zero_before_norm"
@@ -106,6 +105,7 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
     from dinoloc.backbones import build_backbone
     from dinoloc.device import resolve_device
+    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     bb, pp = spec.backbone, spec.backbone.preprocess
