@@ -203,6 +203,15 @@ def test_user_config_dir_on_the_search_path_adds_a_backbone(tmp_path, capsys, mo
     assert "backbone=hpa: weights file" in err  # the stock backbone is still found
 
 
+def test_invalid_pair_in_a_sweep_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    code, _, err = _console(cli.run_main, ["-m", "backbone=imagenet_demo,opencell_demo", "strategy=native",
+                                           "debug=tiny", f"paths.output_dir={out}", "experiment_name=bad"],
+                            capsys, monkeypatch)
+    assert code == 2 and "imagenet_demo" in err and "native" in err and "Traceback" not in err
+    assert not (out / "runs").exists() and not (out / "data").exists()
+
+
 def test_dry_run_lists_the_jobs_and_runs_nothing(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     code, stdout, err = _console(cli.run_main, ["-m", "row=imagenet_demo_mapping,hpa_demo_replication",

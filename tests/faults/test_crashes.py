@@ -18,6 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
+from dinoloc.config import compose, data_spec, extract_spec
+from dinoloc.data.prepare import ensure_synthetic, run_data
+from dinoloc.extract import run_extraction
+
 BIN = Path(sys.executable).parent
 RNG = random.Random(20261125)  # "random moment", reproducibly
 
@@ -55,16 +59,14 @@ def _kill_when(cmd: list[str], cwd: Path, ready, max_delay: float, timeout: floa
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    """One small synthetic dataset shared by every test (read-only for them)."""
+    """One small synthetic dataset shared by every test (read-only for them), generated as `debug=tiny` does."""
     root = tmp_path_factory.mktemp("synth")
-    _run([str(BIN / "dinoloc-synth"), "--out", str(root), "--n-targets", "30", "--image-size", "64"], root)
+    ensure_synthetic(data_spec(compose(["debug=tiny", f"paths.synthetic_dir={root}"])))
     return root
 
 
 def _common(synth: Path, out: Path) -> list[str]:
-    return [f"paths.output_dir={out}", f"paths.synthetic_dir={synth}", "data.generator.n_targets=30",
-            "data.generator.image_size=64", "backbone.weights=", "allow_random_weights=true",
-            "extract.num_workers=0"]
+    return ["debug=tiny", f"paths.output_dir={out}", f"paths.synthetic_dir={synth}"]
 
 
 def _no_partial_files(folder: Path) -> None:
@@ -96,9 +98,11 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path):
 
     again = _run(cmd, tmp_path)
     assert f"{done * 16} of" in again.stdout, again.stdout  # resumed after the saved chunks, redid none of them
-    _run([str(BIN / "dinoloc-extract"), *_common(synth, clean), *extra], tmp_path)
+    spec = extract_spec(compose([*_common(synth, clean), *extra]))  # the uninterrupted run, in-process
+    reference = run_extraction(spec, run_data(spec.data)[0])
+    assert reference.key == entry.name  # the same embeddings were asked for
     a = np.load(entry / "embeddings.npy")
-    b = np.load(next(p for p in (clean / "cache").iterdir() if p.is_dir()) / "embeddings.npy")
+    b = np.load(reference.path / "embeddings.npy")
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # same numbers up to fp32 batch-composition noise
     assert not (entry / "chunks").exists()
 
@@ -107,7 +111,8 @@ def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
     def cmd(out: Path) -> list[str]:
-        return [str(BIN / "dinoloc-pretrain"), *_common(synth, out)[:4], "backbone=opencell_demo", "pretrain=demo",
+        return [str(BIN / "dinoloc-pretrain"), *_common(synth, out), "backbone=opencell_demo", "pretrain=demo",
+                f"backbone.weights={out / 'pretrain' / 'opencell_demo' / 'checkpoint.pth'}",  # where it writes
                 "pretrain.epochs=3", "pretrain.warmup_epochs=1"]
 
     ckpt = killed / "pretrain" / "opencell_demo" / "checkpoint.pth"
@@ -132,7 +137,7 @@ def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path):
 def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_path):
     out = tmp_path / "out"
     cmd = [str(BIN / "dinoloc-run"), "-m", "row=imagenet_demo_mapping,hpa_demo_mapping", *_common(synth, out),
-           "classifier.epochs=600", "experiment_name=k"]
+           "classifier.epochs=200", "experiment_name=k"]
     runs = out / "runs" / "k"
     first = runs / "imagenet_demo__mapping" / "result.json"
     _kill_when(cmd, tmp_path, first.exists, max_delay=0.5)
@@ -144,14 +149,14 @@ def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_
     assert first.stat().st_mtime_ns == stamp  # the finished row was kept, not redone
     assert "skipping" in again.stdout + again.stderr
     second = json.loads((runs / "hpa_demo__mapping" / "result.json").read_text())
-    assert second["classifier"]["epochs"] == 600 and len(second["folds"]) == 5
+    assert second["classifier"]["epochs"] == 200 and len(second["folds"]) == 5
 
 
 def test_parallel_jobs_sharing_a_cache_compute_it_once(synth, tmp_path):
     out = tmp_path / "out"
     # Two jobs at once (joblib, 2 processes) need the same backbone x strategy embeddings.
     _run([str(BIN / "dinoloc-run"), "-m", "hydra/launcher=local", "experiment_name=a,b", *_common(synth, out),
-          "backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=128", "classifier.epochs=2"],
+          "backbone=opencell_demo", "strategy=native", "classifier.epochs=2"],
          tmp_path)
     entries = [p for p in (out / "cache").iterdir() if p.is_dir()]
     assert len(entries) == 1
