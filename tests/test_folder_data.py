@@ -15,6 +15,8 @@ import pytest
 import tifffile
 from PIL import Image
 
+from dinoloc.classify import run_classification
+from dinoloc.config import classify_spec, compose, report_spec, validate
 from dinoloc.data.folder import (
     build_folder_manifest,
     channel_roles,
@@ -24,6 +26,7 @@ from dinoloc.data.folder import (
 )
 from dinoloc.data.split import make_split, prepare_dataset
 from dinoloc.io import DinolocError
+from dinoloc.report import run_report
 
 CHANNELS = ["DNA", "actin", "protein"]
 CLASSES = ["cytosol", "membrane", "nucleus", "vesicles"]
@@ -206,7 +209,7 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
-def test_folder_dataset_end_to_end(tmp_path):
+def test_folder_dataset_end_to_end(tmp_path, capsys):
     """dinoloc-data, a tiny timm ViT under each strategy, the three heads, dinoloc-report (issue 15's done-when;
     in the default suite: ~31 s on 2 idle cores, and it caught a merge bug the fast tests missed)."""
     write_folder_dataset(tmp_path / "imgs")
@@ -220,11 +223,15 @@ def test_folder_dataset_end_to_end(tmp_path):
               "+backbone.model_kwargs.depth=1", "+backbone.model_kwargs.num_heads=3",
               "classifier.epochs=5", "extract.num_workers=0", "experiment_name=mine", "device=cpu",
               "report.embedding_maps=tsne"]
+    # dinoloc-data's summary through its console script; the nine runs and the report through the stage runners
     data = _run([str(BIN / "dinoloc-data"), *common], tmp_path)
     assert "cytosol" in data.stdout and "nuclear_membrane" not in data.stdout
-    _run([str(BIN / "dinoloc-run"), "-m", "strategy=mapping,replication,native", "classifier=mlp,knn,linear",
-          *common], tmp_path)
-    report = _run([str(BIN / "dinoloc-report"), *common], tmp_path)
+    for strategy in ("mapping", "replication", "native"):
+        for head in ("mlp", "knn", "linear"):
+            cfg = compose([*common, f"strategy={strategy}", f"classifier={head}"])
+            validate(cfg, classifier=True)
+            run_classification(classify_spec(cfg))
+    paths = run_report(report_spec(compose(common)))
     out = tmp_path / "out"
     split = pd.read_csv(out / "data" / "folder" / "split.csv")
     lab = split[split["split"] != "unlabeled"]
@@ -245,5 +252,5 @@ def test_folder_dataset_end_to_end(tmp_path):
     assert per_class["class"].tolist() == CLASSES
     for name in ("figure2.png", "embedding_maps.png", "embedding_maps.pdf"):
         assert (out / "reports" / "mine" / name).stat().st_size > 0
-    assert "Embedding maps: tsne, 56 of 56 labelled images drawn per panel, 3 panel(s)" in report.stderr
-    assert "| Head |" in report.stdout
+    assert "Embedding maps: tsne, 56 of 56 labelled images drawn per panel, 3 panel(s)" in capsys.readouterr().err
+    assert "| Head |" in paths["table3.md"].read_text()
