@@ -13,8 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from dinoloc import CONFIG_DIR
+from dinoloc.config import compose, data_spec
+from dinoloc.console import error_line
 from dinoloc.data.manifest import build_manifest
 from dinoloc.data.opencell import check_label_sets, read_annotations
+from dinoloc.data.prepare import run_data
 from dinoloc.data.split import summarize
 from dinoloc.io import DinolocError
 from dinoloc.ontology import CATEGORIES, GRADE_COLUMNS, label_columns
@@ -121,6 +124,7 @@ def test_dinoloc_data_on_a_real_format_table_with_other_categories(tmp_path, wri
     f[2] = f[2] + ";nucleoli"
     lines[5] = ",".join(f)
     csv.write_text("\n".join(lines) + "\n")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "row 5 (line 6)" in res.stderr and "'nucleoli'" in res.stderr and "membrane" in res.stderr
+    with pytest.raises(DinolocError) as refused:  # the data stage in-process (the exit code: tests/faults)
+        run_data(data_spec(compose(cmd[1:])))
+    line = error_line(refused.value)
+    assert "row 5 (line 6)" in line and "'nucleoli'" in line and "membrane" in line
