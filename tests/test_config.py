@@ -154,15 +154,6 @@ def test_launchers_compose():
     assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
 
 
-def test_submitit_local_executor_runs_a_tiny_job(tmp_path):
-    import submitit
-
-    ex = submitit.LocalExecutor(folder=tmp_path / "submitit")
-    ex.update_parameters(timeout_min=2)
-    job = ex.submit(sum, [1, 2, 3])
-    assert job.result() == 6
-
-
 def test_demo_preset_keeps_the_paper_classifier_except_its_batch():
     demo, paper = _compose("experiment=demo").classifier, _compose().classifier
     assert demo.batch_size == 32 and paper.batch_size == 512
