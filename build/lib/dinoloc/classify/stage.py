@@ -1,0 +1,207 @@
+"""The classification stage: one typed spec in, `result.json` (and the predictions) out.
+
+`run_classification(spec)` builds or reuses the data, extracts or reuses the embeddings, runs the 5-fold
+cross-validation of the configured head on the 90% side, scores the untouched 10% test split, and writes
+the run folder. A finished run with the same cache key and classifier settings is reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dinoloc.data.manifest import class_columns
+from dinoloc.data.prepare import run_data
+from dinoloc.extract import CacheEntry, ExtractSpec, key_of, run_extraction
+from dinoloc.extract.stage import source
+from dinoloc.io import DinolocError, frame_sha256
+
+log = logging.getLogger("dinoloc")
+
+
+@dataclass(frozen=True)
+class ClassifySpec:
+    """One Table III cell: `extract`'s embeddings, the `classifier` config group (plain values), and where
+    the run folder goes."""
+
+    extract: ExtractSpec
+    classifier: dict[str, Any]
+    runs_dir: str
+    experiment: str
+    variant: str = "baseline"   # a sensitivity variant (configs/variant/)
+    force: bool = False         # redo a finished run
+
+
+def run_name(spec: ClassifySpec) -> str:
+    """`<backbone>__<strategy>`, plus `__<head>` for a probe head and `__<variant>` for a variant."""
+    from dinoloc.classify import head_name
+    from dinoloc.results import run_dir_name
+
+    ex = spec.extract
+    return run_dir_name(ex.backbone.name, ex.strategy, head_name(spec.classifier), spec.variant)
+
+
+def run_dir(spec: ClassifySpec) -> Path:
+    return Path(spec.runs_dir) / run_name(spec)
+
+
+def run_fingerprint(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any]:
+    """What, besides the embeddings, decides a run's result: a finished run with the same is reused."""
+    return {
+        "classifier": dict(spec.classifier),
+        "split_sha256": frame_sha256(split),
+        "labels_sha256": frame_sha256(manifest[["image_id", *class_columns(manifest)]]),
+    }
+
+
+def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any] | None:
+    """The stored result.json when it was made with this cache key and these settings (and force is off)."""
+    from dinoloc.results import load_result
+
+    previous = load_result(run_dir(spec))
+    if previous is None or spec.force:
+        return None
+    if (previous.get("cache_key") == key_of(spec.extract, manifest)
+            and previous.get("run_fingerprint") == run_fingerprint(spec, manifest, split)):
+        return previous
+    return None
+
+
+def run_classification(spec: ClassifySpec) -> dict[str, Any]:
+    """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
+    from dinoloc.classify import cross_validate_seeds, params_from_config
+    from dinoloc.device import resolve_device
+    from dinoloc.results import add_image_paths, write_run
+
+    params = params_from_config(dict(spec.classifier))
+    manifest, split = run_data(spec.extract.data)
+    previous = finished_result(spec, manifest, split)
+    if previous is not None:
+        log.info("%s: result exists for this config and cache key; skipping (force=true to redo)", run_dir(spec))
+        return previous
+    entry = run_extraction(spec.extract, manifest)
+    emb, X, Y, s = _aligned(entry, manifest, split)
+    classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
+    t0 = time.perf_counter()
+    cv = cross_validate_seeds(
+        X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy(),
+        params, device=resolve_device(spec.extract.device), classes=classes,
+    )
+    result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
+    result["classifier_seconds"] = round(time.perf_counter() - t0, 3)
+    write_run(run_dir(spec), result, add_image_paths(cv.predictions, manifest), cv.per_class)
+    log.info(
+        "%s: test macro F1 %.4f ± %.4f (train %.4f, val %.4f)%s", run_name(spec), result["test_macro_f1_mean"],
+        result["test_macro_f1_std"], result["train_macro_f1_mean"], result["val_macro_f1_mean"],
+        "  [SYNTHETIC]" if result["synthetic"] else "",
+    )
+    return result
+
+
+def _aligned(entry: CacheEntry, manifest: pd.DataFrame, split: pd.DataFrame):
+    """The cache's embeddings in split order, restricted to labelled images: (all embeddings, X, Y, split rows)."""
+    emb, ids = entry.load()
+    pos = {i: k for k, i in enumerate(ids)}
+    missing = [i for i in split["image_id"] if i not in pos]
+    if missing:
+        raise DinolocError(f"cache {entry.path} lacks {len(missing)} manifest images (e.g. {missing[:5]}); delete it")
+    labeled = split["split"].isin(["train", "test"]).to_numpy()
+    s = split[labeled].assign(fold=split["fold"].fillna(-1).astype(int)[labeled])
+    rows = np.array([pos[i] for i in s["image_id"]])
+    Y = manifest.set_index("image_id").loc[s["image_id"], class_columns(manifest)].to_numpy().astype(int)
+    return emb, emb[rows], Y, s.reset_index(drop=True)
+
+
+def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, manifest: pd.DataFrame,
+                    split: pd.DataFrame, params: Any) -> dict[str, Any]:
+    """result.json's description of the run: what was loaded (from the cache's record), what was configured,
+    and the data it saw. The classifier's numbers are added by the caller."""
+    from dinoloc.classify import head_name
+    from dinoloc.provenance import weights_record
+    from dinoloc.stats import embedding_health
+
+    ex, bb, data = spec.extract, spec.extract.backbone, spec.extract.data
+    meta = entry.meta
+    found = re.search(r"patch(\d+)", bb.arch)
+    patch = bb.model_kwargs.get("patch_size") or (int(found.group(1)) if found else "?")
+    ckpt = meta.get("checkpoint") or {}
+    if not ckpt and meta.get("checkpoint_epoch") is not None:
+        ckpt = {"epoch": meta.get("checkpoint_epoch")}
+    prov = weights_record(
+        bb.weights, {"weights_sha256": _sha_of(meta.get("weights")), "random_init": meta.get("random_weights"),
+                     "random_seed": meta.get("random_seed")}, ckpt, default=bb.weights_default,
+    )
+    prov["embedding_health"] = meta.get("embedding_health") or embedding_health(emb)
+    src = source(ex)
+    out = Path(data.out_dir)
+    return {
+        "experiment": spec.experiment,
+        "variant": spec.variant,
+        "backbone": bb.name,
+        "backbone_display": bb.display,
+        "arch": bb.arch,
+        "model_label": f"{bb.arch.split('_patch')[0]}/{patch}",
+        "model_kwargs": dict(bb.model_kwargs),
+        "strategy": ex.strategy,
+        "head": head_name(spec.classifier),
+        # The checkpoint's own count wins; the config's value only where the file records none.
+        "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
+        "dino_epochs_config": bb.dino_epochs,
+        "provenance": prov,
+        "resolved": resolved_config(spec, params),
+        "synthetic": bool(meta.get("synthetic")),
+        "random_weights": bool(meta.get("random_weights", False)),
+        "cache_key": entry.key,
+        "cache_path": str(entry.path.resolve()),  # the report's embedding maps read it
+        "cache_hit": entry.hit,
+        "run_fingerprint": run_fingerprint(spec, manifest, split),
+        "data": {
+            "name": data.name,
+            "root": str(Path(data.root).resolve()),
+            "manifest": str((out / "manifest.csv").resolve()),
+            "split": str((out / "split.csv").resolve()),
+            "manifest_sha256": frame_sha256(manifest),
+            "label_notes": manifest.attrs.get("label_notes", {}),
+            "reader": data.reader,
+            "channels": list(src["fields"].get("data_channels") or []) or None,
+            "channels_used": src["source_channels"],  # after data.channel_roles (mapping: placed ones)
+            "channel_roles": dict(ex.channel_roles) or None,
+        },
+        "versions": _versions(),
+    }
+
+
+def resolved_config(spec: ClassifySpec, params: Any) -> dict[str, Any]:
+    """The values the paper's comparison depends on, as this run used them (diffed by dinoloc.provenance)."""
+    d = spec.extract.data
+    return {
+        "classifier": params.to_dict(),
+        "split": {"test_size": d.test_size, "n_folds": d.n_folds, "group_by": d.group_by, "seed": d.seed},
+        "labels": {"min_grade": d.min_grade},  # a labels-CSV folder has no grades: None
+        "preprocess": dict(spec.extract.backbone.preprocess),
+    }
+
+
+def _sha_of(fingerprint: Any) -> str | None:
+    """The weights' sha256 from the cache's weights fingerprint (None for random init and timm names)."""
+    text = str(fingerprint or "")
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import timm
+    import torch
+
+    from dinoloc import __version__
+
+    return {"dinoloc": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}

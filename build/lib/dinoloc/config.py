@@ -1,0 +1,206 @@
+"""The config edge: the composed Hydra config -> the stages' typed specs, and the checks that refuse a bad
+config before any heavy work (naming the key). Only this module, `cli` and `sweep` read DictConfigs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
+from dinoloc.data.prepare import DataSpec, check_root
+from dinoloc.extract import BackboneSpec, ExtractSpec
+from dinoloc.extract.stage import source
+from dinoloc.io import DinolocError
+
+
+def plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    d = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in d.items() if k not in drop}
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config for `overrides` outside a Hydra app (scripts and tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from dinoloc import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config -> specs
+# ----------------------------------------------------------------------------------------------------------
+def data_spec(cfg: DictConfig) -> DataSpec:
+    d, s = cfg.data, cfg.data.split
+    reader = str(d.get("reader") or "opencell")
+    if reader == "folder" and OmegaConf.is_missing(d, "channels"):
+        raise DinolocError("data=folder needs data.channels: the images' channel names in file order, e.g. "
+                           "'data.channels=[DNA,actin,protein]'")
+    labels = d.get("labels")
+    classes = labels.classes if labels is not None else d.get("classes")
+    return DataSpec(
+        name=str(d.name), reader=reader, root=str(d.root), annotations=str(d.annotations),
+        out_dir=str(cfg.paths.data_dir), synthetic=bool(d.synthetic), test_size=float(s.test_size),
+        n_folds=int(s.n_folds), group_by=str(s.group_by), seed=int(s.seed), resplit=bool(d.get("resplit", False)),
+        min_grade=None if labels is None else int(labels.min_grade),
+        classes=None if classes is None else tuple(classes),
+        ignore=tuple(labels.ignore) if labels is not None else (),
+        channels=tuple(d.channels) if reader == "folder" else (),
+        synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
+        generator=plain(d.generator) if d.synthetic else {},
+        display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
+    )
+
+
+def backbone_spec(bb: DictConfig) -> BackboneSpec:
+    """The `backbone` config node as a spec."""
+    from dinoloc.backbones import display_name
+
+    return BackboneSpec(
+        name=str(bb.name), display=display_name(bb.get("display_name"), bb.get("label"), str(bb.arch), bb.weights or None),
+        arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs), in_chans=int(bb.in_chans),
+        channels=tuple(bb.channels), channel_map=plain(bb.channel_map), preprocess=plain(bb.preprocess),
+        weights=str(bb.weights) if bb.weights else None, weights_sha256=bb.get("weights_sha256"),
+        checkpoint_key=str(bb.checkpoint_key), dino_epochs=bb.get("dino_epochs"), synthetic=bool(bb.get("synthetic")),
+        weights_default=_weights_are_default(),
+    )
+
+
+def extract_spec(cfg: DictConfig) -> ExtractSpec:
+    ex, strategy = cfg.extract, str(cfg.strategy.name)
+    return ExtractSpec(
+        data=data_spec(cfg), backbone=backbone_spec(cfg.backbone), strategy=strategy, cache_dir=str(cfg.paths.cache_dir),
+        weights_dir=str(cfg.paths.weights_dir), device=str(cfg.device),
+        allow_random_weights=bool(cfg.allow_random_weights),
+        empty_channels=str(cfg.strategy.get("empty_channels", "zero_before_norm")),
+        channel_roles=plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {},
+        batch_size=int(ex.batch_size), num_workers=int(ex.num_workers), chunk_size=int(ex.chunk_size),
+        amp=bool(ex.amp),
+    )
+
+
+def classify_spec(cfg: DictConfig):
+    from dinoloc.classify.stage import ClassifySpec
+
+    return ClassifySpec(extract=extract_spec(cfg), classifier=plain(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
+                        experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
+                        force=bool(cfg.force))
+
+
+def report_spec(cfg: DictConfig):
+    from dinoloc.report import ReportSpec
+
+    rep = cfg.report
+    return ReportSpec(
+        runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
+        seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
+        figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
+        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.get("expected_rows") or ()),
+    )
+
+
+def pretrain_spec(cfg: DictConfig):
+    """cfg.pretrain + cfg.backbone -> the pretraining stage's PretrainSpec. Every recipe key is checked here
+    (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from dinoloc.pretrain import DATA_KEYS, PretrainParams, PretrainSpec
+    from dinoloc.pretrain.params import missing_key
+
+    bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
+    if not bb.weights:
+        raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
+    hc = HydraConfig.get() if HydraConfig.initialized() else None  # which YAML the recipe came from, for the messages (a Hydra app, or a composed hydra node)
+    choice = hc.runtime.choices.get("pretrain") if hc is not None else OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    origin = f"configs/pretrain/{choice or '<name>'}.yaml"
+    given = {k: v for k, v in plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
+    params = PretrainParams.from_dict(given, origin=origin)
+    for key in DATA_KEYS:
+        if key not in given:
+            raise missing_key(key, origin)
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    spec = PretrainSpec(
+        params=params, backbone=str(bb.name), arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs),
+        in_chans=int(bb.in_chans), channels=tuple(bb.channels), intensity=str(pp.intensity),
+        mean=None if pp.mean is None else tuple(pp.mean), std=None if pp.std is None else tuple(pp.std),
+        source=str(given["source"]), image_dir=None if given["image_dir"] is None else str(given["image_dir"]),
+        data_root=None if root is None or OmegaConf.is_missing(cfg.data, "root") else str(root),
+        out_dir=str(Path(str(bb.weights)).parent), device=str(cfg.device),
+        synthetic=bool(cfg.data.synthetic or bb.synthetic),
+    )
+    spec.check()
+    return spec
+
+
+def _weights_are_default() -> bool:
+    """False when backbone.weights was overridden on the command line (the user's own weights)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # composed outside a Hydra app (scripts, tests)
+        return True
+    overrides = list(HydraConfig.get().overrides.task)
+    return not any(o.lstrip("+~").split("=")[0] == "backbone.weights" for o in overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checks before any heavy work
+# ----------------------------------------------------------------------------------------------------------
+def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
+    """Refuse a bad config before any heavy work, naming the offending key."""
+    from dinoloc.strategies import check_strategy
+
+    bb = cfg.backbone
+    if len(bb.channels) != bb.in_chans:
+        raise DinolocError(
+            f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
+        )
+    spec = extract_spec(cfg)
+    src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
+    check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"])
+    if not bb.weights and not cfg.allow_random_weights:
+        raise DinolocError(
+            f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
+            "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
+        )
+    if classifier:
+        from dinoloc.classify import params_from_config
+
+        params_from_config(plain(cfg.classifier))
+    validate_root(cfg)
+    problem = missing_weights(cfg)
+    if problem:
+        raise DinolocError(problem)
+
+
+def missing_weights(cfg: DictConfig) -> str | None:
+    """A local weights file that does not exist, with the command (or download) that makes it; else None.
+    URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
+    from dinoloc.backbones import TIMM_PREFIX, is_url
+
+    bb = cfg.backbone
+    weights = str(bb.weights or "")
+    if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():
+        return None
+    how = str(bb.get("weights_from") or "point backbone.weights at the checkpoint file, a URL or timm:<name>")
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    if root is not None and not cfg.data.synthetic:
+        how = how.replace("data.root=…", f"data.root={root}")
+    return f"backbone={bb.name}: weights file {weights} does not exist; to get it: {how}"
+
+
+def validate_root(cfg: DictConfig) -> None:
+    """The real data's root must exist; data.root given under the synthetic default is refused."""
+    if cfg.data.synthetic:
+        expected = Path(str(cfg.paths.synthetic_dir)) / "opencell"
+        if Path(str(cfg.data.root)).resolve() != expected.resolve():
+            # Reading a user's real-format folder under the synthetic config would label it SYNTHETIC.
+            raise DinolocError(
+                f"data.root={cfg.data.root} is set but data=synthetic (the default) is selected; add data=opencell "
+                f"to read your OpenCell-format folder, e.g. data=opencell data.root={cfg.data.root}"
+            )
+        return
+    check_root(data_spec(cfg))

@@ -1,0 +1,227 @@
+"""Sweeps: the launcher callback that validates every job before the first starts (`ValidateSweep`), and the
+bookkeeping shared by the launcher's processes: progress (job i of n, elapsed, remaining),
+failed jobs (recorded, summarised at the end, non-zero exit) and the job listing of `dry_run=true`.
+
+Jobs may run in other processes (joblib) or on other machines (SLURM), so the state lives in files under
+`<hydra.sweep.dir>/.dinoloc/`, not in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from dinoloc.io import DinolocError, write_json
+
+STATE_DIR = ".dinoloc"
+
+
+def _state(sweep_dir: str | os.PathLike) -> Path:
+    return Path(sweep_dir) / STATE_DIR
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def start(sweep_dir: str | os.PathLike, jobs: list[list[str]]) -> None:
+    """Called once before the first job: the number of jobs and the start time."""
+    state = _state(sweep_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    write_json(state / "sweep.json", {"n_jobs": len(jobs), "start": time.time(), "jobs": jobs})
+
+
+def _read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = _state(sweep_dir) / "sweep.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_started(sweep_dir: str | os.PathLike, num: int, overrides: list[str]) -> str | None:
+    info = _read_sweep(sweep_dir)
+    if info is None:
+        return None
+    line = (f"[sweep] job {num + 1} of {info['n_jobs']} starting: {' '.join(overrides)} "
+            f"(elapsed {_fmt_seconds(time.time() - info['start'])})")
+    print(line, file=sys.stderr, flush=True)
+    return line
+
+
+def job_finished(sweep_dir: str | os.PathLike, num: int) -> str | None:
+    """Mark job `num` done and print `[sweep] i of n jobs done, elapsed, about T left` (mean job time so far)."""
+    info = _read_sweep(sweep_dir)
+    if info is None:
+        return None
+    done_dir = _state(sweep_dir) / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    (done_dir / str(num)).touch()
+    n_done, n = len(list(done_dir.iterdir())), int(info["n_jobs"])
+    elapsed = time.time() - float(info["start"])
+    n_failed = len(failures(sweep_dir))
+    left = elapsed / n_done * (n - n_done) if n_done else float("nan")
+    line = (f"[sweep] {n_done} of {n} jobs done{f' ({n_failed} failed)' if n_failed else ''}; "
+            f"elapsed {_fmt_seconds(elapsed)}" + (f", about {_fmt_seconds(left)} left" if n_done < n else ""))
+    print(line, file=sys.stderr, flush=True)
+    return line
+
+
+def record_failure(job: Any, message: str) -> Path:
+    """Record a failed job (its HydraConfig) so the sweep can summarise it and exit non-zero."""
+    path = _state(job.sweep.dir) / "failed" / f"{job.job.num}.json"
+    write_json(path, {"num": int(job.job.num), "overrides": list(job.overrides.task), "error": message})
+    return path
+
+
+def failures(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    folder = _state(sweep_dir) / "failed"
+    if not folder.is_dir():
+        return []
+    out = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    return sorted(out, key=lambda f: f["num"])
+
+
+def summary(sweep_dir: str | os.PathLike) -> tuple[str, bool]:
+    """The end-of-sweep line(s) and whether every job succeeded."""
+    info = _read_sweep(sweep_dir) or {}
+    failed = failures(sweep_dir)
+    n = info.get("n_jobs", "?")
+    elapsed = _fmt_seconds(time.time() - float(info["start"])) if "start" in info else "?"
+    if not failed:
+        return f"[sweep] all {n} jobs finished in {elapsed}", True
+    lines = [f"dinoloc: error: {len(failed)} of {n} jobs failed (the others finished in {elapsed}; "
+             "dinoloc-report lists the failed rows as missing). Fix and rerun the same command: finished jobs "
+             "are skipped."]
+    lines += [f"  job {f['num']} ({' '.join(f['overrides'])}): {f['error']}" for f in failed]
+    return "\n".join(lines), False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the launcher callback: every job composed and validated before the first starts
+# ----------------------------------------------------------------------------------------------------------
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job of the multirun `config` would launch (sweeper params + command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task_overrides = list(config.hydra.overrides.task)
+    sweep_params = config.hydra.sweeper.get("params") or {}
+    overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
+    overrides += task_overrides
+    parser = OverridesParser.create()
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
+    return [list(j) for b in batches for j in b]
+
+
+class ValidateSweep(Callback):
+    """Compose every job of a multirun up front and validate it (pairs, values, weights files), so a bad
+    job fails before any work; `dry_run=true` lists the jobs and exits. While the sweep runs: job i of n,
+    elapsed and remaining time; a failed job is recorded, the others run, and the sweep exits 1 at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+
+        from dinoloc.config import classify_spec, validate
+        from dinoloc.console import error_line
+
+        jobs = sweep_jobs(config)
+        # The user's config directories (hydra.searchpath) must be seen by this compose too.
+        searchpath = list(config.hydra.get("searchpath") or [])
+        extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+        bad, composed = [], []
+        for job in jobs:
+            # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
+            try:
+                cfg = compose(config_name="config", overrides=job + extra)
+                composed.append(cfg)
+                validate(cfg, classifier=True)
+            except DinolocError as e:
+                bad.append(f"  {' '.join(job)}: {e}")
+            except Exception as e:
+                line = error_line(e)
+                if line is None:
+                    raise
+                print(f"dinoloc: error: {line}", file=sys.stderr)
+                sys.exit(2)
+        if bad:
+            print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
+            sys.exit(2)
+        if config.get("dry_run"):
+            print(f"{len(jobs)} jobs (dry_run=true: nothing is run):")
+            for i, (job, cfg) in enumerate(zip(jobs, composed, strict=True), 1):
+                print(f"  {i}. {' '.join(job)}\n     {describe_job(classify_spec(cfg))}")
+            sys.exit(0)
+        start(config.hydra.sweep.dir, jobs)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _is_multirun(config):
+            job_started(config.hydra.sweep.dir, int(config.hydra.job.num), list(config.hydra.overrides.task))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if _is_multirun(config):
+            job_finished(config.hydra.sweep.dir, int(config.hydra.job.num))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        text, ok = summary(config.hydra.sweep.dir)
+        print(text, file=sys.stderr)
+        if not ok:
+            sys.exit(1)
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dry_run=true: what each job would compute and reuse
+# ----------------------------------------------------------------------------------------------------------
+def describe_job(spec: Any) -> str:
+    """One line per job (a ClassifySpec): its run folder and, for data, embeddings and classifier, `reuse` or
+    what is computed.
+
+    Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
+    """
+    from dinoloc.backbones import cached_weights_path, is_url
+    from dinoloc.classify.stage import finished_result, run_dir, run_name
+    from dinoloc.data.split import load_dataset
+    from dinoloc.extract import key_of, lookup
+    from dinoloc.io import DinolocError
+
+    ex = spec.extract
+    parts = [f"{run_name(spec)} -> {run_dir(spec)}"]
+    try:
+        manifest, split = load_dataset(ex.data.out_dir)
+    except DinolocError:
+        return " ".join(parts + ["| data: build manifest + split | embeddings: compute | classifier: train"])
+    parts.append(f"| data: reuse ({len(manifest)} images)")
+    weights = str(ex.backbone.weights or "")
+    if is_url(weights) and not cached_weights_path(weights, ex.weights_dir).exists() and not ex.backbone.weights_sha256:
+        return " ".join(parts + ["| embeddings: download weights, compute | classifier: train"])
+    key = key_of(ex, manifest)
+    if lookup(ex.cache_dir, key) is not None:
+        parts.append(f"| embeddings: reuse cache/{key}")
+    else:
+        chunks = Path(ex.cache_dir) / key / "chunks"
+        n_chunks = len(list(chunks.glob("chunk_*.npy"))) if chunks.is_dir() else 0
+        resume = f" (resume after {n_chunks} finished chunks)" if n_chunks else ""
+        parts.append(f"| embeddings: compute {len(manifest)} images{resume} -> cache/{key}")
+    if finished_result(spec, manifest, split) is not None:
+        parts.append("| classifier: reuse result.json (skip)")
+    else:
+        c = spec.classifier
+        what = "fit the k-NN" if c.get("name") == "knn" else f"train {ex.data.n_folds} folds x {c['epochs']} epochs"
+        parts.append(f"| classifier: {what}")
+    return " ".join(parts)
