@@ -1,1 +1,0 @@
-"""OpenCell data: reader (opencell), your own images (folder, folders), manifest, leakage-free split."""
