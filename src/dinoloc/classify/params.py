@@ -85,18 +85,10 @@ class ClassifierParams:
         if not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in hidden):
             raise bad("hidden", "every width must be an integer >= 1")
         out["hidden"] = tuple(int(h) for h in hidden)
-        out["epochs"] = as_int("epochs")
-        if out["epochs"] < 1:
-            raise bad("epochs", "must be >= 1")
-        out["batch_size"] = as_int("batch_size")
-        if out["batch_size"] < 1:
-            raise bad("batch_size", "must be >= 1")
-        out["seed"] = as_int("seed")
-        if out["seed"] < 0:
-            raise bad("seed", "must be >= 0")
-        out["n_seeds"] = as_int("n_seeds")
-        if out["n_seeds"] < 1:
-            raise bad("n_seeds", "must be >= 1")
+        for key, lowest in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("n_seeds", 1)):
+            out[key] = as_int(key)
+            if out[key] < lowest:
+                raise bad(key, f"must be >= {lowest}")
         out["lr"] = as_float("lr")
         if out["lr"] <= 0:
             raise bad("lr", "must be > 0")
