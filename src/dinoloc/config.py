@@ -120,8 +120,11 @@ def pretrain_spec(cfg: DictConfig):
     bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
-    hc = HydraConfig.get() if HydraConfig.initialized() else None  # which YAML the recipe came from, for the messages (a Hydra app, or a composed hydra node)
-    choice = hc.runtime.choices.get("pretrain") if hc is not None else OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    # which YAML the recipe came from, for the messages: the config's own hydra node when composed with one (the
+    # HydraConfig singleton may still hold an earlier app's run in the same process), else the running app's
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    if choice is None and HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("pretrain")
     origin = f"configs/pretrain/{choice or '<name>'}.yaml"
     given = {k: v for k, v in plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
     params = PretrainParams.from_dict(given, origin=origin)
