@@ -190,7 +190,6 @@ def bench_cache(quick: bool) -> dict:
     from hydra import compose, initialize_config_dir
 
     import dinoloc.backbones as backbones
-    from dinoloc import CONFIG_DIR
     from dinoloc.classify.stage import run_classification
     from dinoloc.config import classify_spec, data_spec
     from dinoloc.data.prepare import run_data
@@ -252,8 +251,6 @@ def bench_scaling(quick: bool, device: str) -> dict:
     sys.path.insert(0, str(ROOT / "scripts"))
     import functools
 
-    import yaml
-
     from bench_classify import make_features  # type: ignore[import-not-found]
     from bench_extract import write_images  # type: ignore[import-not-found]
     from dinoloc.backbones import create_vit
@@ -268,7 +265,9 @@ def bench_scaling(quick: bool, device: str) -> dict:
     embed_fn = functools.partial(embed_batch, strategy="mapping", backbone_channels=["R", "G", "B"],
                                  channel_map={"protein": "R", "nucleus": "G"}, img_size=64, intensity="minmax",
                                  mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], spatial="resize")
-    cfg = yaml.safe_load((CONFIG_DIR / "classifier" / "mlp.yaml").read_text())
+    from dinoloc.config import compose, plain
+
+    cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
     cfg["epochs"] = 20 if quick else 100
     params = ClassifierParams.from_dict(cfg)
@@ -307,7 +306,6 @@ def bench_bf16(quick: bool, device: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from dinoloc import CONFIG_DIR
     from dinoloc.backbones import build_backbone
     from dinoloc.classify import ClassifierParams, cross_validate
     from dinoloc.config import data_spec, extract_spec

@@ -22,10 +22,8 @@ import time
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from dinoloc import CONFIG_DIR
 from dinoloc.classify import (
     ClassifierParams,
     cross_validate,
@@ -34,8 +32,6 @@ from dinoloc.classify import (
 )
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import N_CLASSES
-
-YAML = CONFIG_DIR / "classifier" / "mlp.yaml"
 
 
 def make_features(n: int, dim: int, seed: int = 0, test_fraction: float = 0.2):
@@ -120,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.n = 1200 if args.n == 6120 else args.n
         args.epochs = 20 if args.epochs == 300 else args.epochs
 
-    cfg = yaml.safe_load(YAML.read_text())
+    from dinoloc.config import compose, plain
+
+    cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
     cfg["epochs"] = args.epochs
     if args.batch_size:

@@ -471,7 +471,9 @@ def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from dinoloc.classify import ClassifierParams, cross_validate
 
     s, dev = run.sizes, str(run.device)
-    cfg = yaml.safe_load((CONFIG_DIR / "classifier" / "mlp.yaml").read_text())
+    from dinoloc.config import compose, plain
+
+    cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
     params = ClassifierParams.from_dict({**cfg, "epochs": s.clf_epochs})
     X, Y, split, fold, ids, targets = make_features(s.clf_n, s.clf_dim, test_fraction=0.1)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from dinoloc import CONFIG_DIR
 from dinoloc.classify import (
     ClassifierParams,
     cross_validate,
@@ -25,13 +24,20 @@ from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES, N_CLASSES
 from dinoloc.results import label_columns, prob_columns
 
-YAML = CONFIG_DIR / "classifier" / "mlp.yaml"
 Y_COLS = label_columns(CATEGORIES)
 P_COLS = prob_columns(CATEGORIES)
 
 
+@functools.cache
+def _mlp_yaml() -> tuple:
+    from dinoloc.config import compose, plain
+
+    return tuple(plain(compose().classifier).items())
+
+
 def yaml_dict() -> dict:
-    return yaml.safe_load(YAML.read_text())
+    """classifier/mlp.yaml's values as composed (a fresh dict each call: tests edit it)."""
+    return dict(_mlp_yaml())
 
 
 def small_params(**over) -> ClassifierParams:

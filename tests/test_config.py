@@ -107,7 +107,8 @@ def test_paper_classifier_values_live_in_one_yaml():
         assert setters == ["classifier/mlp.yaml"], (key, setters)
     assert not [f.name for f in dataclasses.fields(ClassifierParams)
                 if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
-    full = yaml.safe_load((GROUPS / "classifier" / "mlp.yaml").read_text())
+    full = OmegaConf.to_container(cfg.classifier)
+    assert set(full) - {"name"} == {f.name for f in dataclasses.fields(ClassifierParams)}
     for key in full.keys() - {"name"}:
         with pytest.raises(DinolocError, match=f"classifier.{key}"):
             ClassifierParams.from_dict({k: v for k, v in full.items() if k != key})

@@ -51,7 +51,7 @@ def _study(tmp: Path, n: int = 60, rows: tuple[str, ...] = ("x", "y"), heads: tu
 
 def test_maps_one_panel_per_row_and_files(tmp_path):
     results = _study(tmp_path, heads=("mlp", "knn"))
-    info = em.plot_embedding_maps(results, tmp_path / "maps.png", method="tsne")
+    info = em.plot_embedding_maps(results, tmp_path / "maps.png", method="tsne", max_points=2000, seed=0)
     assert info["method"] == "tsne" and [p["row"] for p in info["panels"]] == ["x__mapping", "y__mapping"]
     assert info["n_labelled"] == 59 and info["n_points"] == 59  # the unlabelled image is not drawn
     assert (tmp_path / "maps.png").stat().st_size > 0 and (tmp_path / "maps.pdf").stat().st_size > 0
@@ -79,7 +79,7 @@ def test_maps_refuse_a_missing_cache_naming_the_run(tmp_path):
     results = _study(tmp_path, rows=("x",))
     (Path(results[0]["cache_path"]) / "embeddings.npy").unlink()
     with pytest.raises(DinolocError, match="embedding cache .* not found; rerun the row"):
-        em.plot_embedding_maps(results, tmp_path / "m.png", method="tsne")
+        em.plot_embedding_maps(results, tmp_path / "m.png", method="tsne", max_points=2000, seed=0)
     with pytest.raises(DinolocError, match="report.embedding_maps"):
         em.resolve_method("pca")
 
@@ -87,6 +87,6 @@ def test_maps_refuse_a_missing_cache_naming_the_run(tmp_path):
 @pytest.mark.slow
 def test_umap_map(tmp_path):
     pytest.importorskip("umap")
-    info = em.plot_embedding_maps(_study(tmp_path, rows=("x",)), tmp_path / "u.png", method="auto")
+    info = em.plot_embedding_maps(_study(tmp_path, rows=("x",)), tmp_path / "u.png", method="auto", max_points=2000, seed=0)
     assert info["method"] == "umap" and (tmp_path / "u.png").is_file()
     json.dumps(info)

@@ -156,10 +156,11 @@ def test_report_has_a_head_column(tmp_path):
         (d / "result.json").write_text(json.dumps(res))
         d.rename(runs / f"{bb}__mapping__knn")
     (runs / "tmp").rmdir()
-    table, missing = report.build_table(report.collect_runs(runs), expected=["hpa__mapping__knn"], n_boot=50)
+    table, missing = report.build_table(report.collect_runs(runs), expected=["hpa__mapping__knn"], n_boot=50,
+                                          seed=0, level=0.95, method="percentile")
     assert missing == []
     assert list(table["run"]) == ["imagenet__mapping", "imagenet__mapping__knn", "hpa__mapping", "hpa__mapping__knn"]
     assert list(table["head"]) == ["mlp", "knn", "mlp", "knn"]
-    md = report.markdown_table(table, missing, synthetic=False, n_boot=50)
+    md = report.markdown_table(table, missing, synthetic=False)
     assert "| Head |" in md and "| knn |" in md
     assert "Ranking: knn ranks the rows differently from mlp" in md

@@ -24,6 +24,8 @@ from dinoloc.report import runs as report_runs
 REPO = Path(__file__).resolve().parents[1]
 N_FOLDS = 5
 DISPLAY = {"imagenet": "ImageNet-1k", "hpa": "HPA FOV", "opencell": "OpenCell"}
+# The bootstrap settings every table call passes (no defaults in code; the pipeline reads configs/config.yaml report:)
+CI = {"seed": 0, "level": 0.95, "method": "percentile"}
 
 
 def _sk_macro(y: np.ndarray, p: np.ndarray) -> float:
@@ -145,7 +147,7 @@ def study(tmp_path):
 def test_table_matches_result_json_and_is_in_paper_order(study):
     runs, _ = study
     results = report.collect_runs(runs)
-    table, missing = report.build_table(results, n_boot=100)
+    table, missing = report.build_table(results, n_boot=100, **CI)
     assert missing == []
     assert list(table["run"]) == ["imagenet__mapping", "hpa__mapping", "opencell__native"]
     assert list(table["approach"]) == ["mapping", "mapping", "–"]
@@ -165,7 +167,7 @@ def test_table_matches_result_json_and_is_in_paper_order(study):
 def test_recomputed_test_f1_equals_result_json(study, recwarn):
     runs, _ = study
     for r in report.collect_runs(runs):
-        stats = statistics.run_stats(r, n_boot=10, seed=0)
+        stats = statistics.run_stats(r, n_boot=10, **CI)
         assert abs(stats["recomputed"] - r["test_macro_f1_mean"]) <= 1e-9
         # the count-based statistic the bootstrap uses, with every target drawn once, is the same number
         ones = np.ones((1, len(stats["targets"])))
@@ -180,7 +182,7 @@ def test_tampered_result_json_is_flagged(study):
     result["test_macro_f1_mean"] += 0.01
     path.write_text(json.dumps(result))
     with pytest.warns(UserWarning, match="differs from result.json"):
-        table, _ = report.build_table(report.collect_runs(runs), n_boot=10)
+        table, _ = report.build_table(report.collect_runs(runs), n_boot=10, **CI)
     assert "differs" in table.set_index("run").loc["hpa__mapping", "notes"]
 
 
@@ -197,7 +199,8 @@ def test_ci_contains_mean_and_resamples_targets_not_images(tmp_path):
     # each image its own target: more independent units, so a different (narrower) CI
     single = test_set.assign(target=test_set["image_id"])
     write_run(tmp_path / "c", "hpa", "mapping", single, 0, probs=probs)
-    rows = [report.build_table(report.collect_runs(tmp_path / d), n_boot=300, seed=3)[0].iloc[0] for d in "abc"]
+    rows = [report.build_table(report.collect_runs(tmp_path / d), n_boot=300, **{**CI, "seed": 3})[0].iloc[0]
+            for d in "abc"]
     a, b, c = rows
     assert a["ci_low"] <= a["test_f1_mean"] <= a["ci_high"]
     assert a["ci_high"] - a["ci_low"] > 0.01
@@ -208,7 +211,7 @@ def test_ci_contains_mean_and_resamples_targets_not_images(tmp_path):
 
 def test_paired_p_values(study):
     runs, _ = study
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=300)
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=300, **CI)
     t = table.set_index("run")
     assert np.isnan(t.loc["hpa__mapping", "p_vs_best"])  # the best row (first of the tie, paper order)
     assert t.loc["imagenet__mapping", "p_vs_best"] < 0.05  # clearly worse
@@ -222,7 +225,7 @@ def test_floor_row_holm_bias_and_estimate_inside(tmp_path):
     write_run(runs, "hpa", "mapping", test_set, quality=0.9, seed=1)
     write_run(runs, "imagenet", "mapping", test_set, quality=0.3, seed=2)
     write_run(runs, "random", "mapping", test_set, quality=0.0, seed=3, extra={"random_weights": True})
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=400)
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=400, **CI)
     t = table.set_index("run")
     assert t.loc["random__mapping", "random_weights"] and not t.loc["hpa__mapping", "random_weights"]
     assert t.loc["random__mapping", "weights"].startswith("random init")
@@ -246,14 +249,14 @@ def test_floor_row_holm_bias_and_estimate_inside(tmp_path):
     assert t.loc["random__mapping", "p_vs_best_holm"] == pytest.approx(expect[1])
     assert t.loc["imagenet__mapping", "p_vs_floor_holm"] == pytest.approx(expect[2])
     assert t.loc["hpa__mapping", "p_vs_floor_holm"] == t.loc["random__mapping", "p_vs_best_holm"]
-    md = report.markdown_table(table, [], synthetic=False, n_boot=400, results=report.collect_runs(runs))
+    md = report.markdown_table(table, [], synthetic=False, results=report.collect_runs(runs))
     assert "floor" in md and "Deviations from the paper" in md and "Open choices" in md
 
 
 def test_different_test_sets_give_no_p_value(tmp_path):
     write_run(tmp_path, "hpa", "mapping", make_test_set(0), 0.9, seed=1)
     write_run(tmp_path, "imagenet", "mapping", make_test_set(7), 0.2, seed=2)
-    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=50)
+    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=50, **CI)
     row = table.set_index("run").loc["imagenet__mapping"]
     assert np.isnan(row["p_vs_best"]) and "different test images" in row["notes"]
 
@@ -266,7 +269,7 @@ def test_missing_expected_rows_are_reported(study):
     assert any("hpa__replication" in str(w.message) for w in rec)
     expected = ["imagenet__mapping", "hpa__mapping", "hpa__replication", "opencell__native"]
     with pytest.warns(UserWarning, match="missing expected"):
-        table, missing = report.build_table(results, expected=expected, n_boot=20)
+        table, missing = report.build_table(results, expected=expected, n_boot=20, **CI)
     assert missing == ["hpa__replication"]
     md = report.markdown_table(table, missing, synthetic=False)
     assert "Missing rows: hpa__replication" in md
@@ -303,7 +306,7 @@ def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
     for i, (bb, st) in enumerate([("hpa", "mapping"), ("hpa", "replication"), ("imagenet", "mapping"),
                                   ("imagenet", "replication"), ("opencell", "native")]):
         write_run(runs, bb, st, test_set, 0.3 + 0.1 * i, seed=i, synthetic=(bb == "opencell"))
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=20)
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=20, **CI)
     csv = tmp_path / "table3.csv"
     table.to_csv(csv, index=False)
     bars = figures.plot_figure1(csv, tmp_path / "fig" / "figure1.png")
@@ -323,7 +326,7 @@ def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
 
 def test_figure1_script_runs(study, tmp_path):
     runs, _ = study
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=20)
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=20, **CI)
     csv = tmp_path / "t.csv"
     table.to_csv(csv, index=False)
     out = tmp_path / "out" / "f1.png"
@@ -339,12 +342,13 @@ def test_figure2_shows_labelled_images_from_best_fold(tmp_path):
     manifest = write_images(tmp_path / "data", test_set)
     run = write_run(tmp_path / "runs", "hpa", "mapping", test_set, 0.6, seed=4, synthetic=True, manifest=manifest)
     out = tmp_path / "figure2.png"
-    shown = figures.plot_figure2(run, out, n_images=2, seed=0, display_percentiles=(0.5, 99.8))
+    shown = figures.plot_figure2(run, out, n_images=2, seed=0, colors="magenta_green",
+                                  display_percentiles=(0.5, 99.8))
     assert out.stat().st_size > 0 and figures.SYNTHETIC_MARKER in _png_title(out)
     assert len(shown) == 2 and len(set(shown)) == 2
     labelled = test_set.set_index("image_id")[list(CATEGORIES)].sum(axis=1) > 0
     assert all(labelled[i] for i in shown)
-    assert figures.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0,
+    assert figures.plot_figure2(run, tmp_path / "again.png", n_images=2, seed=0, colors="magenta_green",
                                  display_percentiles=(0.5, 99.8)) == shown  # deterministic
     result = json.loads((run / "result.json").read_text())
     best_fold = max(result["folds"], key=lambda f: f["test_macro_f1"])["fold"]
@@ -357,13 +361,15 @@ def test_figure2_survives_a_moved_run_folder_and_names_a_missing_image(tmp_path)
     run = write_run(tmp_path / "outputs" / "runs", "hpa", "mapping", test_set, 0.6, seed=4, manifest=manifest)
     manifest.unlink()  # Figure 2 needs only predictions.csv `path` under data.root, not the manifest
     moved = (tmp_path / "outputs").rename(tmp_path / "elsewhere") / "runs" / run.name
-    shown = figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0, display_percentiles=(0.5, 99.8))
+    shown = figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0, colors="magenta_green",
+                                  display_percentiles=(0.5, 99.8))
     assert len(shown) == 2
     pred = pd.read_csv(moved / "predictions.csv")
     missing = tmp_path / "data" / pred.loc[pred["image_id"] == shown[0], "path"].iloc[0]
     missing.unlink()
     with pytest.raises(DinolocError, match=rf"image {missing} not found.*elsewhere/runs/hpa__mapping/result\.json"):
-        figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0, display_percentiles=(0.5, 99.8))
+        figures.plot_figure2(moved, tmp_path / "f2.png", n_images=2, seed=0, colors="magenta_green",
+                             display_percentiles=(0.5, 99.8))
 
 
 def test_report_imports_without_torch():
@@ -400,7 +406,7 @@ def test_bad_predictions_file_names_the_file(study):
     pred = runs / "hpa__mapping" / "predictions.csv"
     pd.read_csv(pred).drop(columns=["p_golgi"]).to_csv(pred, index=False)
     with pytest.raises(DinolocError, match=r"hpa__mapping.*predictions\.csv.*p_golgi"):
-        report.build_table(report.collect_runs(runs), n_boot=10)
+        report.build_table(report.collect_runs(runs), n_boot=10, **CI)
 
 
 def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp_path):
@@ -424,7 +430,7 @@ def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp
     result.update({"folds": seed0 + seed1, "n_seeds": 2, "test_macro_f1_mean": float((m0 + m1) / 2),
                    "test_macro_f1_seed_std": float(np.std([m0, m1]))})
     (run_dir / "result.json").write_text(json.dumps(result))
-    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=200)
+    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=200, **CI)
     row = table.iloc[0]
     assert row["notes"] == ""  # the recomputed mean over (seed, fold) equals result.json's
     assert row["n_seeds"] == 2 and row["test_f1_seed_std"] == pytest.approx(abs(m0 - m1) / 2)
@@ -443,7 +449,7 @@ def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
     grade = write_run(runs / "g", "hpa", "mapping", relabelled, quality=0.8, seed=3, extra={"variant": "min_grade2"})
     grade.rename(runs / "hpa__mapping__min_grade2")
     (runs / "c").rmdir(), (runs / "g").rmdir()
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=300)
+    table, _ = report.build_table(report.collect_runs(runs), n_boot=300, **CI)
     assert sorted(table["run"]) == ["hpa__mapping", "hpa__mapping__crop600", "hpa__mapping__min_grade2"]
     sens = pd.DataFrame(table.attrs["sensitivity"]).set_index("variant")
     assert sens.loc["crop600", "shared_test_set"] and sens.loc["crop600", "p"] < 0.05
@@ -451,7 +457,7 @@ def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
         table.set_index("run").loc["hpa__mapping__crop600", "test_f1_mean"] - table.iloc[0]["test_f1_mean"])
     assert not sens.loc["min_grade2", "shared_test_set"] and np.isnan(sens.loc["min_grade2", "p"])
     assert sens.loc["crop600", "p_holm"] == pytest.approx(sens.loc["crop600", "p"])  # the only test
-    md = report.sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300)
+    md = report.sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300, level=CI["level"])
     assert "crop600" in md and "other test set" in md
 
 

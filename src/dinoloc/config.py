@@ -20,6 +20,12 @@ def plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in drop}
 
 
+def given(node: DictConfig) -> dict[str, Any]:
+    """The node's keys that have a value: a key its YAML forgot stays `???` under a schema and is left out, so the
+    stage's own check names it as missing."""
+    return {k: v for k, v in plain(node).items() if not OmegaConf.is_missing(node, k)}
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The composed config for `overrides` outside a Hydra app (scripts and tests)."""
     from hydra import compose as hydra_compose
@@ -36,7 +42,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 # ----------------------------------------------------------------------------------------------------------
 def data_spec(cfg: DictConfig) -> DataSpec:
     d, s = cfg.data, cfg.data.split
-    reader = str(d.get("reader") or "opencell")
+    reader = str(d.reader)
     if reader == "folder" and OmegaConf.is_missing(d, "channels"):
         raise DinolocError("data=folder needs data.channels: the images' channel names in file order, e.g. "
                            "'data.channels=[DNA,actin,protein]'")
@@ -45,13 +51,13 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     return DataSpec(
         name=str(d.name), reader=reader, root=str(d.root), annotations=str(d.annotations),
         out_dir=str(cfg.paths.data_dir), synthetic=bool(d.synthetic), test_size=float(s.test_size),
-        n_folds=int(s.n_folds), group_by=str(s.group_by), seed=int(s.seed), resplit=bool(d.get("resplit", False)),
+        n_folds=int(s.n_folds), group_by=str(s.group_by), seed=int(s.seed), resplit=bool(d.resplit),
         min_grade=None if labels is None else int(labels.min_grade),
         classes=None if classes is None else tuple(classes),
         ignore=tuple(labels.ignore) if labels is not None else (),
         channels=tuple(d.channels) if reader == "folder" else (),
         synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
-        generator=plain(d.generator) if d.synthetic else {},
+        generator=given(d.generator) if d.synthetic else {},
         display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
     )
 
@@ -76,7 +82,7 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
         data=data_spec(cfg), backbone=backbone_spec(cfg.backbone), strategy=strategy, cache_dir=str(cfg.paths.cache_dir),
         weights_dir=str(cfg.paths.weights_dir), device=str(cfg.device),
         allow_random_weights=bool(cfg.allow_random_weights),
-        empty_channels=str(cfg.strategy.get("empty_channels", "zero_before_norm")),
+        empty_channels=str(cfg.strategy.empty_channels),
         channel_roles=plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {},
         batch_size=int(ex.batch_size), num_workers=int(ex.num_workers), chunk_size=int(ex.chunk_size),
         amp=bool(ex.amp),
@@ -86,7 +92,7 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
 def classify_spec(cfg: DictConfig):
     from dinoloc.classify.stage import ClassifySpec
 
-    return ClassifySpec(extract=extract_spec(cfg), classifier=plain(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
+    return ClassifySpec(extract=extract_spec(cfg), classifier=given(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
                         experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
                         force=bool(cfg.force))
 
@@ -99,7 +105,7 @@ def report_spec(cfg: DictConfig):
         runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
-        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.get("expected_rows") or ()),
+        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.expected_rows or ()),
     )
 
 
@@ -114,8 +120,11 @@ def pretrain_spec(cfg: DictConfig):
     bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
-    hc = HydraConfig.get() if HydraConfig.initialized() else None  # which YAML the recipe came from, for the messages (a Hydra app, or a composed hydra node)
-    choice = hc.runtime.choices.get("pretrain") if hc is not None else OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    # which YAML the recipe came from, for the messages: the config's own hydra node when composed with one (the
+    # HydraConfig singleton may still hold an earlier app's run in the same process), else the running app's
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.pretrain")
+    if choice is None and HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("pretrain")
     origin = f"configs/pretrain/{choice or '<name>'}.yaml"
     given = {k: v for k, v in plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
     params = PretrainParams.from_dict(given, origin=origin)
@@ -169,7 +178,7 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     if classifier:
         from dinoloc.classify import params_from_config
 
-        params_from_config(plain(cfg.classifier))
+        params_from_config(given(cfg.classifier))
     validate_root(cfg)
     problem = missing_weights(cfg)
     if problem:

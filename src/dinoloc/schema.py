@@ -1,40 +1,92 @@
 """Hydra structured-config schemas: which keys a config group has and their types. The YAMLs hold every value.
 
 Importing this module registers the schemas in Hydra's ConfigStore (group `schema`); a group's YAMLs name theirs
-first in their defaults list (`- /schema/pretrain@_here_`). A misspelt key in a YAML or an override is then
-refused when the config is composed, naming the key. Schema fields have no values (MISSING), so a key a YAML
-forgets stays `???` and the stage refuses it by name instead of falling back to a value in code.
-Only the config edge imports this (dinoloc.cli, scripts that compose the config).
+in their defaults list (`- /schema/pretrain@_here_`), config.yaml names the `report` block's. A misspelt key in a
+YAML or an override is then refused when the config is composed, naming the key, and so is removing one
+(`~classifier.lr`). Schema fields have no values (MISSING), so a key a YAML forgets stays `???` and the stage
+refuses it by name instead of falling back to a value in code. Each schema's keys and types are read from the
+dataclass that consumes them (one list of keys). Only the config edge imports this (dinoloc.config, dinoloc.cli,
+src/hydra_plugins/dinoloc_schema for any compose of dinoloc's configs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from dinoloc.classify.params import ClassifierParams, KNNParams
+from dinoloc.extract.stage import ExtractSpec
 from dinoloc.pretrain.params import PretrainParams
+from dinoloc.report import ReportSpec
+from dinoloc.synthetic.generate import GeneratorSpec
+
+Field = tuple[str, Any]
 
 
-def _schema_of(name: str, cls: type, extra: Sequence[tuple[str, Any]] = ()) -> type:
-    """A schema with cls's fields and types (the recipe dataclass is the one list of keys), all MISSING."""
+def _fields(cls: type, keys: Sequence[str] | None = None, rename: Mapping[str, str] | None = None) -> list[Field]:
+    """(YAML key, type) of cls's fields: all of them, or those named in `keys` (the consumer's field names);
+    `rename` maps a field name to its YAML key where they differ. A name cls lacks fails at import."""
     hints = typing.get_type_hints(cls)
-    spec = [(f.name, hints[f.name], MISSING) for f in dataclasses.fields(cls)]
-    return dataclasses.make_dataclass(name, [*spec, *((k, t, MISSING) for k, t in extra)])
+    names = [f.name for f in dataclasses.fields(cls)] if keys is None else list(keys)
+    unknown = [n for n in names if n not in hints]
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    rename = rename or {}
+    return [(rename.get(n, n), hints[n]) for n in names]
+
+
+def _schema(name: str, fields: Sequence[Field], base: type | None = None) -> type:
+    """A dataclass with these fields, every one MISSING (the values live in the YAMLs)."""
+    inherited = {f.name for f in dataclasses.fields(base)} if base else set()
+    spec = [(k, t, dataclasses.field(default=MISSING)) for k, t in dict(fields).items() if k not in inherited]
+    return dataclasses.make_dataclass(name, spec, bases=(base,) if base else ())
 
 
 # configs/pretrain/*.yaml: the recipe (PretrainParams) and the two keys that choose the data.
-PretrainSchema = _schema_of("PretrainSchema", PretrainParams, [("source", str), ("image_dir", str | None)])
+PretrainSchema = _schema("PretrainSchema", [*_fields(PretrainParams), ("source", str), ("image_dir", str | None)])
+# configs/classifier/mlp.yaml and linear.yaml (the trained heads): ClassifierParams and the head's name.
+ClassifierSchema = _schema("ClassifierSchema", [("name", str), *_fields(ClassifierParams)])
+# configs/classifier/knn.yaml: KNNParams on top of mlp.yaml's keys, which knn.yaml inherits so that one sweep
+# (classifier=mlp,knn,linear classifier.epochs=...) can set them for every head.
+KNNSchema = _schema("KNNSchema", _fields(KNNParams), base=ClassifierSchema)
+# configs/extract/*.yaml: how extraction runs (ExtractSpec's batching fields; none enters the cache key).
+ExtractSchema = _schema("ExtractSchema", _fields(ExtractSpec, ("batch_size", "num_workers", "chunk_size", "amp")))
+# configs/strategy/*.yaml: the strategy's name and what mapping's unmapped channels hold.
+StrategySchema = _schema("StrategySchema", _fields(ExtractSpec, ("strategy", "empty_channels"), {"strategy": "name"}))
+# config.yaml's `report:` block (ReportSpec's statistics and figure settings; the YAML says ci_method).
+ReportSchema = _schema("ReportSchema", _fields(
+    ReportSpec, ("n_boot", "seed", "level", "method", "embedding_maps", "max_points", "display_percentiles"),
+    {"method": "ci_method"}))
+# configs/data/synthetic.yaml's `generator:` block (what dinoloc-synth writes).
+GeneratorSchema = _schema("GeneratorSchema", _fields(GeneratorSpec))
+
+SCHEMAS: dict[str, type] = {
+    "pretrain": PretrainSchema, "classifier/mlp": ClassifierSchema, "classifier/knn": KNNSchema,
+    "extract": ExtractSchema, "strategy": StrategySchema, "report": ReportSchema, "generator": GeneratorSchema,
+}
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent: storing again replaces)."""
+    """Put the schemas in Hydra's ConfigStore as schema/<name> (idempotent: storing again replaces)."""
     cs = ConfigStore.instance()
-    cs.store(group="schema", name="pretrain", node=PretrainSchema)
+    for name, node in SCHEMAS.items():
+        group, _, leaf = f"schema/{name}".rpartition("/")
+        cs.store(group=group, name=leaf, node=node)
+
+
+def _where(key: str) -> str:
+    """Where a key's values live, for the messages."""
+    group = key.split(".")[0]
+    if group == "report":
+        return "configs/config.yaml (report:)"
+    if key.startswith("data.generator"):
+        return "configs/data/synthetic.yaml (generator:)"
+    return f"configs/{group}/*.yaml"
 
 
 def composition_error_line(exc: BaseException) -> str | None:
@@ -47,16 +99,16 @@ def composition_error_line(exc: BaseException) -> str | None:
     key = getattr(cause, "full_key", None)
     if not (isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) and key):
         return None
-    group = key.split(".")[0]
+    group = key.rsplit(".", 1)[0] if key.startswith("data.") else key.split(".")[0]
     reason = str(cause).splitlines()[0]
     # "In 'pretrain/bad': ..." names the YAML; an override's message does not
     where = f"in {str(exc).split(':')[0].removeprefix('In ')}" if str(exc).startswith("In '") else "on the command line"
     if "does not support deletion" in reason:
-        return (f"{key} cannot be removed (~{key}): every {group} key needs a value, set in configs/{group}/*.yaml "
+        return (f"{key} cannot be removed (~{key}): every {group} key needs a value, set in {_where(key)} "
                 f"(no default in code); give it another value instead, e.g. {key}=<value>")
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-        return (f"{key} is not a {group} setting ({where}); fix its spelling "
-                f"(the {group} keys: configs/{group}/*.yaml)")
+        article = "an" if group[0] in "aeiou" else "a"
+        return f"{key} is not {article} {group} setting ({where}); fix its spelling (the {group} keys: {_where(key)})"
     return f"{key}: {reason} ({where})"  # a value of the wrong type
 
 

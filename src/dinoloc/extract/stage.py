@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +50,15 @@ class ExtractSpec:
     strategy: str                    # mapping | replication | native
     cache_dir: str
     weights_dir: str                 # downloaded weights
-    device: str = "auto"
-    allow_random_weights: bool = False
-    empty_channels: str = EMPTY_CHANNELS_DEFAULT  # mapping only: what the unmapped channels hold
-    channel_roles: dict[str, str | None] = field(default_factory=dict)  # a folder's channels' roles
-    batch_size: int = 64
-    num_workers: int = 0
-    chunk_size: int = 256
-    amp: bool = True
+    device: str                      # auto | cpu | cuda...
+    allow_random_weights: bool
+    empty_channels: str              # mapping only: what the unmapped channels hold (configs/strategy/)
+    channel_roles: dict[str, str | None]  # a folder's channels' roles ({} for OpenCell)
+    # configs/extract/*.yaml (the one place their values live; none enters the cache key)
+    batch_size: int
+    num_workers: int
+    chunk_size: int
+    amp: bool
 
 
 def source(spec: ExtractSpec) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         embed_batch, strategy=spec.strategy, backbone_channels=list(bb.channels),
         channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp["img_size"],
         intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
-        empty_channels=_empty_channels(spec), crop_size=int(pp.get("crop_size", 600)),
+        empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]),
     )
     root = Path(spec.data.root)
     return extract(

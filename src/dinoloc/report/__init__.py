@@ -74,7 +74,7 @@ def _write_tables(out_dir: Path, table: pd.DataFrame, missing: list[str], result
                   spec: ReportSpec) -> dict[str, Path]:
     paths = {name: out_dir / name for name in ("table3.csv", "table3.md", "per_class.csv")}
     write_csv(paths["table3.csv"], table)
-    write_text(paths["table3.md"], markdown_table(table, missing, synthetic, n_boot=spec.n_boot, results=results))
+    write_text(paths["table3.md"], markdown_table(table, missing, synthetic, results=results))
     write_csv(paths["per_class.csv"], per_class_table(results))
     sens = pd.DataFrame(table.attrs.get("sensitivity") or [], columns=SENSITIVITY_COLUMNS)
     if len(sens):

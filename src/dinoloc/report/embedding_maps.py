@@ -93,8 +93,7 @@ def _row_data(result: dict) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def plot_embedding_maps(
-    results: Sequence[dict], out_png: str | os.PathLike, method: str = "auto", max_points: int = 2000,
-    seed: int = 0,
+    results: Sequence[dict], out_png: str | os.PathLike, *, method: str, max_points: int, seed: int,
 ) -> dict[str, Any]:
     """embedding_maps.png and .pdf: one panel per row (runs sharing embeddings, e.g. the heads of one row, share
     a panel). Returns {method, n_points, n_labelled, panels, seconds}."""

@@ -187,13 +187,13 @@ def plot_figure2(
     best_row_run_dir: str | os.PathLike,
     out_png: str | os.PathLike,
     n_images: int = 2,
-    seed: int = 0,
-    colors: str = "magenta_green",
     *,
+    seed: int,
+    colors: str,
     display_percentiles: Sequence[float],
 ) -> list[str]:
     """The paper's Figure 2: for `n_images` labelled test images of the best fold (highest test macro F1)
-    of a run, the composite (magenta/green by default, colour-blind safe; `colors="red_green"` as the
+    of a run, the composite (`colors`: config figure2_colors, magenta_green colour-blind safe or red_green as the
     paper), each channel, and a table of ground truth vs prediction with probabilities. Every panel is
     stretched by `display_percentiles` (config report.display_percentiles, dinoloc.viz.stretch). Writes out_png
     and a PDF beside it. Returns the image ids shown. The images are read from predictions.csv `path` under the

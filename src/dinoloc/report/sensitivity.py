@@ -48,7 +48,7 @@ def sensitivity_rows(table: pd.DataFrame, st: list[dict], compare: Callable) -> 
     return out
 
 
-def sensitivity_markdown(sens: pd.DataFrame, synthetic: bool, n_boot: int | None, level: float = 0.95) -> str:
+def sensitivity_markdown(sens: pd.DataFrame, synthetic: bool, n_boot: int | None, level: float) -> str:
     """The sensitivity table: each variant against its baseline row."""
     lines = ["**SYNTHETIC DEMO DATA** — not the paper's data.", ""] if synthetic else []
     lines += [

@@ -81,7 +81,7 @@ def _check_against_result(result: dict, per_fold: dict[tuple, float], notes: lis
     return recomputed
 
 
-def run_stats(result: dict, n_boot: int, seed: int, level: float = 0.95, method: str = "percentile") -> dict[str, Any]:
+def run_stats(result: dict, *, n_boot: int, seed: int, level: float, method: str) -> dict[str, Any]:
     """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a CI over
     the fixed class set (classes with a positive in the full test set) and one over the well-supported
     classes (>= stats.WELL_SUPPORTED positive test targets)."""

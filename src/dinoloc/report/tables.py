@@ -74,13 +74,16 @@ TABLE_COLUMNS = [
 
 
 def build_table(
-    results: Sequence[dict], expected: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
-    level: float = 0.95, method: str = "percentile",
+    results: Sequence[dict], expected: Sequence[str] | None = None, *, n_boot: int, seed: int, level: float,
+    method: str,
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per run in the paper's order, with mean ± std from result.json and, from predictions.csv,
     a target-bootstrap CI, its bias, and paired comparisons against the best row and against the
     random-weights floor (raw and Holm-adjusted over all the table's comparisons). Returns (table,
-    missing), `missing` being the `expected` run names without a finished run."""
+    missing), `missing` being the `expected` run names without a finished run. n_boot, seed, level and method
+    (the CI method) have no defaults: their values live in configs/config.yaml `report:` (ReportSpec); the
+    table carries them in `table.attrs["ci"]` for markdown_table."""
+    ci = {"n_boot": n_boot, "seed": seed, "level": level, "method": method}
     results = sorted(results, key=row_order)
     names = [run_name(r) for r in results]
     dirs = [Path(r["run_dir"]).name for r in results]
@@ -88,9 +91,11 @@ def build_table(
     if missing:
         warn(f"Table III is missing expected row(s): {', '.join(missing)} (no finished run folder)")
     if not results:
-        return pd.DataFrame(columns=TABLE_COLUMNS), missing
+        empty = pd.DataFrame(columns=TABLE_COLUMNS)
+        empty.attrs["ci"] = ci
+        return empty, missing
 
-    st = [run_stats(r, n_boot, seed, level, method) for r in results]
+    st = [run_stats(r, n_boot=n_boot, seed=seed, level=level, method=method) for r in results]
     means = np.array([float(r["test_macro_f1_mean"]) for r in results])
     floors = [i for i, r in enumerate(results) if is_floor(r)]
     floor = floors[0] if floors else None
@@ -162,7 +167,7 @@ def build_table(
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for col in ("dino_epochs", "dino_epochs_config"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
-    table.attrs["ci"] = {"n_boot": n_boot, "seed": seed, "level": level, "method": method}
+    table.attrs["ci"] = ci
     table.attrs["best"] = best
     # records, not a DataFrame: pandas compares attrs when it propagates them
     table.attrs["sensitivity"] = sensitivity_rows(table, st, compare).to_dict("records")
@@ -196,15 +201,15 @@ def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
 
 
 def markdown_table(
-    table: pd.DataFrame, missing: Sequence[str], synthetic: bool, n_boot: int | None = 1000,
-    results: Sequence[dict] | None = None,
+    table: pd.DataFrame, missing: Sequence[str], synthetic: bool, results: Sequence[dict] | None = None,
     label_notes: dict[str, Any] | None = None,
 ) -> str:
     """Table III as Markdown, with the notes a reader needs to interpret it: data, CI method and its measured
     coverage, thin classes, the paper's open choices as this run made them, and the generated list of
-    deviations from the paper (from each run's resolved config, see dinoloc.provenance)."""
-    ci = table.attrs.get("ci", {"n_boot": n_boot, "level": 0.95, "method": "percentile", "seed": 0})
-    level = float(ci.get("level", 0.95))
+    deviations from the paper (from each run's resolved config, see dinoloc.provenance). The CI settings are
+    the ones build_table used (`table.attrs["ci"]`)."""
+    ci = table.attrs["ci"]
+    n_boot, level = int(ci["n_boot"]), float(ci["level"])
     lines = []
     if synthetic:
         lines += [
