@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from dinoloc.classify.params import ClassifierParams, KNNParams
 from dinoloc.extract.stage import ExtractSpec
 from dinoloc.pretrain.params import PretrainParams
-from dinoloc.report import ReportSpec
+from dinoloc.report.spec import ReportSpec
 from dinoloc.synthetic.generate import GeneratorSpec
 
 Field = tuple[str, Any]

@@ -9,39 +9,54 @@ embeddings.
 Scores are in dinoloc.metrics, the run folder's files in dinoloc.results.
 """
 
-from dinoloc.classify.cv import SPLITS, CVResult, cross_validate, cross_validate_seeds, fit_standardizer
-from dinoloc.classify.params import (
-    LOSS_CHOICES,
-    LR_SCALING_CHOICES,
-    RESAMPLE_CHOICES,
-    SAMPLER_CHOICES,
-    SCHEDULE_STEP_CHOICES,
-    SCHEDULER_CHOICES,
-    ClassifierParams,
-    KNNParams,
-    head_name,
-    params_from_config,
-    refuse_unknown_keys,
-)
-from dinoloc.classify.probes import knn_predict_proba, knn_vote
-from dinoloc.classify.stage import ClassifySpec, run_classification, run_name
-from dinoloc.classify.trainer import (
-    ADAM_EPS,
-    Hook,
-    class_uniform_weights,
-    epoch_lrs,
-    fold_lr_schedules,
-    fold_seed,
-    init_mlp,
-    predict_proba,
-    rarest_label_weights,
-    train_folds,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ADAM_EPS", "ClassifySpec", "LOSS_CHOICES", "LR_SCALING_CHOICES", "RESAMPLE_CHOICES", "SAMPLER_CHOICES", "SCHEDULER_CHOICES",
-    "SCHEDULE_STEP_CHOICES", "SPLITS", "CVResult", "ClassifierParams", "Hook", "KNNParams", "class_uniform_weights",
-    "cross_validate", "cross_validate_seeds", "epoch_lrs", "fit_standardizer", "fold_lr_schedules", "fold_seed",
-    "head_name", "init_mlp", "knn_predict_proba", "knn_vote", "params_from_config", "predict_proba",
-    "rarest_label_weights", "refuse_unknown_keys", "run_classification", "run_name", "train_folds",
-]
+import importlib
+from typing import Any
+
+# The names below load their module on first use (PEP 562): `dinoloc.classify.params` (read by the config schema at
+# every command's start) does not pull in torch.
+_WHERE = {
+    "ADAM_EPS": "trainer",
+    "CVResult": "cv",
+    "ClassifierParams": "params",
+    "ClassifySpec": "stage",
+    "Hook": "trainer",
+    "KNNParams": "params",
+    "LOSS_CHOICES": "params",
+    "LR_SCALING_CHOICES": "params",
+    "RESAMPLE_CHOICES": "params",
+    "SAMPLER_CHOICES": "params",
+    "SCHEDULER_CHOICES": "params",
+    "SCHEDULE_STEP_CHOICES": "params",
+    "SPLITS": "cv",
+    "class_uniform_weights": "trainer",
+    "cross_validate": "cv",
+    "cross_validate_seeds": "cv",
+    "epoch_lrs": "trainer",
+    "fit_standardizer": "cv",
+    "fold_lr_schedules": "trainer",
+    "fold_seed": "trainer",
+    "head_name": "params",
+    "init_mlp": "trainer",
+    "knn_predict_proba": "probes",
+    "knn_vote": "probes",
+    "params_from_config": "params",
+    "predict_proba": "trainer",
+    "rarest_label_weights": "trainer",
+    "refuse_unknown_keys": "params",
+    "run_classification": "stage",
+    "run_name": "stage",
+    "train_folds": "trainer",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dinoloc.classify' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"dinoloc.classify.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
