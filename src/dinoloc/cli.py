@@ -123,19 +123,12 @@ def run_main(cfg: DictConfig) -> None:
 @_console("dinoloc-pretrain")
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
-    from dinoloc.data.prepare import ensure_synthetic, run_data
     from dinoloc.device import rank_and_world, setup
     from dinoloc.pretrain import run_pretrain
 
     setup(str(cfg.device))
     spec = pretrain_spec(cfg)  # every config value is checked before the (possibly long) manifest and image scan
-    validate_root(cfg)
-    manifest = split = None
-    if spec.source == "opencell":
-        manifest, split = run_data(data_spec(cfg))
-    elif cfg.data.synthetic:
-        ensure_synthetic(data_spec(cfg))  # the generated stand-in folders (pretrain.image_dir)
-    ckpt = run_pretrain(spec, manifest, split)
+    ckpt = run_pretrain(spec)
     if rank_and_world()[0] == 0:
         print(f"checkpoint: {ckpt}" + ("  [SYNTHETIC]" if spec.synthetic else ""))
 

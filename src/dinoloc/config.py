@@ -140,8 +140,10 @@ def pretrain_spec(cfg: DictConfig):
         data_root=None if root is None or OmegaConf.is_missing(cfg.data, "root") else str(root),
         out_dir=str(Path(str(bb.weights)).parent), device=str(cfg.device),
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
+        data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
     spec.check()
+    validate_root(cfg)
     return spec
 
 

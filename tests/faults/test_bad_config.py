@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoloc.config import compose, pretrain_spec, validate, validate_root
+from dinoloc.config import compose, pretrain_spec, validate
 from dinoloc.console import error_line
 
 BIN = Path(sys.executable).parent
@@ -61,8 +61,7 @@ def test_bad_pretrain_config_refused_before_work(tmp_path, overrides, key):
 
     def check():
         cfg = compose([f"paths.output_dir={out}", "backbone=opencell_demo", *overrides])
-        pretrain_spec(cfg)  # what dinoloc-pretrain checks first, then the data root
-        validate_root(cfg)
+        pretrain_spec(cfg)  # what dinoloc-pretrain checks before any work (recipe, source, data root)
 
     assert key in _refusal(check)
     assert not _written(out)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from dinoloc.data.prepare import DataSpec, ensure_synthetic, run_data
 from dinoloc.io import DinolocError
 from dinoloc.pretrain.data import PretrainImages, check_source, folder_images, opencell_images
 from dinoloc.pretrain.params import PretrainParams
@@ -37,6 +38,7 @@ class PretrainSpec:
     out_dir: str  # the checkpoint goes to out_dir/checkpoint.pth (the folder of backbone.weights)
     device: str  # auto | cpu | cuda[:n]
     synthetic: bool  # the data or the backbone is a synthetic stand-in: marked in what is printed
+    data: DataSpec | None = None  # source=opencell: the dataset to build (run_data); synthetic: generated first
 
     def check(self) -> None:
         """What can be refused before any data is read (the recipe itself is checked by PretrainParams)."""
@@ -61,7 +63,15 @@ def pretrain_images(spec: PretrainSpec, manifest: pd.DataFrame | None = None,
 
 def run_pretrain(spec: PretrainSpec, manifest: pd.DataFrame | None = None,
                  split: pd.DataFrame | None = None) -> Path:
-    """DINO-pretrain spec's backbone on spec's data; returns the checkpoint (resumes an unfinished one)."""
+    """DINO-pretrain spec's backbone on spec's data; returns the checkpoint (resumes an unfinished one).
+    Without `manifest`/`split`, source=opencell builds them from `spec.data`; the synthetic demo's stand-in
+    folders are generated first when missing."""
+    spec.check()
+    if spec.data is not None and manifest is None:
+        if spec.source == "opencell":
+            manifest, split = run_data(spec.data)
+        elif spec.data.synthetic:
+            ensure_synthetic(spec.data)  # the generated stand-in folders (pretrain.image_dir)
     data = pretrain_images(spec, manifest, split)
     return train_dino(
         data.images, data.read_fn, data.channels, spec.out_dir, arch=spec.arch, model_kwargs=spec.model_kwargs,
