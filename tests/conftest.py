@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,15 @@ import tifffile
 from dinoloc.ontology import CATEGORIES, GRADE_COLUMNS
 
 ANNOTATIONS_NAME = "opencell-localization-annotations.csv"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker (and every command it starts) gets an equal share of the cores, so the
+    workers do not oversubscribe them (the suite runs `-n auto --dist loadfile`; see pyproject.toml)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
 
 
 def make_opencell_tree(

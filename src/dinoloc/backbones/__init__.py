@@ -8,136 +8,48 @@ shape that does not fit is an error, never a silently random layer.
 
 - `vit`: the model (`create_vit`) and official DINO's position-embedding interpolation;
 - `weights`: where weights come from (files, URLs, timm names, random init), fingerprints and display names;
-- `checkpoint`: reading checkpoints and loading them strictly.
+- `checkpoint`: reading checkpoints and loading them strictly;
+- `build`: `build_backbone`, the model with its weights.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 from typing import Any
 
-import timm
-import torch
-
-from dinoloc.backbones.checkpoint import (
-    checkpoint_epoch,
-    checkpoint_facts,
-    convert_dinov2_release,
-    extract_state_dict,
-    load_backbone_state,
-    read_checkpoint,
-)
-from dinoloc.backbones.vit import (
-    checkpoint_img_size,
-    create_vit,
-    dino_interpolate_pos_encoding,
-    use_official_pos_interpolation,
-)
-from dinoloc.backbones.weights import (
-    RANDOM_INIT_SEED,
-    TIMM_PREFIX,
-    cached_weights_path,
-    check_sha256,
-    describe_weights,
-    display_name,
-    fetch_weights,
-    is_url,
-    local_weights,
-    sha256_of,
-    weights_fingerprint,
-)
-from dinoloc.io import DinolocError
-
-__all__ = ["RANDOM_INIT_SEED", "TIMM_PREFIX", "build_backbone", "cached_weights_path", "checkpoint_facts", "create_vit",
-           "describe_weights", "dino_interpolate_pos_encoding", "display_name", "is_url", "read_checkpoint",
-           "weights_fingerprint"]
+# Loaded on first use (PEP 562): naming and checking weights at a command's start needs neither torch nor timm.
+_WHERE = {
+    "RANDOM_INIT_SEED": "weights",
+    "TIMM_PREFIX": "weights",
+    "build_backbone": "build",
+    "cached_weights_path": "weights",
+    "check_sha256": "weights",
+    "checkpoint_epoch": "checkpoint",
+    "checkpoint_facts": "checkpoint",
+    "checkpoint_img_size": "vit",
+    "convert_dinov2_release": "checkpoint",
+    "create_vit": "vit",
+    "describe_weights": "weights",
+    "dino_interpolate_pos_encoding": "vit",
+    "display_name": "weights",
+    "extract_state_dict": "checkpoint",
+    "fetch_weights": "weights",
+    "is_url": "weights",
+    "load_backbone_state": "checkpoint",
+    "local_weights": "weights",
+    "read_checkpoint": "checkpoint",
+    "sha256_of": "weights",
+    "use_official_pos_interpolation": "vit",
+    "weights_fingerprint": "weights",
+}
+__all__ = sorted(_WHERE)
 
 
-def build_backbone(
-    arch: str,
-    in_chans: int,
-    weights: str | os.PathLike | None = None,
-    checkpoint_key: str = "teacher",
-    img_size: int = 224,
-    *,
-    weights_sha256: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    allow_random: bool = False,
-    **model_kwargs: Any,
-) -> torch.nn.Module:
-    """A ViT in eval mode holding `weights` (local path, http(s)/file URL, `timm:<name>`, or None for random).
-
-    The model carries `dinoloc_info = {weights, weights_sha256, checkpoint_epoch, random_init}`.
-    """
-    sha256 = check_sha256(weights_sha256)
-    weights = None if weights is None or str(weights) == "" else str(weights)
-    info: dict[str, Any] = {"weights": weights, "weights_sha256": None, "checkpoint_epoch": None, "random_init": False}
-    if weights is None:
-        if not allow_random:
-            raise DinolocError(
-                f"no weights for backbone.arch={arch}: set backbone.weights=<path, URL or timm:name>, or "
-                "allow_random_weights=true to embed with a randomly initialised model"
-            )
-        # Seeded, so "random" names ONE model in cache keys: a resumed extraction continues with the same weights.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            model = create_vit(arch, in_chans, img_size, **model_kwargs)
-        info["random_init"] = True
-        info["random_seed"] = RANDOM_INIT_SEED
-    elif weights.startswith(TIMM_PREFIX):
-        model = _timm_pretrained(weights[len(TIMM_PREFIX):], arch, in_chans, img_size, model_kwargs)
-    else:
-        path = fetch_weights(weights, cache_dir, sha256) if is_url(weights) else local_weights(weights, sha256)
-        obj = read_checkpoint(path)
-        source = str(path) if str(path) == weights else f"{path} (backbone.weights={weights})"
-        state = extract_state_dict(obj, checkpoint_key, source)
-        if "mask_token" in state:  # Meta's own DINOv2 release layout: timm's converter renames it to timm's keys
-            model = create_vit(arch, in_chans, img_size, **model_kwargs)
-            state = convert_dinov2_release(state, model, source)
-        else:
-            # Built at the checkpoint's own grid: other input sizes are then interpolated at forward time exactly
-            # as official DINO does (resampling at load with timm's antialiased resize, then again, would differ).
-            model = create_vit(arch, in_chans, checkpoint_img_size(state, img_size), **model_kwargs)
-        load_backbone_state(model, state, source)
-        info["weights_sha256"] = sha256_of(path)
-        info["checkpoint_epoch"] = checkpoint_epoch(obj)
-        info["checkpoint"] = checkpoint_facts(obj, state)
-    use_official_pos_interpolation(model)
-    model.eval()
-    model.dinoloc_info = info
-    return model
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dinoloc.backbones' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"dinoloc.backbones.{_WHERE[name]}"), name)
 
 
-def _timm_pretrained(
-    name: str, arch: str, in_chans: int, img_size: int, model_kwargs: dict[str, Any]
-) -> torch.nn.Module:
-    """timm's own pretrained copy (e.g. vit_base_patch8_224.dino), from the user's local Hugging Face cache."""
-    if not name:
-        raise DinolocError("backbone.weights='timm:' names no model; e.g. timm:vit_base_patch8_224.dino")
-    if name.split(".")[0] != arch:
-        raise DinolocError(f"backbone.weights=timm:{name} is not a {arch}; set backbone.arch={name.split('.')[0]}")
-    try:
-        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
-    except RuntimeError as e:
-        cfg, why = None, str(e)
-    else:
-        why = "not registered"
-    if cfg is None:
-        raise DinolocError(f"backbone.weights=timm:{name}: timm has no such pretrained model ({why})")
-    src_chans = (cfg.input_size or (3,))[0]
-    if src_chans != in_chans:
-        # timm would silently sum/repeat the RGB filters; keep loading strict as for files.
-        raise DinolocError(
-            f"backbone.weights=timm:{name}: checkpoint has {src_chans} input channels, backbone.in_chans={in_chans}"
-        )
-    try:
-        # At the pretrained input size, so other sizes are interpolated at forward time the official way.
-        own_size = int((cfg.input_size or (3, img_size, img_size))[-1])
-        return timm.create_model(
-            name, pretrained=True, num_classes=0, global_pool="token", in_chans=in_chans, img_size=own_size,
-            dynamic_img_size=True, **model_kwargs,
-        )
-    except (OSError, RuntimeError, ValueError) as e:
-        raise DinolocError(
-            f"could not load backbone.weights=timm:{name} ({e}); is it in the local Hugging Face cache?"
-        ) from e
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

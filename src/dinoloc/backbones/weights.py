@@ -9,7 +9,6 @@ import urllib.error
 import urllib.parse
 from pathlib import Path
 
-import torch
 from filelock import FileLock
 
 from dinoloc.io import DinolocError, atomic_path, file_sha256, text_sha256
@@ -73,6 +72,8 @@ def fetch_weights(
             return dest
         with atomic_path(dest) as tmp:
             try:
+                import torch  # only for a download: naming and fingerprinting weights needs no torch
+
                 torch.hub.download_url_to_file(url, str(tmp), progress=progress)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 raise DinolocError(
