@@ -39,6 +39,9 @@ def _load_script():
     return module
 
 
+# Its tests share one module-scoped run: keep them on one pytest-xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("gpu_check")
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")

@@ -23,6 +23,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
+# Its tests share one module-scoped run: keep them on one pytest-xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("pipeline")
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")

@@ -1,10 +1,13 @@
-"""Crashes and concurrency through the real commands: SIGKILL at a random moment, then rerun.
+"""Crashes and concurrency: a real command SIGKILLed at a random moment, then the same work again.
 
 Each killed stage must resume (redo at most one chunk / epoch), end with exactly the result of an uninterrupted
-run, and never show a partial file under a final name; parallel jobs sharing the cache compute it once.
+run, and never show a partial file under a final name; parallel jobs sharing the cache compute it once. The killed
+run is the console script in its own process; the rerun and the uninterrupted reference go through the stage's
+runner in-process (the resume logic lives there, and each saved process start is ~4 s of imports).
 """
 
 import json
+import logging
 import os
 import random
 import signal
@@ -18,9 +21,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.config import compose, data_spec, extract_spec
+from dinoloc.classify import run_classification
+from dinoloc.config import classify_spec, compose, data_spec, extract_spec, pretrain_spec
 from dinoloc.data.prepare import ensure_synthetic, run_data
 from dinoloc.extract import run_extraction
+from dinoloc.pretrain import run_pretrain
 
 BIN = Path(sys.executable).parent
 RNG = random.Random(20261125)  # "random moment", reproducibly
@@ -80,9 +85,9 @@ def _no_partial_files(folder: Path) -> None:
             pd.read_csv(p)
 
 
-def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path):
-    # 256 px through the tiny ViT (1,024 tokens) keeps the run long enough to be killed in the middle.
-    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=256",
+def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, capsys):
+    # 160 px through the tiny ViT (400 tokens, ~10 chunks of 16) keeps the run long enough to be killed in the middle.
+    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=160",
              "extract.chunk_size=16", "extract.batch_size=8"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     cmd = [str(BIN / "dinoloc-extract"), *_common(synth, killed), *extra]
@@ -96,9 +101,11 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path):
     done = len(list((entry / "chunks").glob("chunk_*.npy")))
     assert done >= 1
 
-    again = _run(cmd, tmp_path)
-    assert f"{done * 16} of" in again.stdout, again.stdout  # resumed after the saved chunks, redid none of them
-    spec = extract_spec(compose([*_common(synth, clean), *extra]))  # the uninterrupted run, in-process
+    spec = extract_spec(compose([*_common(synth, killed), *extra]))  # the same command again: resume
+    run_extraction(spec, run_data(spec.data)[0])
+    resumed = capsys.readouterr().out
+    assert f"{done * 16} of" in resumed, resumed  # resumed after the saved chunks, redid none of them
+    spec = extract_spec(compose([*_common(synth, clean), *extra]))  # the uninterrupted run
     reference = run_extraction(spec, run_data(spec.data)[0])
     assert reference.key == entry.name  # the same embeddings were asked for
     a = np.load(entry / "embeddings.npy")
@@ -107,22 +114,22 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path):
     assert not (entry / "chunks").exists()
 
 
-def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path):
+def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path, capsys):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
-    def cmd(out: Path) -> list[str]:
-        return [str(BIN / "dinoloc-pretrain"), *_common(synth, out), "backbone=opencell_demo", "pretrain=demo",
+    def overrides(out: Path) -> list[str]:
+        return [*_common(synth, out), "backbone=opencell_demo", "pretrain=demo",
                 f"backbone.weights={out / 'pretrain' / 'opencell_demo' / 'checkpoint.pth'}",  # where it writes
                 "pretrain.epochs=3", "pretrain.warmup_epochs=1"]
 
     ckpt = killed / "pretrain" / "opencell_demo" / "checkpoint.pth"
-    _kill_when(cmd(killed), tmp_path, ckpt.exists, max_delay=1.0)
+    _kill_when([str(BIN / "dinoloc-pretrain"), *overrides(killed)], tmp_path, ckpt.exists, max_delay=1.0)
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)  # a complete checkpoint, never a torn one
     assert 1 <= state["epoch"] < 3, "the run finished before it was killed"
-    again = _run(cmd(killed), tmp_path)
-    assert f"at epoch {state['epoch']}/3" in again.stdout
-    _run(cmd(clean), tmp_path)
+    run_pretrain(pretrain_spec(compose(overrides(killed))))  # the same command again: resume
+    assert f"at epoch {state['epoch']}/3" in capsys.readouterr().out
+    run_pretrain(pretrain_spec(compose(overrides(clean))))  # the uninterrupted run
     a = torch.load(ckpt, map_location="cpu", weights_only=False)
     b = torch.load(clean / "pretrain" / "opencell_demo" / "checkpoint.pth", map_location="cpu", weights_only=False)
     assert a["epoch"] == b["epoch"] == 3
@@ -134,7 +141,7 @@ def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path):
     )
 
 
-def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_path):
+def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_path, caplog):
     out = tmp_path / "out"
     cmd = [str(BIN / "dinoloc-run"), "-m", "row=imagenet_demo_mapping,hpa_demo_mapping", *_common(synth, out),
            "classifier.epochs=200", "experiment_name=k"]
@@ -145,9 +152,11 @@ def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_
     _no_partial_files(runs)
     stamp = first.stat().st_mtime_ns
 
-    again = _run(cmd, tmp_path)
+    with caplog.at_level(logging.INFO, logger="dinoloc"):  # the same sweep again, row by row
+        for row in ("imagenet_demo_mapping", "hpa_demo_mapping"):
+            run_classification(classify_spec(compose([f"row={row}", *cmd[3:]])))
     assert first.stat().st_mtime_ns == stamp  # the finished row was kept, not redone
-    assert "skipping" in again.stdout + again.stderr
+    assert "skipping" in caplog.text
     second = json.loads((runs / "hpa_demo__mapping" / "result.json").read_text())
     assert second["classifier"]["epochs"] == 200 and len(second["folds"]) == 5
 
