@@ -92,14 +92,11 @@ def test_dry_run_figures_hang_together(dry_run):
     assert set(sec["demo"]["rows"]) and sec["demo"]["within_noise"] is True  # CPU vs CPU in the dry run
 
 
-def test_dry_run_writes_the_readme_table_and_is_quick(dry_run):
-    proc, out, seconds = dry_run
+def test_dry_run_writes_the_readme_table(dry_run):
+    proc, out, _ = dry_run
     md = (out / "gpu.md").read_text()
     assert "| figure | measured | goal |" in md and "MFU" in md and "DataLoader loop" in md
     assert md.strip() in proc.stdout
-    # ~20 s of CPU time (under a minute on 2 free cores); the bound only catches real sizes slipping into the dry
-    # run (those take many minutes), with room for a CI machine shared by other jobs
-    assert seconds < 240
 
 
 def test_peak_table_matches_device_names():
