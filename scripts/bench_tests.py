@@ -42,9 +42,9 @@ def prepare(rev: str, work: Path) -> tuple[Path, Path]:
     return tree, py
 
 
-def run_suite(tree: Path, py: Path) -> tuple[float, str]:
+def run_suite(tree: Path, py: Path, extra: tuple[str, ...] = ()) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tree,
+    proc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra], cwd=tree,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     summary = next((ln for ln in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed)", ln)), "?")
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base", required=True, help="the earlier commit (e.g. the previous landing)")
     ap.add_argument("--head", default="HEAD")
     ap.add_argument("--repeat", type=int, default=1, help="alternate base/head this many times")
+    ap.add_argument("--serial-head", action="store_true",
+                    help="also time the head's suite with -n0 (one process, no pytest-xdist workers)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_tests_"))
     try:
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"{seconds:7.1f} s  ({summary})", flush=True)
         base, head = min(times["base"]), min(times["head"])
         print(f"default suite: base {base:.1f} s, head {head:.1f} s, head/base = {head / base:.2f}")
+        if args.serial_head:
+            seconds, summary = run_suite(*trees["head"], ("-n0",))
+            print(f"head with -n0 (serial): {seconds:.1f} s ({summary}), head -n0 / base = {seconds / base:.2f}")
     finally:
         for tree, _ in locals().get("trees", {}).values():
             _git("worktree", "remove", "--force", str(tree))
