@@ -14,8 +14,7 @@ shape that does not fit is an error, never a silently random layer.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dinoloc.lazy import lazy_exports
 
 # Loaded on first use (PEP 562): naming and checking weights at a command's start needs neither torch nor timm.
 _WHERE = {
@@ -44,12 +43,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'dinoloc.backbones' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"dinoloc.backbones.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

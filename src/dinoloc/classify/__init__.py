@@ -11,8 +11,7 @@ Scores are in dinoloc.metrics, the run folder's files in dinoloc.results.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dinoloc.lazy import lazy_exports
 
 # The names below load their module on first use (PEP 562): `dinoloc.classify.params` (read by the config schema at
 # every command's start) does not pull in torch.
@@ -51,12 +50,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'dinoloc.classify' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"dinoloc.classify.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -10,8 +10,7 @@ read by the config schema at every command's start) does not pull in torchvision
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dinoloc.lazy import lazy_exports
 
 _WHERE = {
     "CropSpec": "params", "DATA_KEYS": "params", "PretrainParams": "params",
@@ -29,12 +28,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'dinoloc.pretrain' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"dinoloc.pretrain.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

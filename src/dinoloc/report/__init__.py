@@ -12,8 +12,7 @@ anything; it imports no torch. One entry point: `run_report(ReportSpec(...))` (`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dinoloc.lazy import lazy_exports
 
 # Loaded on first use (PEP 562): the config schema reads `spec` at every command's start without scipy/matplotlib.
 _WHERE = {
@@ -23,12 +22,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'dinoloc.report' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"dinoloc.report.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
