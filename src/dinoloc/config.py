@@ -142,7 +142,6 @@ def pretrain_spec(cfg: DictConfig):
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
         data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
-    spec.check()
     validate_root(cfg)
     return spec
 

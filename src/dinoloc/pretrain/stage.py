@@ -40,7 +40,7 @@ class PretrainSpec:
     synthetic: bool  # the data or the backbone is a synthetic stand-in: marked in what is printed
     data: DataSpec | None = None  # source=opencell: the dataset to build (run_data); synthetic: generated first
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """What can be refused before any data is read (the recipe itself is checked by PretrainParams)."""
         check_source(self.source, self.image_dir, self.channels, self.backbone)
         if len(self.channels) != self.in_chans:
@@ -52,7 +52,6 @@ def pretrain_images(spec: PretrainSpec, manifest: pd.DataFrame | None = None,
                     split: pd.DataFrame | None = None) -> PretrainImages:
     """The choice of pretraining data: source=opencell -> the manifest's train/unlabeled images (never test);
     source=folder -> every TIFF of pretrain.image_dir, whose channels.json must match the backbone."""
-    spec.check()
     if spec.source == "opencell":
         if manifest is None or split is None or spec.data_root is None:
             raise DinolocError("pretrain.source=opencell needs the manifest, the split and data.root "
@@ -66,7 +65,6 @@ def run_pretrain(spec: PretrainSpec, manifest: pd.DataFrame | None = None,
     """DINO-pretrain spec's backbone on spec's data; returns the checkpoint (resumes an unfinished one).
     Without `manifest`/`split`, source=opencell builds them from `spec.data`; the synthetic demo's stand-in
     folders are generated first when missing."""
-    spec.check()
     if spec.data is not None and manifest is None:
         if spec.source == "opencell":
             manifest, split = run_data(spec.data)
