@@ -1,26 +1,30 @@
 """Uncertainty for Table III: target-level bootstrap intervals, paired tests and Holm adjustment.
 
-Pure numpy/scipy (no torch), so the statistics can be tested alone in seconds.
+Pure numpy/scipy (no torch), so the statistics can be tested alone in seconds. docs/statistics.md says all of
+this for a reader; dinoloc.simulation measures how well it works (scripts/ci_coverage.py).
 
-Everything works on per-target confusion counts: `counts` has shape (4, n_folds, n_targets, n_classes)
-holding (tp, fp, fn, positives) of each fold's classifier on the images of each test target. Summing the
-counts of a multiset of targets gives exactly the F1 of the concatenated images, so a bootstrap replicate
-is just a vector of draw counts per target (`weights`), and every statistic is an einsum.
+Everything works on per-target confusion counts: `counts` has shape (4, n_columns, n_targets, n_classes)
+holding (tp, fp, fn, positives) of each (classifier seed, fold) model on the images of each test target.
+Summing the counts of a multiset of targets gives exactly the F1 of the concatenated images, so a bootstrap
+replicate is a vector of draw counts per target, and every statistic is an einsum.
+
+The ONE macro F1 (estimate, every replicate, per-class tables, paired tests): per (seed, fold) model,
+sklearn's `f1_score(y, pred, average="macro", labels=<scored classes>, zero_division=0)` on its test images,
+then the mean over the models. The scored classes are those with a positive in the test set. dinoloc's split
+puts a positive of every class with >= 2 targets into the test set (data/split.py), so the replicates keep
+that rule: each replicate draws the test targets with replacement and, for every scored class it lacks
+(rarest first), one drawn target is swapped for a positive target of that class (`bootstrap_weights` with
+`positives`). Every replicate then scores the same classes on the same kind of test set as the estimate.
 
 Why targets and not images: all images of a protein share its labels, so images are not independent draws.
+With several classifier seeds, each replicate also draws the seeds with replacement (`Replicates.columns`),
+so intervals and paired tests include training variability; with one seed they are conditional on the
+trained models.
 
-Why a *fixed* class set: the point estimate averages the classes with a positive in the full test set.
-Replicates must average the same classes; averaging "the classes present in the replicate" (what dinoloc
-did before) changes the statistic from replicate to replicate, since a class with k positive test targets
-drops out of about e^-k of replicates, and shifted the whole replicate distribution off the estimate.
-A class of the fixed set that has no positive in a replicate scores 0 there (zero_division=0).
-
-Which interval: percentile (the default), BCa and basic were compared by simulation against an
-OpenCell-like population (`opencell_like_test_set`, `coverage`, scripts/ci_coverage.py). None reaches
-the nominal 95% there (SIMULATED_COVERAGE): which thin classes a test set contains is itself random, and no
-resampling of one test set sees that. Percentile covered best over all scored classes, so it is the
-default and the table notes quote its measured coverage. Whatever the method, an interval that misses the
-estimate is widened to it and the row says so (in the simulation this never happened).
+Calibration: the percentile interval's half-widths (and the paired test's null spread) are multiplied by
+`CALIBRATION["inflate"]`, measured by simulation at OpenCell's scale. A table whose test set has fewer targets
+than `CALIBRATION["min_test_targets"]` gets no interval and no p value ("too few test targets for a
+calibrated interval"): at the demo's size no resampling of one test set reached nominal coverage.
 """
 
 from __future__ import annotations
@@ -34,23 +38,34 @@ from scipy import stats as sps
 TP, FP, FN, POS = range(4)
 METHODS = ("bca", "percentile", "basic")
 WELL_SUPPORTED = 3  # positive test targets a class needs to count as well supported
-# Measured with `PYTHONPATH=src python scripts/ci_coverage.py --sets 300 --boot 1000` (seed 0): coverage of the
-# expected test macro F1 at nominal 0.95 on the OpenCell-like population. No method reaches 0.90 there, so
-# the table notes quote these numbers; tests/test_stats.py checks them against a fresh simulation.
-SIMULATED_COVERAGE = {
-    "percentile": {"all": 0.870, "well_supported": 0.813, "level": 0.95},
-    "bca": {"all": 0.830, "well_supported": 0.820, "level": 0.95},
-    "basic": {"all": 0.827, "well_supported": 0.827, "level": 0.95},
-}
 METHOD_NAMES = {"bca": "BCa (bias-corrected and accelerated)", "percentile": "percentile", "basic": "basic (reverse percentile)"}
+TOO_FEW = "too few test targets for a calibrated interval"
+# Measured by `python scripts/ci_coverage.py --scale opencell|demo --seeds 0,1,2,3,4 --json` (docs/statistics.md):
+# OpenCell's real label structure, dinoloc's split, a classifier at macro F1 ~0.8, the population macro F1 as
+# truth. `inflate` multiplies the percentile half-widths and the paired null; below `min_test_targets` no
+# interval or p is printed. tests/test_simulation.py re-measures a smaller run against these.
+CALIBRATION: dict[str, float] = {"inflate": 1.0, "min_test_targets": 60}
+SIMULATED_COVERAGE: dict[str, dict[str, float]] = {}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the statistic
 # ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Replicates:
+    """Bootstrap replicates: `targets` (n_rep, n_targets) draw counts per test target, and `columns`
+    (n_rep, n_columns) weights of the (seed, fold) models (None: every model once, i.e. one seed)."""
+
+    targets: np.ndarray
+    columns: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
 def scored_classes(counts: np.ndarray) -> np.ndarray:
-    """Boolean mask of the classes with at least one positive in the full test set (the point estimate's
-    class set; every fold predicts the same test set, so fold 0's positives are everyone's)."""
+    """Boolean mask of the classes with at least one positive in the full test set (every model predicts the
+    same test set, so column 0's positives are everyone's)."""
     return counts[POS].sum(axis=(0, 1)) > 0
 
 
@@ -59,29 +74,97 @@ def positive_targets(counts: np.ndarray) -> np.ndarray:
     return (counts[POS, 0] > 0).sum(axis=0)
 
 
-def macro_f1(counts: np.ndarray, weights: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Fold-mean macro F1 over the fixed `classes` for each row of `weights` (n_rep, n_targets).
-    F1 = 2tp / (2tp + fp + fn), 0 where undefined (sklearn's zero_division=0)."""
-    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+def _as_replicates(weights: Replicates | np.ndarray) -> Replicates:
+    if isinstance(weights, Replicates):
+        return weights
+    return Replicates(np.atleast_2d(np.asarray(weights, dtype=np.float64)))
+
+
+def macro_f1(counts: np.ndarray, weights: Replicates | np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The macro F1 (module docstring) over the fixed `classes` for each replicate: per model
+    F1 = 2tp / (2tp + fp + fn), 0 where undefined (zero_division=0), mean over classes, then the
+    (seed-weighted) mean over the models."""
+    reps = _as_replicates(weights)
+    w = reps.targets
     c = counts[:3][..., classes]
-    tp, fp, fn = (np.einsum("bt,ftc->bfc", weights, c[k], optimize=True) for k in range(3))
+    n_f, n_t, n_c = c.shape[1:]
+    # one matrix product per count: (n_rep, n_targets) @ (n_targets, n_models * n_classes)
+    tp, fp, fn = ((w @ c[k].transpose(1, 0, 2).reshape(n_t, n_f * n_c)).reshape(-1, n_f, n_c) for k in range(3))
     den = 2 * tp + fp + fn
     f1 = np.divide(2 * tp, den, out=np.zeros_like(den), where=den > 0)
     if f1.shape[2] == 0:
-        return np.full(weights.shape[0], np.nan)
-    return f1.mean(axis=(1, 2))
+        return np.full(w.shape[0], np.nan)
+    per_model = f1.mean(axis=2)
+    if reps.columns is None:
+        return per_model.mean(axis=1)
+    return (per_model * reps.columns).sum(axis=1) / reps.columns.sum(axis=1)
 
 
 def estimate(counts: np.ndarray, classes: np.ndarray) -> float:
-    """The point estimate: every target once."""
+    """The point estimate: every target and every model once."""
     return float(macro_f1(counts, np.ones((1, counts.shape[2])), classes)[0])
 
 
-def bootstrap_weights(n_targets: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_targets) draw counts: each replicate draws n_targets targets with replacement. The same
-    seed and target count give the same replicates, so rows on one test set are paired."""
+def bootstrap_weights(
+    n_targets: int, n_boot: int, seed: int, positives: np.ndarray | None = None
+) -> np.ndarray:
+    """(n_boot, n_targets) draw counts: each replicate draws n_targets targets with replacement. With
+    `positives` ((n_targets, n_scored) bool: which target carries which scored class) every replicate keeps a
+    positive of every scored class, as dinoloc's split keeps one in the test set: for each class a replicate
+    lacks (rarest first), one drawn copy of a target whose removal loses no class's last positive is swapped
+    for a positive target of that class drawn at random. The same seed and targets give the same replicates,
+    so rows on one test set are paired."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n_targets, np.full(n_targets, 1.0 / n_targets), size=n_boot).astype(np.float64)
+    draws = rng.integers(n_targets, size=(n_boot, n_targets)) + n_targets * np.arange(n_boot)[:, None]
+    w = np.bincount(draws.ravel(), minlength=n_boot * n_targets).reshape(n_boot, n_targets).astype(np.float64)
+    if positives is None:
+        return w
+    pos = np.asarray(positives, dtype=bool)
+    fix_rng = np.random.default_rng([seed, 1])
+    for c in np.argsort(pos.sum(axis=0), kind="stable"):
+        carriers = np.flatnonzero(pos[:, c])
+        if carriers.size == 0:
+            continue
+        present = w @ pos.astype(np.float64)  # (n_boot, n_classes) drawn positives
+        missing = np.flatnonzero(present[:, c] == 0)
+        if missing.size == 0:
+            continue
+        # A copy of target t may go if no class it carries would drop from 1 drawn positive to 0.
+        last = (present[missing] == 1).astype(np.float64) @ pos.T.astype(np.float64) > 0
+        removable = (w[missing] > 0) & ~(last & (w[missing] == 1))
+        # Drop one drawn copy at random among the removable ones (a target weighs its draw count); a
+        # replicate with none (a tiny test set) just gains the positive.
+        mass = np.where(removable, w[missing], 0.0)
+        total = mass.sum(axis=1)
+        cum = np.cumsum(mass, axis=1)
+        pick = (cum < (fix_rng.random(missing.size) * total)[:, None]).sum(axis=1)
+        has = total > 0
+        w[missing[has], pick[has]] -= 1
+        w[missing, carriers[fix_rng.integers(carriers.size, size=missing.size)]] += 1
+    return w
+
+
+def column_weights(seed_of: Sequence[int], n_boot: int, seed: int) -> np.ndarray | None:
+    """(n_boot, n_columns) weights of the (seed, fold) models: each replicate draws the classifier seeds with
+    replacement (a model's weight is its seed's draw count). None with one seed (nothing to resample)."""
+    seed_of = np.asarray(seed_of)
+    seeds = np.unique(seed_of)
+    if seeds.size < 2:
+        return None
+    rng = np.random.default_rng([seed, 2])
+    draws = rng.multinomial(seeds.size, np.full(seeds.size, 1.0 / seeds.size), size=n_boot).astype(np.float64)
+    return draws[:, np.searchsorted(seeds, seed_of)]
+
+
+def replicates(
+    counts: np.ndarray, classes: np.ndarray, n_boot: int, seed: int, seed_of: Sequence[int] | None = None
+) -> Replicates:
+    """The table's replicates for one test set: presence-keeping target draws (bootstrap_weights) and, with
+    several classifier seeds, seed draws (column_weights)."""
+    positives = counts[POS, 0][:, classes] > 0
+    targets = bootstrap_weights(counts.shape[2], n_boot, seed, positives)
+    cols = column_weights(seed_of, n_boot, seed) if seed_of is not None else None
+    return Replicates(targets, cols)
 
 
 def jackknife_weights(n_targets: int) -> np.ndarray:
@@ -133,40 +216,52 @@ class Interval:
     high: float
     bias: float  # replicate mean - estimate
     method: str
-    widened: bool = False  # the method's interval missed the estimate and was widened to it
+    widened: bool = False  # the (calibrated) interval missed the estimate and was widened to it
     replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    raw_low: float = float("nan")  # the method's interval before calibration and widening
+    raw_high: float = float("nan")
+    inflate: float = 1.0
+
+
+def calibrate(theta: float, lo: float, hi: float, inflate: float) -> tuple[float, float]:
+    """The interval's half-widths around the estimate multiplied by `inflate` (CALIBRATION)."""
+    return theta - inflate * (theta - lo), theta + inflate * (hi - theta)
 
 
 def bootstrap_interval(
-    counts: np.ndarray, classes: np.ndarray, weights: np.ndarray, level: float = 0.95, method: str = "percentile"
+    counts: np.ndarray, classes: np.ndarray, weights: Replicates | np.ndarray, level: float = 0.95,
+    method: str = "percentile", inflate: float = 1.0,
 ) -> Interval:
-    """Target-bootstrap interval of the fold-mean macro F1 over the fixed `classes`."""
+    """Target-bootstrap interval of the model-mean macro F1 over the fixed `classes`, calibrated."""
     theta = estimate(counts, classes)
     reps = macro_f1(counts, weights, classes)
     jack = macro_f1(counts, jackknife_weights(counts.shape[2]), classes) if method == "bca" else None
-    lo, hi = interval_from_replicates(theta, reps, level, method, jack)
+    raw_lo, raw_hi = interval_from_replicates(theta, reps, level, method, jack)
+    lo, hi = calibrate(theta, raw_lo, raw_hi, inflate)
     widened = bool(np.isfinite(theta) and np.isfinite(lo) and not lo <= theta <= hi)
     if widened:
         lo, hi = min(lo, theta), max(hi, theta)
     bias = float(np.nanmean(reps) - theta) if reps.size else float("nan")
-    return Interval(theta, lo, hi, bias, method, widened, reps)
+    return Interval(theta, lo, hi, bias, method, widened, reps, raw_lo, raw_hi, inflate)
 
 
 def paired_p_value(
-    counts_a: np.ndarray, counts_b: np.ndarray, classes: np.ndarray, weights: np.ndarray
+    counts_a: np.ndarray, counts_b: np.ndarray, classes: np.ndarray, weights: Replicates | np.ndarray,
+    weights_b: Replicates | np.ndarray | None = None, inflate: float = 1.0,
 ) -> tuple[float, float]:
     """Two-sided paired bootstrap test of "same expected macro F1" for two rows on the same test targets,
-    scored on the same replicates and class set. The replicate differences d* are centred on their own
-    mean to form the null distribution, and p = (1 + #{|d* - mean d*| >= |d|}) / (1 + B), d being the
+    scored on the same target replicates and class set (`weights_b`: row b's own seed draws where its models
+    differ in number). The replicate differences d* are centred on their own mean and scaled by `inflate` to
+    form the null distribution, and p = (1 + #{inflate·|d* - mean d*| >= |d|}) / (1 + B), d being the
     observed difference (a p never below 1/(B+1)). Returns (d, p)."""
     if counts_a.shape[2] != counts_b.shape[2]:
         raise ValueError("paired comparison needs the same test targets in both rows")
     d = estimate(counts_a, classes) - estimate(counts_b, classes)
-    reps = macro_f1(counts_a, weights, classes) - macro_f1(counts_b, weights, classes)
+    reps = macro_f1(counts_a, weights, classes) - macro_f1(counts_b, weights if weights_b is None else weights_b, classes)
     reps = reps[np.isfinite(reps)]
     if reps.size == 0 or not np.isfinite(d):
         return d, float("nan")
-    null = reps - reps.mean()
+    null = inflate * (reps - reps.mean())
     # A tolerance so that identical rows (d = 0, every d* = 0) give p = 1 despite float noise.
     extreme = np.abs(null) >= abs(d) - 1e-12
     return float(d), float((1 + extreme.sum()) / (1 + reps.size))
@@ -209,78 +304,3 @@ def embedding_health(emb: np.ndarray, max_rows: int = 20000) -> dict[str, float]
         "top_component_share": float(var[0] / total),
         "mean_std": float(x.std(axis=0).mean()),
     }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# simulation: an OpenCell-like population, to check coverage
-# ----------------------------------------------------------------------------------------------------------
-# Share of OpenCell targets per class (17 classes, rough portal frequencies): at a 10% test share of
-# ~1,300 targets the last six classes have about 1-3 positive test targets, as on the real data.
-OPENCELL_LIKE_PREVALENCE = np.array(
-    [0.40, 0.35, 0.15, 0.12, 0.10, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.025, 0.02, 0.015, 0.012, 0.01, 0.008]
-)
-
-
-def opencell_like_test_set(
-    rng: np.random.Generator, n_targets: int = 131, n_folds: int = 5, prevalence: np.ndarray | None = None
-) -> np.ndarray:
-    """Counts (4, n_folds, n_targets, 17) for one test set drawn from a known population: targets with
-    independent class labels at `prevalence`, 1 + Poisson(3) images each, and a classifier whose per-class
-    score has a target-level part (shared by the target's images and the folds' classifiers) plus image and
-    fold noise. Rare classes are detected less well, as on OpenCell."""
-    prev = OPENCELL_LIKE_PREVALENCE if prevalence is None else np.asarray(prevalence)
-    n_cls = prev.size
-    y = rng.random((n_targets, n_cls)) < prev
-    n_img = 1 + rng.poisson(3, n_targets)
-    separation = np.linspace(2.5, 0.8, n_cls)  # common classes are easier
-    latent = rng.normal(size=(n_targets, n_cls)) + separation * y
-    tidx = np.repeat(np.arange(n_targets), n_img)
-    yi = y[tidx]
-    counts = np.zeros((4, n_folds, n_targets, n_cls))
-    threshold = 1.6
-    for f in range(n_folds):
-        fold_shift = rng.normal(scale=0.3, size=(n_targets, n_cls))
-        pred = (latent + fold_shift)[tidx] + rng.normal(scale=0.5, size=yi.shape) > threshold
-        for k, v in enumerate((pred & yi, pred & ~yi, ~pred & yi, yi)):
-            np.add.at(counts[k, f], tidx, v.astype(np.float64))
-    return counts
-
-
-def estimate_as_reported(counts: np.ndarray, min_support: int = 1) -> float:
-    """The reported estimator: classes with at least `min_support` positive targets in this test set."""
-    return estimate(counts, positive_targets(counts) >= min_support)
-
-
-def coverage(
-    n_sets: int = 200, n_boot: int = 1000, level: float = 0.95, methods: Sequence[str] = METHODS,
-    seed: int = 0, n_truth: int = 2000, min_support: int = 1, **population,
-) -> dict[str, dict[str, float]]:
-    """Coverage of the expected test macro F1 (the mean of the reported estimator over `n_truth` test sets
-    from the population) by each method's interval over `n_sets` simulated test sets. Returns per method
-    {"coverage", "mean_width", "estimate_inside"} and "truth" under key "_truth"."""
-    rng = np.random.default_rng(seed)
-    truth = float(np.mean([
-        estimate_as_reported(opencell_like_test_set(rng, **population), min_support) for _ in range(n_truth)
-    ]))
-    hits = {m: 0 for m in methods}
-    inside = {m: 0 for m in methods}
-    widths = {m: [] for m in methods}
-    for i in range(n_sets):
-        counts = opencell_like_test_set(rng, **population)
-        classes = positive_targets(counts) >= min_support
-        w = bootstrap_weights(counts.shape[2], n_boot, seed=i)
-        theta = estimate(counts, classes)
-        reps = macro_f1(counts, w, classes)
-        jack = macro_f1(counts, jackknife_weights(counts.shape[2]), classes)
-        for m in methods:
-            lo, hi = interval_from_replicates(theta, reps, level, m, jack)
-            inside[m] += lo <= theta <= hi
-            lo, hi = min(lo, theta), max(hi, theta)  # as bootstrap_interval reports it
-            hits[m] += lo <= truth <= hi
-            widths[m].append(hi - lo)
-    out: dict[str, dict[str, float]] = {
-        m: {"coverage": hits[m] / n_sets, "mean_width": float(np.mean(widths[m])), "estimate_inside": inside[m] / n_sets}
-        for m in methods
-    }
-    out["_truth"] = {"value": truth, "n_sets": n_sets, "n_boot": n_boot, "level": level, "min_support": min_support}
-    return out

@@ -156,7 +156,7 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
         "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
         "dino_epochs_config": bb.dino_epochs,
         "provenance": prov,
-        "resolved": resolved_config(spec, params),
+        "resolved": {**resolved_config(spec, params), "used": used_values(params, bb, patch, ckpt)},
         "synthetic": bool(meta.get("synthetic")),
         "random_weights": bool(meta.get("random_weights", False)),
         "cache_key": entry.key,
@@ -187,6 +187,27 @@ def resolved_config(spec: ClassifySpec, params: Any) -> dict[str, Any]:
         "split": {"test_size": d.test_size, "n_folds": d.n_folds, "group_by": d.group_by, "seed": d.seed},
         "labels": {"min_grade": d.min_grade},  # a labels-CSV folder has no grades: None
         "preprocess": dict(spec.extract.backbone.preprocess),
+    }
+
+
+def used_values(params: Any, bb: Any, patch: Any, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The values that decide the number as they were actually used (not as configured): the lr after
+    lr_scaling, the schedule step, the effective sampler (none when resample=none), standardisation, epochs,
+    batch, architecture, patch size, input size and the DINO epochs of the checkpoint (else the config's).
+    dinoloc.provenance diffs these against the paper's per row. A k-NN head has no lr/epochs/batch: None."""
+    eff_lr = params.effective_lr() if hasattr(params, "effective_lr") else None
+    sampler = params.effective_sampler() if hasattr(params, "effective_sampler") else None
+    return {
+        "lr": eff_lr,
+        "schedule_step": getattr(params, "schedule_step", None),
+        "sampler": sampler,
+        "standardize": getattr(params, "standardize", None),
+        "epochs": getattr(params, "epochs", None),
+        "batch_size": getattr(params, "batch_size", None),
+        "arch": bb.arch,
+        "patch_size": patch if isinstance(patch, int) else None,
+        "img_size": bb.preprocess.get("img_size"),
+        "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
     }
 
 

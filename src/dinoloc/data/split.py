@@ -68,6 +68,17 @@ def _ensure_test_coverage(y: np.ndarray, test: np.ndarray, rng: np.random.Genera
     return test
 
 
+def choose_test_units(y: np.ndarray, test_size: float, seed: int) -> tuple[int, np.ndarray]:
+    """The test set of units with label matrix y: iterative stratification at `test_size`, then every class
+    with >= 2 units gets a test positive (_ensure_test_coverage). Returns (units stratification asked for,
+    is_test). Also what the coverage simulation (dinoloc.simulation) draws its test sets with."""
+    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    _, test_idx = next(sss.split(np.zeros((len(y), 1)), y))
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[test_idx] = True
+    return int(is_test.sum()), _ensure_test_coverage(y, is_test, np.random.default_rng(seed))
+
+
 def _assign_units(
     y: np.ndarray, test_size: float, n_folds: int, seed: int, unit: str = "targets"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,12 +91,7 @@ def _assign_units(
             f">= 1 and the training set >= n_folds; add data, lower split.n_folds or change split.test_size."
         )
     x = np.zeros((n, 1))
-    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    _, test_idx = next(sss.split(x, y))
-    is_test = np.zeros(n, dtype=bool)
-    is_test[test_idx] = True
-    requested = int(is_test.sum())
-    is_test = _ensure_test_coverage(y, is_test, np.random.default_rng(seed))
+    requested, is_test = choose_test_units(y, test_size, seed)
     actual = int(is_test.sum())
     if actual > requested:
         # On small datasets covering every class in test can take far more than test_size: say so.

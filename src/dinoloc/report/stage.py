@@ -47,6 +47,10 @@ def _write_tables(out_dir: Path, table: pd.DataFrame, missing: list[str], result
     write_csv(paths["table3.csv"], table)
     write_text(paths["table3.md"], markdown_table(table, missing, synthetic, results=results))
     write_csv(paths["per_class.csv"], per_class_table(results))
+    comparisons = table.attrs.get("comparisons") or []
+    if comparisons:  # every declared paired comparison with its raw and Holm p (tables.declared_comparisons)
+        paths["comparisons.csv"] = out_dir / "comparisons.csv"
+        write_csv(paths["comparisons.csv"], pd.DataFrame(comparisons, columns=["row", "versus", "why", "delta", "p", "p_holm"]))
     sens = pd.DataFrame(table.attrs.get("sensitivity") or [], columns=SENSITIVITY_COLUMNS)
     if len(sens):
         paths["sensitivity.csv"], paths["sensitivity.md"] = out_dir / "sensitivity.csv", out_dir / "sensitivity.md"

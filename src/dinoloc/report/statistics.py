@@ -82,9 +82,11 @@ def _check_against_result(result: dict, per_fold: dict[tuple, float], notes: lis
 
 
 def run_stats(result: dict, *, n_boot: int, seed: int, level: float, method: str) -> dict[str, Any]:
-    """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a CI over
-    the fixed class set (classes with a positive in the full test set) and one over the well-supported
-    classes (>= stats.WELL_SUPPORTED positive test targets)."""
+    """Recompute the test macro F1 from predictions.csv, check it against result.json, bootstrap a calibrated
+    CI over the scored classes (a positive in the test set; presence-keeping replicates over targets and,
+    with several classifier seeds, seeds: dinoloc.stats) and one over the well-supported classes
+    (>= stats.WELL_SUPPORTED positive test targets). Below stats.CALIBRATION["min_test_targets"] test targets
+    there is no interval (and no paired test): a note says so."""
     run_dir = result["run_dir"]
     cut = threshold(result)
     names = result_classes(result)
@@ -96,10 +98,17 @@ def run_stats(result: dict, *, n_boot: int, seed: int, level: float, method: str
     classes = stats.scored_classes(counts)
     n_pos = stats.positive_targets(counts)
     well = n_pos >= stats.WELL_SUPPORTED
-    weights = stats.bootstrap_weights(len(targets), n_boot, seed) if n_boot > 0 else None
+    seed_of = [s for s, _ in folds]
+    calibrated = len(targets) >= stats.CALIBRATION["min_test_targets"]
+    inflate = float(stats.CALIBRATION["inflate"])
+    reps = stats.replicates(counts, classes, n_boot, seed, seed_of) if n_boot > 0 and calibrated else None
     nan_interval = stats.Interval(float("nan"), float("nan"), float("nan"), float("nan"), method)
-    ci = stats.bootstrap_interval(counts, classes, weights, level, method) if n_boot > 0 else nan_interval
-    ws = stats.bootstrap_interval(counts, well, weights, level, method) if n_boot > 0 and well.any() else nan_interval
+    ci = stats.bootstrap_interval(counts, classes, reps, level, method, inflate) if reps is not None else nan_interval
+    ws = (stats.bootstrap_interval(counts, well, reps, level, method, inflate)
+          if reps is not None and well.any() else nan_interval)
+    if n_boot > 0 and not calibrated:
+        notes.append(f"{stats.TOO_FEW} ({len(targets)} test targets; calibrated from "
+                     f"{int(stats.CALIBRATION['min_test_targets'])})")
     if ci.widened:
         notes.append(f"the {method} interval missed the estimate and was widened to it")
     y_cols = label_columns(names)
@@ -117,22 +126,9 @@ def run_stats(result: dict, *, n_boot: int, seed: int, level: float, method: str
         "thin_classes": [c for c, k, s in zip(names, n_pos, classes, strict=True) if s and k < stats.WELL_SUPPORTED],
         "n_positive_targets": dict(zip(names, n_pos.tolist(), strict=True)),
         "classes": classes,
-        "weights": weights,
+        "weights": reps,  # stats.Replicates (None: no bootstrap, or too few test targets)
+        "calibrated": calibrated,
+        "n_test_targets": len(targets),
+        "seeds": sorted(set(seed_of)),
         "notes": notes,
     }
-
-
-def holm_over_pairs(
-    p_best: np.ndarray, p_floor: np.ndarray, best: int, floor: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Holm over the table's distinct comparisons: every row vs the best and vs the floor, the pair
-    (best, floor) counted once although it appears in both columns."""
-    family = list(p_best) + [p for i, p in enumerate(p_floor) if i != best]
-    adjusted = stats.holm(family)
-    n = len(p_best)
-    p_best_holm = adjusted[:n]
-    rest = iter(adjusted[n:])
-    p_floor_holm = np.array([np.nan if i == best else next(rest) for i in range(n)])
-    if floor is not None and np.isfinite(p_floor[best]):
-        p_floor_holm[best] = p_best_holm[floor]  # the same comparison as the floor row's p vs best
-    return p_best_holm, p_floor_holm

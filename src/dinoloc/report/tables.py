@@ -26,7 +26,7 @@ from dinoloc.report.runs import (
     weights_label,
 )
 from dinoloc.report.sensitivity import sensitivity_rows
-from dinoloc.report.statistics import holm_over_pairs, run_stats
+from dinoloc.report.statistics import run_stats
 from dinoloc.results import DEFAULT_HEAD, PER_CLASS_FILE, read_per_class, result_classes
 
 TABLE_COLUMNS = [
@@ -51,12 +51,12 @@ TABLE_COLUMNS = [
     "ws_ci_low",
     "ws_ci_high",
     "thin_classes",  # scored classes with fewer than 3 positive test targets
-    "delta_vs_best",
-    "p_vs_best",  # raw paired bootstrap p
-    "p_vs_best_holm",  # Holm-adjusted over every comparison in the table
+    "rank",  # 1 = highest test macro F1 among rows of the same variant and head (a rank, not a comparison)
+    "n_test_targets",
+    "calibrated",  # enough test targets for a calibrated interval and paired tests (stats.CALIBRATION)
     "delta_vs_floor",
-    "p_vs_floor",
-    "p_vs_floor_holm",
+    "p_vs_floor",  # raw paired bootstrap p (a declared comparison: every row vs the random-weights floor)
+    "p_vs_floor_holm",  # Holm-adjusted over every declared comparison in the table (attrs["comparisons"])
     "random_weights",  # the random-weights floor row
     "synthetic",
     "backbone",
@@ -73,13 +73,51 @@ TABLE_COLUMNS = [
 
 
 
+FLOOR_WHY = "row vs the random-weights floor"
+PAIR_WHY = "mapping vs replication, same backbone"
+HPA_WHY = "the paper's claim: HPA mapping vs each other row"
+
+
+def declared_comparisons(results: Sequence[dict]) -> list[tuple[int, int, str]]:
+    """The comparisons Table III tests, fixed before any score is seen (never chosen from the results):
+    within each (variant, head) group, every row vs the random-weights floor; mapping vs replication within
+    each backbone; and the paper's own claim, HPA mapping vs each other row. A pair is tested once (its
+    first reason). Returns (row, versus, reason) index pairs into `results`."""
+    out: list[tuple[int, int, str]] = []
+    seen: set[frozenset] = set()
+
+    def add(i: int, j: int, why: str) -> None:
+        if i != j and frozenset((i, j)) not in seen:
+            seen.add(frozenset((i, j)))
+            out.append((i, j, why))
+
+    key = [((r.get("variant") or "baseline"), head(r)) for r in results]
+    for g in dict.fromkeys(key):
+        idx = [i for i in range(len(results)) if key[i] == g]
+        floors = [i for i in idx if is_floor(results[i])]
+        for i in idx:
+            for f in floors[:1]:
+                add(i, f, FLOOR_WHY)
+        for i in idx:
+            if results[i]["strategy"] != "mapping" or is_floor(results[i]):
+                continue
+            for j in idx:
+                if results[j]["backbone"] == results[i]["backbone"] and results[j]["strategy"] == "replication":
+                    add(i, j, PAIR_WHY)
+        hpa = [i for i in idx if str(results[i]["backbone"]).startswith("hpa") and results[i]["strategy"] == "mapping"]
+        for i in hpa[:1]:
+            for j in idx:
+                add(i, j, HPA_WHY)
+    return out
+
+
 def build_table(
     results: Sequence[dict], expected: Sequence[str] | None = None, *, n_boot: int, seed: int, level: float,
     method: str,
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per run in the paper's order, with mean ± std from result.json and, from predictions.csv,
-    a target-bootstrap CI, its bias, and paired comparisons against the best row and against the
-    random-weights floor (raw and Holm-adjusted over all the table's comparisons). Returns (table,
+    a target-bootstrap CI, its bias, a plain rank, and the declared paired comparisons (declared_comparisons;
+    raw and Holm-adjusted over all of them, in `table.attrs["comparisons"]`; the floor's in the row). Returns (table,
     missing), `missing` being the `expected` run names without a finished run. n_boot, seed, level and method
     (the CI method) have no defaults: their values live in configs/config.yaml `report:` (ReportSpec); the
     table carries them in `table.attrs["ci"]` for markdown_table."""
@@ -97,13 +135,12 @@ def build_table(
 
     st = [run_stats(r, n_boot=n_boot, seed=seed, level=level, method=method) for r in results]
     means = np.array([float(r["test_macro_f1_mean"]) for r in results])
+    group = [(results[i].get("variant") or "baseline", head(results[i])) for i in range(len(results))]
+    ranks = pd.Series(means).groupby(pd.Series(group, dtype=object)).rank(ascending=False, method="min")
     floors = [i for i, r in enumerate(results) if is_floor(r)]
-    floor = floors[0] if floors else None
-    candidates = [i for i in range(len(results)) if i not in floors] or list(range(len(results)))
-    # In a sensitivity sweep "best" and the floor are the baseline's: variants are compared in their own table.
-    baseline = [i for i in candidates if (results[i].get("variant") or "baseline") == "baseline"]
-    candidates = baseline or candidates
-    best = max(candidates, key=lambda i: means[i])
+    # For Figure 2 only (which row's images to show): the top-ranked baseline row that is not the floor.
+    shown = [i for i in range(len(results)) if i not in floors and group[i][0] == "baseline"] or list(range(len(results)))
+    best = max(shown, key=lambda i: means[i])
 
     def compare(i: int, j: int | None, notes: list[str], what: str) -> float:
         if j is None or i == j or n_boot <= 0:
@@ -111,12 +148,22 @@ def build_table(
         if st[i]["image_set"] != st[j]["image_set"]:
             notes.append(f"different test images than the {what} row: no paired test")
             return float("nan")
-        return stats.paired_p_value(st[i]["counts"], st[j]["counts"], st[j]["classes"], st[j]["weights"])[1]
+        if st[i]["weights"] is None or st[j]["weights"] is None:
+            return float("nan")  # too few test targets: the row's note says so
+        return stats.paired_p_value(st[i]["counts"], st[j]["counts"], st[j]["classes"], st[i]["weights"],
+                                    st[j]["weights"], float(stats.CALIBRATION["inflate"]))[1]
 
     all_notes = [list(s["notes"]) for s in st]
-    p_best = np.array([compare(i, best, all_notes[i], "best") for i in range(len(results))])
-    p_floor = np.array([compare(i, floor, all_notes[i], "random-weights") for i in range(len(results))])
-    p_best_holm, p_floor_holm = holm_over_pairs(p_best, p_floor, best, floor)
+    declared = declared_comparisons(results)
+    comparisons = []
+    for i, j, why in declared:
+        p = compare(i, j, all_notes[i], "compared")
+        comparisons.append({"row": names[i], "versus": names[j], "why": why, "delta": float(means[i] - means[j]),
+                            "p": p})
+    adjusted = stats.holm([c["p"] for c in comparisons])
+    for c, p_holm in zip(comparisons, adjusted, strict=True):
+        c["p_holm"] = float(p_holm)
+    vs_floor = {i: c for (i, _, why), c in zip(declared, comparisons, strict=True) if why == FLOOR_WHY}
     rows = []
     for i, (r, s) in enumerate(zip(results, st, strict=True)):
         strategy = str(r["strategy"])
@@ -144,12 +191,12 @@ def build_table(
                 "ws_ci_low": s["ws"].low,
                 "ws_ci_high": s["ws"].high,
                 "thin_classes": ", ".join(s["thin_classes"]),
-                "delta_vs_best": float(means[i] - means[best]),
-                "p_vs_best": p_best[i],
-                "p_vs_best_holm": p_best_holm[i],
-                "delta_vs_floor": float(means[i] - means[floor]) if floor is not None else float("nan"),
-                "p_vs_floor": p_floor[i],
-                "p_vs_floor_holm": p_floor_holm[i],
+                "rank": int(ranks[i]),
+                "n_test_targets": s["n_test_targets"],
+                "calibrated": bool(s["calibrated"]),
+                "delta_vs_floor": vs_floor[i]["delta"] if i in vs_floor else float("nan"),
+                "p_vs_floor": vs_floor[i]["p"] if i in vs_floor else float("nan"),
+                "p_vs_floor_holm": vs_floor[i]["p_holm"] if i in vs_floor else float("nan"),
                 "random_weights": is_floor(r),
                 "synthetic": bool(r.get("synthetic", False)),
                 "backbone": r["backbone"],
@@ -168,7 +215,9 @@ def build_table(
     for col in ("dino_epochs", "dino_epochs_config"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
     table.attrs["ci"] = ci
-    table.attrs["best"] = best
+    table.attrs["best"] = best  # Figure 2's row, not a comparator
+    table.attrs["comparisons"] = comparisons
+    table.attrs["n_seeds"] = sorted({len(s["seeds"]) for s in st})
     # records, not a DataFrame: pandas compares attrs when it propagates them
     table.attrs["sensitivity"] = sensitivity_rows(table, st, compare).to_dict("records")
     return table, missing
@@ -221,12 +270,10 @@ def markdown_table(
         "**Table III.** Test macro F1 (mean ± std over the cross-validation folds).",
         "",
         f"| Weights | Model | Approach | Head | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
-        "F1 (≥3-target classes) [CI] | Train F1 | Val F1 | Δ vs best | p vs best (raw / Holm) | "
-        "p vs floor (raw / Holm) |",
+        "F1 (≥3-target classes) [CI] | Train F1 | Val F1 | Rank | Δ vs floor | p vs floor (raw / Holm) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    best = table.attrs.get("best", table["test_f1_mean"].idxmax() if len(table) else None)
-    for idx, r in table.iterrows():
+    for _, r in table.iterrows():
         epochs = "–" if pd.isna(r["dino_epochs"]) else str(int(r["dino_epochs"]))
         cfg_epochs = r.get("dino_epochs_config")
         if r.get("dino_epochs_source") == "config":
@@ -235,17 +282,33 @@ def markdown_table(
             int(cfg_epochs) != int(r["dino_epochs"])
         ):
             epochs += "†"
-        delta = "best" if idx == best else f"{r['delta_vs_best']:+.4f}"
+        calibrated = bool(r.get("calibrated", True))
+        ci_text = f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if calibrated else "too few test targets"
+        ws_ci = f" [{fmt(r['ws_ci_low'])}, {fmt(r['ws_ci_high'])}]" if calibrated else ""
         floor = "floor" if r.get("random_weights") else (
-            f"{fmt_p(r['p_vs_floor'], n_boot)} / {fmt_p(r['p_vs_floor_holm'], n_boot)}"
+            f"{fmt_p(r['p_vs_floor'], n_boot)} / {fmt_p(r['p_vs_floor_holm'], n_boot)}" if calibrated else "–"
         )
+        d_floor = "–" if pd.isna(r["delta_vs_floor"]) or r.get("random_weights") else f"{r['delta_vs_floor']:+.4f}"
         approach = r["approach"] if r.get("variant", "baseline") == "baseline" else f"{r['approach']} ({r['variant']})"
         lines.append(
             f"| {r['weights']} | {r['model']} | {approach} | {r.get('head', DEFAULT_HEAD)} | {epochs} | {fmt_std(r)} | "
-            f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
-            f"{fmt(r['ws_f1'])} [{fmt(r['ws_ci_low'])}, {fmt(r['ws_ci_high'])}] | {fmt(r['train_f1_mean'])} | "
-            f"{fmt(r['val_f1_mean'])} | {delta} | "
-            f"{fmt_p(r['p_vs_best'], n_boot)} / {fmt_p(r['p_vs_best_holm'], n_boot)} | {floor} |"
+            f"{ci_text} | {fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
+            f"{fmt(r['ws_f1'])}{ws_ci} | {fmt(r['train_f1_mean'])} | "
+            f"{fmt(r['val_f1_mean'])} | {int(r['rank'])} | {d_floor} | {floor} |"
         )
+    lines += comparison_lines(table.attrs.get("comparisons") or [], n_boot)
     lines += table_notes(table, missing, n_boot, results, label_notes)
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(comparisons: Sequence[dict], n_boot: int | None) -> list[str]:
+    """The declared comparisons (declared_comparisons) other than each row vs the floor, as a small table."""
+    rest = [c for c in comparisons if c["why"] != FLOOR_WHY]
+    if not rest:
+        return []
+    lines = ["", "**Declared comparisons** (fixed before the data; Holm over every comparison of this table, "
+             "the floor's included):", "", "| Row | vs | why | Δ | p (raw / Holm) |", "|---|---|---|---|---|"]
+    for c in rest:
+        lines.append(f"| {c['row']} | {c['versus']} | {c['why']} | {c['delta']:+.4f} | "
+                     f"{fmt_p(c['p'], n_boot)} / {fmt_p(c['p_holm'], n_boot)} |")
+    return lines
