@@ -48,3 +48,21 @@ def as_label_matrix(y: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
     if y.ndim != 2 or y.shape[1] != n_classes:
         raise DinolocError(f"labels must have shape (n, {n_classes}); got {y.shape}")
     return y.astype(np.int64)
+
+
+def is_single_label(Y: np.ndarray) -> bool:
+    """Every labelled row carries exactly one class (a folder of class subfolders, mechanism-of-action
+    labels): then the heads predict the top class, as official DINO's k-NN and linear evaluations do."""
+    Y = np.asarray(Y)
+    return bool(len(Y)) and bool((Y.sum(axis=1) == 1).all())
+
+
+def decide(p: np.ndarray, threshold: float, single_label: bool) -> np.ndarray:
+    """0/1 predictions (n, C) from scores p: the top class (arg-max, first on ties) on single-label data,
+    else every class with p > threshold (the paper's multi-label rule)."""
+    p = np.asarray(p, dtype=np.float64)
+    if single_label:
+        out = np.zeros(p.shape, dtype=np.int64)
+        out[np.arange(len(p)), p.argmax(axis=1)] = 1
+        return out
+    return (p > threshold).astype(np.int64)

@@ -19,7 +19,7 @@ from dinoloc.classify.params import ClassifierParams, KNNParams
 from dinoloc.classify.probes import knn_predict_proba
 from dinoloc.classify.trainer import Hook, predict_proba, train_folds
 from dinoloc.io import DinolocError
-from dinoloc.metrics import class_list, macro_f1, per_class_scores
+from dinoloc.metrics import class_list, decide, is_single_label, macro_f1, per_class_scores
 from dinoloc.ontology import N_CLASSES
 from dinoloc.results import label_columns, prob_columns
 
@@ -141,9 +141,11 @@ def cross_validate(
     Xt = torch.as_tensor(X, device=device)
     Yt = torch.as_tensor(Y, dtype=torch.float32, device=device)
     train_rows = [s["train"] for s in sets.values()]
+    single = is_single_label(Y[split != "unlabeled"])
     if isinstance(params, ClassifierParams):  # the MLP, or the linear head (no hidden layer)
-        weights, biases = train_folds(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook)
-        proba = predict_proba(Xt, weights, biases, means, stds)
+        weights, biases = train_folds(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook,
+                                      single_label=single)
+        proba = predict_proba(Xt, weights, biases, means, stds, single_label=single)
     else:  # a probe without training (KNNParams)
         proba = knn_predict_proba(Xt, Yt, train_rows, means, stds, params)
 
@@ -154,7 +156,7 @@ def cross_validate(
         excluded = {}
         for name, rows in s.items():
             p = proba[i, rows]
-            pred = (p > params.threshold).astype(np.int64)  # float64 vs threshold, as the report does
+            pred = decide(p, params.threshold, single)  # as the report does (float64 vs threshold)
             score, excluded[name] = macro_f1(Y[rows], pred, classes)
             entry[f"{name}_macro_f1"] = score
             entry[f"n_{name}"] = len(rows)
@@ -194,6 +196,7 @@ def cross_validate(
             "steps_per_epoch": [math.ceil(n / params.batch_size) for n in n_train],
         }
     summary["n_features"] = int(X.shape[1])
+    summary["single_label"] = single
     summary["classes"] = list(classes)
     return CVResult(summary, pd.concat(pred_frames, ignore_index=True), pd.concat(class_frames, ignore_index=True))
 

@@ -142,12 +142,15 @@ def train_folds(
     params: ClassifierParams,
     progress: bool = False,
     hook: Hook | None = None,
+    single_label: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Train K MLPs at once; fold k on rows `train_rows[k]` of X (N, D) / Y (N, C) (device tensors),
     standardized with means[k] / stds[k] (K, D). Returns the stacked (weights, biases).
 
     `hook("epoch", {"epoch", "rows" (K, P) global row indices, "valid" (K, P) bool})` sees every epoch's
-    index stream when given (tests use it to replay the stream and to audit which rows were trained on)."""
+    index stream when given (tests use it to replay the stream and to audit which rows were trained on).
+    `single_label` (every labelled row has exactly one class): softmax cross-entropy on the class index, mean
+    over the batch, as official DINO's eval_linear.py, instead of the paper's multi-label BCE."""
     device = X.device
     K, C = len(train_rows), Y.shape[1]
     n = [len(r) for r in train_rows]
@@ -215,9 +218,14 @@ def train_folds(
             active = counts > 0
             x = Xs[fold_idx, r]  # (K, width, D): fold k's rows, standardized with fold k's statistics
             logits = _forward(x, weights, biases, params.dropout, drop_gen)
-            bce = F.binary_cross_entropy_with_logits(logits, Y[r], reduction="none").sum(-1)  # (K, width)
-            denom = torch.as_tensor(np.maximum(counts, 1) * C, dtype=logits.dtype, device=device)
-            loss = ((bce * v).sum(1) / denom).sum()  # per fold: BCEWithLogitsLoss(mean) over its own batch
+            if single_label:  # CrossEntropyLoss(mean) over each fold's own batch
+                ce = F.cross_entropy(logits.reshape(-1, C), Y[r].argmax(-1).reshape(-1), reduction="none")
+                denom = torch.as_tensor(np.maximum(counts, 1), dtype=logits.dtype, device=device)
+                loss = ((ce.reshape(K, -1) * v).sum(1) / denom).sum()
+            else:
+                bce = F.binary_cross_entropy_with_logits(logits, Y[r], reduction="none").sum(-1)  # (K, width)
+                denom = torch.as_tensor(np.maximum(counts, 1) * C, dtype=logits.dtype, device=device)
+                loss = ((bce * v).sum(1) / denom).sum()  # per fold: BCEWithLogitsLoss(mean) over its own batch
             grads = torch.autograd.grad(loss, tensors)
             fold_lr = [lrs[k][min(steps_done[k], len(lrs[k]) - 1)] for k in range(K)]
             _adamw_step(fold_state, grads, active, fold_lr, beta1, beta2, params.weight_decay)
@@ -242,10 +250,13 @@ def _adamw_step(fold_state: list[tuple[list[torch.Tensor], ...]], grads: tuple[t
 
 @torch.no_grad()
 def predict_proba(X: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], means: torch.Tensor,
-                  stds: torch.Tensor) -> np.ndarray:
-    """Sigmoid probabilities of every fold's model on every row: (K, N, C) float64 (no dropout)."""
+                  stds: torch.Tensor, single_label: bool = False) -> np.ndarray:
+    """Sigmoid (single_label: softmax) probabilities of every fold's model on every row: (K, N, C) float64
+    (no dropout)."""
     out = []
     for lo in range(0, X.shape[0], _EVAL_CHUNK):
         x = (X[None, lo : lo + _EVAL_CHUNK] - means[:, None, :]) / stds[:, None, :]
-        out.append(torch.sigmoid(_forward(x, weights, biases, 0.0, None)).double().cpu().numpy())
+        logits = _forward(x, weights, biases, 0.0, None)
+        prob = torch.softmax(logits, dim=-1) if single_label else torch.sigmoid(logits)
+        out.append(prob.double().cpu().numpy())
     return np.concatenate(out, axis=1)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dinoloc.io import DinolocError, atomic_path
+from dinoloc.metrics import decide
 from dinoloc.report.runs import select_test, threshold
 from dinoloc.results import (
     RESULT_FILE,
@@ -258,9 +259,11 @@ def plot_figure2(
             for ax, head in zip(row_axes, headers, strict=True):
                 ax.set_title(head, fontsize=9)
         y, prob = r[y_cols].to_numpy(dtype=float), r[p_cols].to_numpy(dtype=float)
-        shown = [i for i, c in enumerate(classes) if y[i] > 0 or prob[i] > cut]
+        # the run's own decision rule (the top class on single-label data), as the table scores it
+        said = decide(prob[None], cut, bool(result.get("single_label", False)))[0]
+        shown = [i for i, c in enumerate(classes) if y[i] > 0 or said[i] > 0]
         cells = [
-            [classes[i], "yes" if y[i] > 0 else "no", "yes" if prob[i] > cut else "no", f"{prob[i]:.2f}"]
+            [classes[i], "yes" if y[i] > 0 else "no", "yes" if said[i] > 0 else "no", f"{prob[i]:.2f}"]
             for i in shown
         ]
         tax = row_axes[3]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dinoloc import stats
-from dinoloc.metrics import macro_f1
+from dinoloc.metrics import decide, macro_f1
 from dinoloc.ontology import CATEGORIES
 from dinoloc.report.runs import select_test, threshold, warn
 from dinoloc.results import label_columns, prob_columns, read_predictions, result_classes
@@ -29,7 +29,7 @@ def _with_seed(test: pd.DataFrame) -> pd.DataFrame:
 
 
 def target_counts(test: pd.DataFrame, threshold: float,
-                  classes: Sequence[str] = CATEGORIES) -> tuple[np.ndarray, list, list[str]]:
+                  classes: Sequence[str] = CATEGORIES, single_label: bool = False) -> tuple[np.ndarray, list, list[str]]:
     """Per (classifier seed, fold), target and class: the counts (tp, fp, fn, pos) macro F1 is a function of.
 
     Returns counts of shape (4, n_seed_folds, n_targets, n_classes), the (seed, fold) pairs and the sorted
@@ -43,14 +43,15 @@ def target_counts(test: pd.DataFrame, threshold: float,
     for fi, (seed, fold) in enumerate(folds):
         rows = test[(test["seed"] == seed) & (test["fold"] == fold)]
         y = rows[y_cols].to_numpy(dtype=np.int64) > 0
-        p = rows[p_cols].to_numpy(dtype=np.float64) > threshold
+        p = decide(rows[p_cols].to_numpy(dtype=np.float64), threshold, single_label) > 0
         ti = rows["target"].astype(str).map(t_index).to_numpy()
         for k, v in enumerate((y & p, ~y & p, y & ~p, y)):
             np.add.at(counts[k, fi], ti, v.astype(np.float64))
     return counts, folds, targets
 
 
-def _fold_scores(test: pd.DataFrame, folds: list, cut: float, classes: Sequence[str]) -> dict[tuple, float]:
+def _fold_scores(test: pd.DataFrame, folds: list, cut: float, classes: Sequence[str],
+                 single_label: bool = False) -> dict[tuple, float]:
     """The classifier's own macro F1 on each (seed, fold)'s full test set (images, not counts)."""
     test = _with_seed(test)
     y_cols, p_cols = label_columns(classes), prob_columns(classes)
@@ -58,7 +59,7 @@ def _fold_scores(test: pd.DataFrame, folds: list, cut: float, classes: Sequence[
     for seed, fold in folds:
         rows = test[(test["seed"] == seed) & (test["fold"] == fold)]
         y = rows[y_cols].to_numpy(dtype=np.int64)
-        p = (rows[p_cols].to_numpy(dtype=np.float64) > cut).astype(np.int64)
+        p = decide(rows[p_cols].to_numpy(dtype=np.float64), cut, single_label)
         out[(seed, fold)] = float(macro_f1(y, p, classes)[0])
     return out
 
@@ -91,9 +92,10 @@ def run_stats(result: dict, *, n_boot: int, seed: int, level: float, method: str
     cut = threshold(result)
     names = result_classes(result)
     test = select_test(read_predictions(run_dir, names), run_dir)
-    counts, folds, targets = target_counts(test, cut, names)
+    single = bool(result.get("single_label", False))  # the top class, not the threshold (classify/cv.py)
+    counts, folds, targets = target_counts(test, cut, names, single)
     notes: list[str] = []
-    recomputed = _check_against_result(result, _fold_scores(test, folds, cut, names), notes)
+    recomputed = _check_against_result(result, _fold_scores(test, folds, cut, names, single), notes)
 
     classes = stats.scored_classes(counts)
     n_pos = stats.positive_targets(counts)

@@ -59,6 +59,7 @@ TABLE_COLUMNS = [
     "p_vs_floor_holm",  # Holm-adjusted over every declared comparison in the table (attrs["comparisons"])
     "random_weights",  # the random-weights floor row
     "synthetic",
+    "single_label",  # every labelled image has one class: the heads predicted the top class
     "backbone",
     "strategy",
     "variant",
@@ -199,6 +200,7 @@ def build_table(
                 "p_vs_floor_holm": vs_floor[i]["p_holm"] if i in vs_floor else float("nan"),
                 "random_weights": is_floor(r),
                 "synthetic": bool(r.get("synthetic", False)),
+                "single_label": bool(r.get("single_label", False)),
                 "backbone": r["backbone"],
                 "strategy": strategy,
                 "variant": r.get("variant") or "baseline",
