@@ -16,6 +16,7 @@ dinoloc.stats.SIMULATED_COVERAGE records and the table notes quote.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -30,9 +31,14 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=200, help="simulated test sets per seed")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates per test set")
     ap.add_argument("--json", action="store_true", help="print one JSON object (default: a short text)")
+    ap.add_argument("--n-targets", type=int, default=None,
+                    help="labelled targets per simulated dataset (default: the scale's own; smaller sizes "
+                         "locate stats.CALIBRATION['min_test_targets'])")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     w = simulation.world(args.scale)
+    if args.n_targets:
+        w = dataclasses.replace(w, n_targets=args.n_targets)
     truth = simulation.population_f1(w)
     mult = simulation.multiplier_for_gap(w, 0.015, truth)
     sims = [simulation.simulate(w, s, args.sets, args.boot, truth=truth, mult_gap=mult) for s in seeds]

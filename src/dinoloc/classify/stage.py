@@ -75,6 +75,20 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
     return None
 
 
+def pretraining_check(spec: ClassifySpec, split: pd.DataFrame) -> dict[str, Any]:
+    """dinoloc.extract.overlap for this run: the checkpoint's pretraining images against this split's test
+    images; an overlap is refused naming the command that pretrains on this split's 90% side."""
+    from dinoloc.extract.overlap import check_pretraining
+
+    bb, data = spec.extract.backbone, spec.extract.data
+    test_ids = set(split.loc[split["split"] == "test", "image_id"].astype(str))
+    own = Path(data.out_dir) / "pretrain"
+    variant = f" variant={spec.variant}" if spec.variant != "baseline" else ""
+    command = (f"dinoloc-pretrain backbone={bb.name}{variant} paths.pretrain_dir={own} (with the pretrain= preset "
+               f"the checkpoint was made with), then rerun with paths.pretrain_dir={own}")
+    return check_pretraining(bb.weights, bb.name, data.reader, test_ids, command)
+
+
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
     from dinoloc.classify import cross_validate_seeds, params_from_config
@@ -83,6 +97,7 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
 
     params = params_from_config(dict(spec.classifier))
     manifest, split = run_data(spec.extract.data)
+    pretraining = pretraining_check(spec, split)  # before any embedding: no test image in the pretraining
     previous = finished_result(spec, manifest, split)
     if previous is not None:
         log.info("%s: result exists for this config and cache key; skipping (force=true to redo)", run_dir(spec))
@@ -96,6 +111,7 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
         params, device=resolve_device(spec.extract.device), classes=classes,
     )
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
+    result["pretraining"] = pretraining
     result["classifier_seconds"] = round(time.perf_counter() - t0, 3)
     write_run(run_dir(spec), result, add_image_paths(cv.predictions, manifest), cv.per_class)
     log.info(
