@@ -22,6 +22,9 @@ def _resolved(**over) -> dict:
         "labels": {"min_grade": 1},
         "preprocess": {"img_size": 224, "spatial": "resize", "intensity": "minmax", "mean": [0.485, 0.456, 0.406],
                        "std": [0.229, 0.224, 0.225], "crop_size": 600},
+        "used": {"lr": 1e-4, "schedule_step": "epoch", "sampler": "rarest_label", "standardize": True,
+                 "epochs": 300, "batch_size": 512, "arch": "vit_base_patch8_224", "patch_size": 8, "img_size": 224,
+                 "dino_epochs": 300},
     }
     for key, value in over.items():
         section, name = key.split("__")
@@ -38,16 +41,56 @@ def test_the_papers_values_give_no_deviation():
 
 
 def test_deviations_are_diffed_from_the_resolved_config():
-    runs = [_result("a", _resolved(classifier__epochs=5, labels__min_grade=2)),
-            _result("b", _resolved(classifier__epochs=5, preprocess__img_size=64))]
-    assert provenance.deviations(runs[0]["resolved"]) == {"classifier.epochs": (5, 300), "labels.min_grade": (2, 1)}
+    runs = [_result("a", _resolved(used__epochs=5, labels__min_grade=2)),
+            _result("b", _resolved(used__epochs=5, used__img_size=64))]
+    assert provenance.deviations(runs[0]["resolved"]) == {"used.epochs": (5, 300), "labels.min_grade": (2, 1)}
     lines = provenance.deviations_list(runs)
-    assert "`classifier.epochs` = 5 (paper: 300) — all rows" in lines
+    assert "`used.epochs` = 5 (paper: 300) — all rows" in lines
     assert "`labels.min_grade` = 2 (paper: 1) — a__mapping" in lines
-    assert "`preprocess.img_size` = 64 (paper: 224) — b__mapping" in lines
+    assert "`used.img_size` = 64 (paper: 224) — b__mapping" in lines
     assert len(lines) == 3
     old = provenance.deviations_list([_result("c", None)])
     assert old and "not recorded" in old[0]
+
+
+def _used(**classifier_over) -> dict:
+    """classify/stage.py used_values for the shipped MLP recipe with `classifier_over` applied."""
+    from types import SimpleNamespace
+
+    from dinoloc.classify import params_from_config
+    from dinoloc.classify.stage import used_values
+    from dinoloc.config import compose, plain
+
+    params = params_from_config({**plain(compose().classifier), **classifier_over})
+    bb = SimpleNamespace(arch="vit_base_patch8_224", preprocess={"img_size": 224}, dino_epochs=300)
+    return used_values(params, bb, 8, {})
+
+
+@pytest.mark.parametrize("over, key, value", [
+    ({"lr_scaling": "linear"}, "used.lr", 2e-4),  # 1e-4 x 512 / 256: the configured lr is still 1e-4
+    ({"schedule_step": "step"}, "used.schedule_step", "step"),
+    ({"sampler": "class_uniform"}, "used.sampler", "class_uniform"),
+    ({"resample": "none"}, "used.sampler", "none"),
+    ({"standardize": False}, "used.standardize", False),
+    ({"epochs": 7}, "used.epochs", 7),
+    ({"batch_size": 32}, "used.batch_size", 32),
+])
+def test_every_used_value_that_differs_from_the_paper_gives_a_line(over, key, value):
+    resolved = _resolved()
+    resolved["used"] = _used()
+    assert provenance.deviations(resolved, "imagenet") == {}  # the shipped recipe is the paper's
+    resolved["used"] = _used(**over)
+    dev = provenance.deviations(resolved, "imagenet")
+    assert key in dev and dev[key][0] == pytest.approx(value) if isinstance(value, float) else dev[key][0] == value
+
+
+def test_architecture_patch_and_dino_epochs_per_row():
+    res = _resolved(used__arch="vit_tiny_patch16_224", used__patch_size=16, used__dino_epochs=300)
+    dev = provenance.deviations(res, "hpa_demo")  # Table III: HPA trained 100 DINO epochs
+    assert dev["used.arch"] == ("vit_tiny_patch16_224", "vit_base_patch8_224")
+    assert dev["used.patch_size"] == (16, 8) and dev["used.dino_epochs"] == (300, 100)
+    assert "used.dino_epochs" not in provenance.deviations(res, "opencell")  # 300 is OpenCell's
+    assert "used.dino_epochs" not in provenance.deviations(res, "random")  # the floor has no paper row
 
 
 def test_choices_note_states_each_open_choice_per_row():

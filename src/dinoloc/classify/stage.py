@@ -212,7 +212,7 @@ def used_values(params: Any, bb: Any, patch: Any, ckpt: dict[str, Any]) -> dict[
     batch, architecture, patch size, input size and the DINO epochs of the checkpoint (else the config's).
     dinoloc.provenance diffs these against the paper's per row. A k-NN head has no lr/epochs/batch: None."""
     eff_lr = params.effective_lr() if hasattr(params, "effective_lr") else None
-    sampler = params.effective_sampler() if hasattr(params, "effective_sampler") else None
+    sampler = getattr(params, "effective_sampler", None)  # a property
     return {
         "lr": eff_lr,
         "schedule_step": getattr(params, "schedule_step", None),
