@@ -77,12 +77,24 @@ def test_invalid_pairs_refused(strategy, channels, cmap, match):
         check_strategy(strategy, channels, cmap)
 
 
-def test_valid_pairs_accepted():
-    check_strategy("mapping", RGB, IMAGENET_MAP)
-    check_strategy("mapping", HPA, HPA_MAP)
-    check_strategy("replication", RGB, None)
-    check_strategy("replication", HPA, None)
-    check_strategy("native", ["nucleus", "protein"], None)
+@pytest.mark.parametrize("strategy, channels, cmap, broken", [
+    ("mapping", RGB, IMAGENET_MAP, {"protein": "R"}),  # a map missing the nucleus
+    ("mapping", HPA, HPA_MAP, {"protein": "protein", "nucleus": "dna"}),  # a channel the backbone lacks
+    ("replication", RGB, None, None),
+    ("replication", HPA, None, None),
+    ("native", ["nucleus", "protein"], None, None),
+])
+def test_valid_pairs_accepted_and_one_change_refused(strategy, channels, cmap, broken):
+    """Each valid pair passes (returns, no error); the same pair with one thing broken is refused, so the
+    check is not one that accepts everything."""
+    assert check_strategy(strategy, channels, cmap) is None
+    with pytest.raises(DinolocError):
+        if strategy == "mapping":
+            check_strategy(strategy, channels, broken)
+        elif strategy == "native":
+            check_strategy(strategy, [*channels, "er"], None)  # 3 channels for 2-channel data
+        else:
+            check_strategy(strategy, [*channels, channels[0]], None)  # a repeated channel name
 
 
 def test_embed_batch_mapping_scales_before_mapping_then_normalizes():
