@@ -156,8 +156,8 @@ def simulate(w: World, seed: int, n_sets: int, n_boot: int, level: float = 0.95,
     mult_gap = multiplier_for_gap(w, gap, truth) if mult_gap is None else mult_gap
     rng = np.random.default_rng([seed, 7])
     alpha = (1 - level) / 2
-    out: dict[str, list] = {k: [] for k in ("theta", "lo", "hi", "n_test", "d_null", "null_null", "d_gap",
-                                            "null_gap")}
+    out: dict[str, list] = {k: [] for k in ("theta", "lo", "hi", "n_test", "n_scored", "d_null", "null_null",
+                                            "d_gap", "null_gap")}
     for i in range(n_sets):
         y = w.pool[rng.integers(len(w.pool), size=w.n_targets)]
         _, is_test = choose_test_units(y.astype(np.int64), w.test_size, int(rng.integers(2**31)))
@@ -173,6 +173,7 @@ def simulate(w: World, seed: int, n_sets: int, n_boot: int, level: float = 0.95,
         out["lo"].append(lo)
         out["hi"].append(hi)
         out["n_test"].append(int(is_test.sum()))
+        out["n_scored"].append(int(classes.sum()))
         for name, b in (("null", b_null), ("gap", b_gap)):
             d = theta - stats.estimate(b, classes)
             dr = fa - stats.macro_f1(b, reps, classes)

@@ -44,8 +44,19 @@ TOO_FEW = "too few test targets for a calibrated interval"
 # OpenCell's real label structure, dinoloc's split, a classifier at macro F1 ~0.8, the population macro F1 as
 # truth. `inflate` multiplies the percentile half-widths and the paired null; below `min_test_targets` no
 # interval or p is printed. tests/test_simulation.py re-measures a smaller run against these.
-CALIBRATION: dict[str, float] = {"inflate": 1.0, "min_test_targets": 60}
-SIMULATED_COVERAGE: dict[str, dict[str, float]] = {}
+CALIBRATION: dict[str, float] = {"inflate": 1.0, "min_test_targets": 100}
+# `--seeds 0,1,2,3,4` (200 test sets each, 1,000 replicates): coverage of the population macro F1 by the
+# calibrated percentile interval, its Monte Carlo standard error, and the paired test's rejection rates. At the
+# demo's size the presence-keeping bootstrap can barely move (most classes have one positive test target):
+# no calibration reaches nominal there, so such tables print no interval (CALIBRATION["min_test_targets"]).
+SIMULATED_COVERAGE: dict[str, dict[str, float]] = {
+    "opencell": {"coverage": 0.955, "coverage_mc_se": 0.0066, "type1_paired": 0.051, "power_paired_0015": 0.169,
+                 "n_test_targets": 131, "inflate": 1.0, "raw_coverage": 0.955, "raw_type1_paired": 0.051,
+                 "population_macro_f1": 0.794},
+    "demo": {"coverage": 0.013, "coverage_mc_se": 0.0036, "type1_paired": 0.973, "power_paired_0015": 0.961,
+             "n_test_targets": 11, "inflate": 1.0, "raw_coverage": 0.013, "raw_type1_paired": 0.973,
+             "population_macro_f1": 0.801},
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
