@@ -56,8 +56,8 @@ def test_table_carries_uncertainty_provenance_and_deviations(sweep):
     out, *_ = sweep
     table = pd.read_csv(out / "reports" / "tiny" / "table3.csv")
     for _, row in table.iterrows():
-        assert row["ci_low"] <= row["test_f1_mean"] <= row["ci_high"]
-        assert pd.notna(row["ci_bias"])
+        # a tiny run's test set is far below stats.CALIBRATION["min_test_targets"]: no interval is printed
+        assert not row["calibrated"] and pd.isna(row["ci_low"]) and pd.isna(row["p_vs_floor"])
         assert row["random_weights"]  # this sweep embeds with random weights (allow_random_weights=true)
         res = json.loads((Path(row["run_dir"]) / "result.json").read_text())
         assert res["resolved"]["classifier"]["epochs"] == 5 and res["resolved"]["split"]["group_by"] == "target"
@@ -66,10 +66,11 @@ def test_table_carries_uncertainty_provenance_and_deviations(sweep):
         assert health["effective_rank"] >= 1 and 0 < health["top_component_share"] <= 1
         meta = json.loads((out / "cache" / res["cache_key"] / "meta.json").read_text())
         assert meta["embedding_health"] == health
-    assert {"p_vs_best", "p_vs_best_holm", "p_vs_floor", "p_vs_floor_holm", "dino_epochs"} <= set(table.columns)
+    assert {"rank", "p_vs_floor", "p_vs_floor_holm", "dino_epochs", "n_test_targets"} <= set(table.columns)
     md = (out / "reports" / "tiny" / "table3.md").read_text()
-    assert "Deviations from the paper" in md and "`classifier.epochs` = 5 (paper: 300) — all rows" in md
-    assert "`preprocess.img_size` = 64 (paper: 224)" in md and "Open choices" in md
+    assert "Deviations from the paper" in md and "`used.epochs` = 5 (paper: 300) — all rows" in md
+    assert "`used.img_size` = 64 (paper: 224)" in md and "Open choices" in md
+    assert "too few test targets" in md and "| Rank |" in md
 
 
 def test_report_lists_missing_rows_and_figures(sweep):

@@ -289,9 +289,9 @@ def test_too_few_test_targets_print_no_interval_and_no_p(tmp_path, monkeypatch):
     table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=50, **CI)
     row = table.set_index("run").loc["hpa__mapping"]
     assert not row["calibrated"] and np.isnan(row["ci_low"]) and np.isnan(row["p_vs_floor"])
-    assert dstats.TOO_FEW in row["notes"]
     md = report.markdown_table(table, [], synthetic=False)
-    assert "too few test targets" in md
+    assert "| too few test targets |" in md and dstats.TOO_FEW.capitalize() in md
+    assert "this table has 15" in md  # the coverage quoted is the one measured nearest this table's size
 
 
 def test_missing_expected_rows_are_reported(study):
@@ -504,3 +504,35 @@ def test_weights_label_and_epochs_come_from_what_was_loaded():
     assert report_runs.weights_label(preset) == "ImageNet-1k"
     assert report_runs.checkpoint_epochs(user) == 3 and report_runs.epochs_source(user) == "checkpoint"
     assert report_runs.checkpoint_epochs(preset) == 300 and report_runs.epochs_source(preset) == "config"
+
+
+def test_every_rows_estimate_and_bootstrap_recomputed_from_predictions_with_sklearn(study):
+    """From predictions.csv alone: each row's estimate is the mean over (seed, fold) of sklearn's
+    f1_score(average='macro', labels=<classes with a positive test image>, zero_division=0), and so is each
+    bootstrap replicate on the images of the drawn targets (with their draw multiplicity)."""
+    runs, _ = study
+    for r in report.collect_runs(runs):
+        st = statistics.run_stats(r, n_boot=30, **CI)
+        preds = pd.read_csv(Path(r["run_dir"]) / "predictions.csv", dtype={"target": str, "image_id": str})
+        test = preds[preds["split"] == "test"]
+        y_cols, p_cols = results.label_columns(CATEGORIES), results.prob_columns(CATEGORIES)
+        labels = np.flatnonzero(test[y_cols].to_numpy().sum(axis=0) > 0)
+
+        def sk(frame):
+            scores = []
+            for _, g in frame.groupby(["seed", "fold"] if "seed" in frame else ["fold"]):
+                y = g[y_cols].to_numpy()
+                p = (g[p_cols].to_numpy() > r["classifier"]["threshold"]).astype(int)
+                scores.append(f1_score(y, p, average="macro", labels=labels, zero_division=0))
+            return float(np.mean(scores))
+
+        assert sk(test) == pytest.approx(r["test_macro_f1_mean"], abs=1e-12)
+        reps = st["weights"]
+        got = dstats.macro_f1(st["counts"], reps, st["classes"])
+        for b in range(5):
+            drawn = np.repeat(np.array(st["targets"]), reps.targets[b].astype(int))
+            frame = pd.concat([test[test["target"] == t] for t in drawn])
+            assert got[b] == pytest.approx(sk(frame), abs=1e-12)
+        # the interval is the replicates' percentiles (calibration 1.0 at this size: no widening)
+        lo, hi = np.quantile(got, [0.025, 0.975])
+        assert (st["ci"].raw_low, st["ci"].raw_high) == pytest.approx((lo, hi))

@@ -56,6 +56,14 @@ SIMULATED_COVERAGE: dict[str, dict[str, float]] = {
     "demo": {"coverage": 0.013, "coverage_mc_se": 0.0036, "type1_paired": 0.973, "power_paired_0015": 0.961,
              "n_test_targets": 11, "inflate": 1.0, "raw_coverage": 0.013, "raw_type1_paired": 0.973,
              "population_macro_f1": 0.801},
+    # OpenCell's label structure at smaller dataset sizes (`--scale opencell --n-targets 300|600|1000 --seeds 0,1
+    # --sets 150`), to locate min_test_targets; not calibrated below 100 test targets.
+    "opencell_30": {"coverage": 0.383, "coverage_mc_se": 0.028, "type1_paired": 0.183, "power_paired_0015": 0.21,
+                    "n_test_targets": 30, "inflate": 1.0, "raw_coverage": 0.383, "raw_type1_paired": 0.183},
+    "opencell_60": {"coverage": 0.870, "coverage_mc_se": 0.019, "type1_paired": 0.077, "power_paired_0015": 0.163,
+                    "n_test_targets": 60, "inflate": 1.0, "raw_coverage": 0.870, "raw_type1_paired": 0.077},
+    "opencell_100": {"coverage": 0.970, "coverage_mc_se": 0.010, "type1_paired": 0.053, "power_paired_0015": 0.11,
+                     "n_test_targets": 100, "inflate": 1.0, "raw_coverage": 0.970, "raw_type1_paired": 0.053},
 }
 
 

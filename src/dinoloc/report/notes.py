@@ -58,13 +58,14 @@ def coverage_note(table: pd.DataFrame) -> str:
         return ""
     n = int(sizes.median())
     calibrated = n >= stats.CALIBRATION["min_test_targets"]
-    scale = "opencell" if calibrated else "demo"
-    cov = stats.SIMULATED_COVERAGE.get(scale)
-    if not cov:
+    if not stats.SIMULATED_COVERAGE:
         return ""
-    where = (f"scripts/ci_coverage.py --scale {scale}: {'OpenCell' if scale == 'opencell' else 'the demo'}'s label "
-             f"structure, dinoloc's split, a classifier at macro F1 ~0.8, {cov['n_test_targets']:.0f} test targets; "
-             f"this table has {n}")
+    # the measurement nearest this table's own test-set size (demo, OpenCell at 30/60/100/131 test targets)
+    scale, cov = min(stats.SIMULATED_COVERAGE.items(), key=lambda kv: abs(kv[1]["n_test_targets"] - n))
+    world, size = scale.split("_")[0], ("" if "_" not in scale else f" --n-targets {int(scale.split('_')[1]) * 10}")
+    where = (f"scripts/ci_coverage.py --scale {world}{size}: {'OpenCell' if world == 'opencell' else 'the demo'}'s "
+             f"label structure, dinoloc's split, a classifier at macro F1 ~0.8, {cov['n_test_targets']:.0f} test "
+             f"targets; this table has {n}")
     if calibrated:
         return (f"Simulated coverage of the population macro F1 by this interval (half-widths × {cov['inflate']:.2f}) "
                 f"{cov['coverage']:.3f} ± {cov['coverage_mc_se']:.3f} at nominal 0.95; the paired test rejects "
