@@ -518,11 +518,11 @@ def test_every_rows_estimate_and_bootstrap_recomputed_from_predictions_with_skle
         y_cols, p_cols = results.label_columns(CATEGORIES), results.prob_columns(CATEGORIES)
         labels = np.flatnonzero(test[y_cols].to_numpy().sum(axis=0) > 0)
 
-        def sk(frame):
+        def sk(frame, y_cols=y_cols, p_cols=p_cols, labels=labels, cut=r["classifier"]["threshold"]):
             scores = []
             for _, g in frame.groupby(["seed", "fold"] if "seed" in frame else ["fold"]):
                 y = g[y_cols].to_numpy()
-                p = (g[p_cols].to_numpy() > r["classifier"]["threshold"]).astype(int)
+                p = (g[p_cols].to_numpy() > cut).astype(int)
                 scores.append(f1_score(y, p, average="macro", labels=labels, zero_division=0))
             return float(np.mean(scores))
 
