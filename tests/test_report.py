@@ -325,8 +325,14 @@ def test_per_class_table(study):
     assert list(pc["class"]) == list(CATEGORIES)
     assert list(pc.columns[2:]) == ["imagenet__mapping", "hpa__mapping", "opencell__native"]
     src = pd.read_csv(runs / "hpa__mapping" / "per_class.csv")
-    expect = src[src["split"] == "test"].groupby("class")["f1"].mean().reindex(list(CATEGORIES))
+    test = src[src["split"] == "test"].groupby("class")[["f1", "support"]].mean().reindex(list(CATEGORIES))
+    expect = test["f1"].where(test["support"] > 0)  # an unscored class (no test positive) is NaN, not 0
     np.testing.assert_allclose(pc["hpa__mapping"], expect.to_numpy())
+    # the per-class table's scored classes average to the row's macro F1 (the one definition)
+    r = next(x for x in results if x["backbone"] == "hpa")
+    per_fold = src[src["split"] == "test"].pivot_table(index="fold", columns="class", values="f1")
+    scored = test.index[test["support"] > 0]
+    assert per_fold[scored].mean(axis=1).mean() == pytest.approx(r["test_macro_f1_mean"], abs=1e-12)
 
 
 def _png_title(path: Path) -> str:

@@ -228,7 +228,8 @@ def build_table(
 
 def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
     """Per-class test F1 (mean over folds, from per_class.csv): one row per class in ontology order, a
-    `support` column (test positives per fold) and one column per run, in the paper's order."""
+    `support` column (test positives per fold) and one column per run, in the paper's order. Classes the
+    macro F1 does not score (no positive test image) are NaN."""
     results = sorted(results, key=row_order)
     classes = result_classes(results[0]) if results else list(CATEGORIES)
     out = pd.DataFrame({"class": classes})
@@ -246,7 +247,8 @@ def per_class_table(results: Sequence[dict]) -> pd.DataFrame:
             support = agg["support"].to_numpy()
         elif not np.allclose(support, agg["support"].to_numpy(), equal_nan=True):
             warn(f"{path}: test support differs from the first run's; the support column is the first run's")
-        out[run_name(r)] = agg["f1"].to_numpy()
+        # a class with no positive test image is not scored (the macro F1's class set): NaN, not a 0 F1
+        out[run_name(r)] = np.where(agg["support"].to_numpy() > 0, agg["f1"].to_numpy(), np.nan)
     out.insert(1, "support", support if support is not None else np.nan)
     return out
 
