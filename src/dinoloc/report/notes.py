@@ -60,6 +60,10 @@ def coverage_note(table: pd.DataFrame) -> str:
     calibrated = n >= stats.CALIBRATION["min_test_targets"]
     if not stats.SIMULATED_COVERAGE:
         return ""
+    method = str(table.attrs.get("ci", {}).get("method", "percentile"))
+    if method != "percentile" and n >= stats.CALIBRATION["min_test_targets"]:
+        return (f"The coverage of the {method} interval was not measured (scripts/ci_coverage.py calibrates the "
+                "percentile interval, report.ci_method=percentile).")
     # the measurement nearest this table's own test-set size (demo, OpenCell at 30/60/100/131 test targets)
     scale, cov = min(stats.SIMULATED_COVERAGE.items(), key=lambda kv: abs(kv[1]["n_test_targets"] - n))
     world, size = scale.split("_")[0], ("" if "_" not in scale else f" --n-targets {int(scale.split('_')[1]) * 10}")
