@@ -93,7 +93,10 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
 def classify_spec(cfg: DictConfig):
     from dinoloc.classify.stage import ClassifySpec
 
-    return ClassifySpec(extract=extract_spec(cfg), classifier=given(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
+    classifier = given(cfg.classifier)
+    if classifier.get("name") == "constant":  # reads no training key: a probe sweep's three jobs are one run
+        classifier = {k: classifier[k] for k in ("name", "threshold", "seed") if k in classifier}
+    return ClassifySpec(extract=extract_spec(cfg), classifier=classifier, runs_dir=str(cfg.paths.runs_dir),
                         experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
                         force=bool(cfg.force))
 
