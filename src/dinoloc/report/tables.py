@@ -20,6 +20,7 @@ from dinoloc.report.runs import (
     epochs_source,
     head,
     is_floor,
+    role,
     row_order,
     run_name,
     warn,
@@ -34,6 +35,7 @@ TABLE_COLUMNS = [
     "model",
     "approach",
     "head",
+    "role",  # pretrained | floor | trivial | classical (docs/references.md)
     "dino_epochs",  # from the checkpoint when it records one, else backbone.dino_epochs
     "dino_epochs_source",  # checkpoint | config
     "test_f1_mean",
@@ -99,7 +101,8 @@ def build_table(
     means = np.array([float(r["test_macro_f1_mean"]) for r in results])
     floors = [i for i, r in enumerate(results) if is_floor(r)]
     floor = floors[0] if floors else None
-    candidates = [i for i in range(len(results)) if i not in floors] or list(range(len(results)))
+    # "best" is the best pretrained row: the references (floor, trivial, classical) are what it is read against
+    candidates = [i for i in range(len(results)) if role(results[i]) == "pretrained"] or list(range(len(results)))
     # In a sensitivity sweep "best" and the floor are the baseline's: variants are compared in their own table.
     baseline = [i for i in candidates if (results[i].get("variant") or "baseline") == "baseline"]
     candidates = baseline or candidates
@@ -127,6 +130,7 @@ def build_table(
                 "model": r.get("model_label", r.get("arch", "")),
                 "approach": NATIVE_APPROACH if strategy == "native" else strategy,
                 "head": head(r),
+                "role": role(r),
                 "dino_epochs": checkpoint_epochs(r),
                 "dino_epochs_source": epochs_source(r),
                 "test_f1_mean": float(r["test_macro_f1_mean"]),
@@ -220,10 +224,10 @@ def markdown_table(
     lines += [
         "**Table III.** Test macro F1 (mean ± std over the cross-validation folds).",
         "",
-        f"| Weights | Model | Approach | Head | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
+        f"| Weights | Model | Approach | Head | Role | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
         "F1 (≥3-target classes) [CI] | Train F1 | Val F1 | Δ vs best | p vs best (raw / Holm) | "
         "p vs floor (raw / Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     best = table.attrs.get("best", table["test_f1_mean"].idxmax() if len(table) else None)
     for idx, r in table.iterrows():
@@ -241,7 +245,7 @@ def markdown_table(
         )
         approach = r["approach"] if r.get("variant", "baseline") == "baseline" else f"{r['approach']} ({r['variant']})"
         lines.append(
-            f"| {r['weights']} | {r['model']} | {approach} | {r.get('head', DEFAULT_HEAD)} | {epochs} | {fmt_std(r)} | "
+            f"| {r['weights']} | {r['model']} | {approach} | {r.get('head', DEFAULT_HEAD)} | {r.get('role', 'pretrained')} | {epochs} | {fmt_std(r)} | "
             f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
             f"{fmt(r['ws_f1'])} [{fmt(r['ws_ci_low'])}, {fmt(r['ws_ci_high'])}] | {fmt(r['train_f1_mean'])} | "
             f"{fmt(r['val_f1_mean'])} | {delta} | "
