@@ -126,9 +126,6 @@ def test_collapse_flag_is_calibrated_against_the_floor():
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_opencell_tree
     from dinoloc.backbones import create_vit
     from dinoloc.classify import run_classification
@@ -209,3 +206,31 @@ def test_classical_cache_is_reused(reference_runs, tmp_path):
     entry = run_extraction(extract_spec(cfg), manifest)
     assert entry.hit and entry.key == results["classical"]["cache_key"]
     assert entry.meta["classical"] is True
+
+
+def test_classical_and_trivial_rows_on_a_folder_dataset(tmp_path):
+    """A folder of 3-channel images (data=folder): the classical features measure all three channels (radial
+    distribution against the channel whose role is nucleus), and the trivial row sits on them."""
+    from dinoloc.backbones.classical import feature_names
+    from dinoloc.classify import run_classification
+    from dinoloc.config import classify_spec, compose, validate
+    from test_folder_data import CHANNELS, CLASSES, write_folder_dataset
+
+    write_folder_dataset(tmp_path / "imgs", n_groups=16, per_group=1)
+    common = [f"paths.output_dir={tmp_path / 'out'}", "data=folder", f"data.root={tmp_path / 'imgs'}",
+              f"data.channels=[{','.join(CHANNELS)}]", "data.channel_roles={DNA: nucleus}", "extract.num_workers=0",
+              "device=cpu", "classifier.epochs=2", "backbone.preprocess.img_size=24",
+              "backbone.model_kwargs.granularity_size=24", "data.split.n_folds=2"]
+    out = {}
+    for row in ("classical_native", "trivial"):
+        cfg = compose([*common, f"row={row}"])
+        validate(cfg, classifier=True)
+        out[row] = run_classification(classify_spec(cfg))
+    cfg = compose([*common, "row=classical_native"])
+    names = feature_names(["nucleus", "actin", "protein"], **dict(cfg.backbone.model_kwargs))
+    assert out["classical_native"]["n_features"] == len(names)
+    assert out["classical_native"]["role"] == "classical" and out["trivial"]["role"] == "trivial"
+    assert out["classical_native"]["classes"] == CLASSES == out["trivial"]["classes"]
+    assert out["classical_native"]["data"]["channels_used"] == ["nucleus", "actin", "protein"]
+    with pytest.raises(DinolocError, match="strategy=native"):
+        validate(compose([*common, "row=classical_native", "strategy=mapping"]))
