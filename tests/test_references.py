@@ -119,6 +119,9 @@ def test_collapse_flag_is_calibrated_against_the_floor():
     assert embedding_warnings([floor, res("a", 1.6, False)]) == []
     warns = embedding_warnings([floor, res("b", 0.9, False)])
     assert len(warns) == 1 and "b__mapping" in warns[0] and "floor" in warns[0]
+    assert embedding_warnings([res("random", 1.2, True)]) == []  # the floor is the calibration, not judged by it
+    unc = embedding_warnings([res("c", 1.2, False)])  # no floor of its architecture: the fixed rule, said so
+    assert len(unc) == 1 and "no floor of this architecture" in unc[0]
 
 
 # ----------------------------------------------------------------------------------------------------------

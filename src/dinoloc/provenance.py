@@ -158,11 +158,13 @@ def embedding_warnings(results: Sequence[dict]) -> list[str]:
         health = (r.get("provenance") or {}).get("embedding_health") or {}
         floor = floor_of(r, results) if result_role(r) != "floor" else None
         floor_health = ((floor or {}).get("provenance") or {}).get("embedding_health") or {}
-        if floor is not None and floor_health.get("effective_rank"):
+        if result_role(r) == "floor":  # the floor is the calibration itself: only a constant input is a fault
+            problem = _constant_problem(health)
+        elif floor is not None and floor_health.get("effective_rank"):
             problem = _constant_problem(health) or _below_floor(health, floor_health, _run_label(floor))
         else:
             problem = health_problem(health)
-            if problem and result_role(r) != "floor":
+            if problem:
                 problem += " (no floor of this architecture in the table to calibrate against: fixed threshold)"
         if problem:
             out.append(f"{_run_label(r)}: {problem}; check the checkpoint and the channel order")
