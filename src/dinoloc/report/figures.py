@@ -71,8 +71,8 @@ def _pyplot():
 # The three references every table carries (docs/references.md), drawn as labelled horizontal lines.
 _REFERENCE_STYLE = {
     "floor": ("random weights (floor)", _FLOOR_COLOUR, "--"),
-    "classical": ("classical features", "#009E73", "-."),
-    "trivial": ("trivial (best constant per class)", "#CC79A7", ":"),
+    "classical": ("classical features", "#D55E00", "-."),  # Okabe-Ito vermillion: no bar has it
+    "trivial": ("trivial (best constant per class)", "#000000", ":"),
 }
 
 
