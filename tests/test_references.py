@@ -142,6 +142,8 @@ def reference_runs(tmp_path_factory):
     ckpt = tmp / "checkpoint.pth"
     torch.save({"teacher": vit.state_dict(), "epoch": 2,
                 "dinoloc_info": {"weight_change_from_init": 0.31, "init_seed": 3}}, ckpt)
+    pd.DataFrame({"epoch": [1, 2], "teacher_entropy": [5.0, 3.25], "prototypes_used": [40, 57]}).to_csv(
+        tmp / "log.csv", index=False)  # what dinoloc-pretrain leaves beside its checkpoint
     common = [f"paths.output_dir={tmp / 'out'}", "data=opencell", f"data.root={root}", "extract.num_workers=0",
               "device=cpu", "classifier.epochs=2", "experiment_name=refs", "report.n_boot=50",
               "report.embedding_maps=none", "data.split.n_folds=3"]
@@ -190,6 +192,7 @@ def test_report_notes_show_weight_change_and_cka_with_the_floor(reference_runs):
     md = Path(paths["table3.md"]).read_text()
     line = next(x for x in md.splitlines() if x.startswith("- opencell__native: effective rank"))
     assert "floor random__mapping" in line and "weights moved 31.0% from init" in line and "init seed 3" in line
+    assert "teacher entropy 3.25, 57 prototypes used" in line
     cka = float(line.split("linear CKA with the floor's embeddings ")[1].split(";")[0])
     assert 0.0 <= cka <= 1.0
     assert "| classical |" in md and "| trivial |" in md and "| floor |" in md

@@ -54,6 +54,21 @@ def cka_with(result: dict, other: dict, seed: int = 0) -> float | None:
     return linear_cka(a[0][ia], b[0][ib])
 
 
+def pretrain_log(result: dict) -> dict[str, Any]:
+    """The last epoch of the pretraining log.csv beside the row's checkpoint (dinoloc-pretrain writes it), when
+    there is one: the teacher's entropy and the prototypes it used at the end of pretraining."""
+    weights = str((result.get("provenance") or {}).get("weights_path") or "")
+    path = Path(weights).parent / "log.csv" if weights and "://" not in weights and not weights.startswith("timm:") else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        last = pd.read_csv(path).iloc[-1]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, IndexError, OSError):
+        return {}
+    out = {"teacher_entropy": last.get("teacher_entropy"), "prototypes_used": last.get("prototypes_used")}
+    return {k: float(v) for k, v in out.items() if v is not None and pd.notna(v)}
+
+
 def row_health(result: dict, results: Sequence[dict]) -> dict[str, Any]:
     """The diagnostics of one pretrained row (None where not measurable)."""
     prov = result.get("provenance") or {}
@@ -69,6 +84,7 @@ def row_health(result: dict, results: Sequence[dict]) -> dict[str, Any]:
         "cka_with_floor": cka_with(result, floor) if floor is not None else None,
         "weight_change_from_init": ckpt.get("weight_change_from_init"),
         "init_seed": ckpt.get("init_seed"),
+        **{f"pretrain_{k}": v for k, v in pretrain_log(result).items()},
     }
 
 
@@ -89,8 +105,13 @@ def health_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         moved = ("weights moved " + _fmt(h["weight_change_from_init"], ".1%") + " from init (median relative L2 per "
                  f"tensor; init seed {_fmt(h['init_seed'], '')})") if h["weight_change_from_init"] is not None else \
             "weight change from init not recorded in the checkpoint"
+        teacher = ""
+        if h.get("pretrain_teacher_entropy") is not None:
+            teacher = f"; last pretraining epoch: teacher entropy {h['pretrain_teacher_entropy']:.2f}"
+            if h.get("pretrain_prototypes_used") is not None:
+                teacher += f", {int(h['pretrain_prototypes_used'])} prototypes used"
         out.append(f"{h['run']}: effective rank {_fmt(h['effective_rank'], '.2f')} ({floor}); linear CKA with the "
-                   f"floor's embeddings {_fmt(h['cka_with_floor'], '.3f')}; {moved}")
+                   f"floor's embeddings {_fmt(h['cka_with_floor'], '.3f')}; {moved}{teacher}")
     return out
 
 
