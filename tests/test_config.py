@@ -41,26 +41,31 @@ def test_rows_select_backbone_and_strategy(row, backbone, strategy):
     assert (cfg.backbone.name, cfg.strategy.name) == (backbone, strategy)
 
 
-def test_table3_preset_sweeps_the_papers_five_rows_and_the_floor():
+def test_table3_preset_sweeps_the_papers_five_rows_and_the_references():
     cfg = _compose("experiment=table3", "data.root=/x", hydra=True)
     rows = cfg.hydra.sweeper.params.row.split(",")
-    assert len(rows) == 6 and cfg.data.name == "opencell" and cfg.experiment_name == "table3"
-    floor = _compose("experiment=table3", f"row={rows[-1]}", "data.root=/x")
+    assert len(rows) == 8 and cfg.data.name == "opencell" and cfg.experiment_name == "table3"
+    assert rows[5:] == ["random_mapping", "classical_native", "trivial"]  # floor, classical, trivial
+    floor = _compose("experiment=table3", f"row={rows[5]}", "data.root=/x")
     imagenet = _compose("experiment=table3", f"row={rows[0]}", "data.root=/x")
     assert floor.allow_random_weights and not floor.backbone.weights
     assert floor.backbone.arch == imagenet.backbone.arch and floor.strategy.name == imagenet.strategy.name
     pairs = []
     for r in rows:
         c = _compose("experiment=table3", f"row={r}", "data.root=/x")
-        pairs.append(f"{c.backbone.name}__{c.strategy.name}")
+        head = "" if c.classifier.name == "mlp" else f"__{c.classifier.name}"
+        pairs.append(f"{c.backbone.name}__{c.strategy.name}{head}")
     assert pairs == list(cfg.expected_rows)
+    assert pairs[-2:] == ["classical__native", "classical__native__constant"]
 
 
 def test_demo_rows_are_synthetic_standins():
     cfg = _compose("experiment=demo", hydra=True)
     for r in cfg.hydra.sweeper.params.row.split(","):
         c = _compose("experiment=demo", f"row={r}")
-        assert c.backbone.synthetic and c.data.synthetic
+        # every network row is a synthetic stand-in; the classical features (and the trivial row on them) are
+        # computed, not pretrained, and read the synthetic data
+        assert c.data.synthetic and (c.backbone.synthetic or c.backbone.arch == "classical")
 
 
 PAPER_CLASSIFIER = {"lr": 1e-4, "weight_decay": 0.04, "betas": [0.9, 0.999], "epochs": 300, "batch_size": 512,
@@ -164,7 +169,8 @@ def test_demo_preset_keeps_the_paper_classifier_except_its_batch():
 def test_demo_has_the_floor_row():
     cfg = _compose("experiment=demo", hydra=True)
     rows = cfg.hydra.sweeper.params.row.split(",")
-    floor = _compose("experiment=demo", f"row={rows[-1]}")
+    assert rows[-3:] == ["random_demo_mapping", "classical_demo_native", "trivial_demo"]
+    floor = _compose("experiment=demo", f"row={rows[-3]}")
     assert floor.allow_random_weights and not floor.backbone.weights and floor.backbone.name == "random_demo"
     assert "random_demo__mapping" in cfg.expected_rows
 

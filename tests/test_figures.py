@@ -60,6 +60,26 @@ def test_figure1_floor_row_is_a_line_not_a_bar(tmp_path, drawn_figures):
     assert (tmp_path / "f1.pdf").stat().st_size > 0
 
 
+def test_figure1_draws_the_three_references_as_labelled_lines(tmp_path, drawn_figures):
+    """With the `role` column (docs/references.md): floor, classical and trivial are lines, not bars."""
+    path = _table(tmp_path, floor=True)
+    df = pd.read_csv(path)
+    df["role"] = np.where(df["random_weights"], "floor", "pretrained")
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "weights": "Classical features", "strategy": "native",
+                       "test_f1_mean": 0.33, "random_weights": False, "role": "classical"}
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "weights": "trivial", "strategy": "native", "test_f1_mean": 0.19,
+                       "random_weights": False, "role": "trivial"}
+    df.to_csv(path, index=False)
+    bars = figures.plot_figure1(path, tmp_path / "f1.png")
+    assert len(bars) == 4  # the pretrained rows only
+    ax = drawn_figures[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    for label in ("random weights (floor): 0.210", "classical features: 0.330", "trivial (best constant per class): 0.190"):
+        assert label in labels
+    levels = {round(float(ln.get_ydata()[0]), 3) for ln in ax.lines if ln.get_linestyle() in ("--", "-.", ":")}
+    assert levels == {0.21, 0.33, 0.19}
+
+
 def test_figure1_without_ci_or_floor_columns(tmp_path, drawn_figures):
     bars = figures.plot_figure1(_table(tmp_path, floor=False, ci=False), tmp_path / "f1.png")
     assert len(bars) == 4

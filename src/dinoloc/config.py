@@ -73,6 +73,7 @@ def backbone_spec(bb: DictConfig) -> BackboneSpec:
         weights=str(bb.weights) if bb.weights else None, weights_sha256=bb.get("weights_sha256"),
         checkpoint_key=str(bb.checkpoint_key), dino_epochs=bb.get("dino_epochs"), synthetic=bool(bb.get("synthetic")),
         weights_default=_weights_are_default(),
+        random_seed=None if bb.get("random_seed") is None else int(bb.random_seed),
     )
 
 
@@ -92,7 +93,10 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
 def classify_spec(cfg: DictConfig):
     from dinoloc.classify.stage import ClassifySpec
 
-    return ClassifySpec(extract=extract_spec(cfg), classifier=given(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
+    classifier = given(cfg.classifier)
+    if classifier.get("name") == "constant":  # reads no training key: a probe sweep's three jobs are one run
+        classifier = {k: classifier[k] for k in ("name", "threshold", "seed") if k in classifier}
+    return ClassifySpec(extract=extract_spec(cfg), classifier=classifier, runs_dir=str(cfg.paths.runs_dir),
                         experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
                         force=bool(cfg.force))
 
@@ -164,6 +168,8 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     from dinoloc.strategies import check_strategy
 
     bb = cfg.backbone
+    if _validate_classical(cfg):
+        return _validate_rest(cfg, classifier)
     if len(bb.channels) != bb.in_chans:
         raise DinolocError(
             f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
@@ -176,6 +182,10 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
+    _validate_rest(cfg, classifier)
+
+
+def _validate_rest(cfg: DictConfig, classifier: bool) -> None:
     if classifier:
         from dinoloc.classify import params_from_config
 
@@ -184,6 +194,21 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     problem = missing_weights(cfg)
     if problem:
         raise DinolocError(problem)
+
+
+def _validate_classical(cfg: DictConfig) -> bool:
+    """backbone=classical (no network): it measures the data's own channels, so only strategy=native fits, and
+    its settings are checked. True when the backbone is classical (the ViT checks do not apply)."""
+    from dinoloc.backbones.classical import check_settings, is_classical
+
+    bb = cfg.backbone
+    if not is_classical(str(bb.arch)):
+        return False
+    if str(cfg.strategy.name) != "native":
+        raise DinolocError(f"backbone={bb.name} measures the image's own channels: use strategy=native "
+                           f"(strategy={cfg.strategy.name} places channels into a network's inputs)")
+    check_settings(plain(bb.model_kwargs))
+    return True
 
 
 def missing_weights(cfg: DictConfig) -> str | None:

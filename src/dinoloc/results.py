@@ -49,7 +49,8 @@ PREDICTION_KEY_COLUMNS = ("image_id", "fold", "split", "target", "path")
 PREDICTION_SPLITS = ("val", "test")
 PER_CLASS_COLUMNS = ("fold", "split", "class", "f1", "precision", "recall", "support")
 _RERUN = "rerun the row with dinoloc-run force=true"
-HEADS = ("mlp", "knn", "linear")  # classifier heads (dinoloc.classify); the paper's is the MLP
+HEADS = ("mlp", "knn", "linear", "constant")  # classifier heads (dinoloc.classify); the paper's is the MLP
+# (constant: the trivial reference, dinoloc.classify.constant)
 DEFAULT_HEAD = "mlp"
 
 
@@ -58,6 +59,31 @@ def run_dir_name(backbone: str, strategy: str, head: str, variant: str = "baseli
     `__<variant>` for a sensitivity variant other than the baseline."""
     name = f"{backbone}__{strategy}" if head == DEFAULT_HEAD else f"{backbone}__{strategy}__{head}"
     return name if variant == "baseline" else f"{name}__{variant}"
+
+
+# A row's role in a table (docs/references.md): a pretrained backbone, or one of the three references every table
+# carries: the random-weights floor (the same architecture, its own seed), the trivial best constant per class
+# (classifier=constant), the classical CellProfiler-style features (backbone=classical).
+ROLES = ("pretrained", "floor", "trivial", "classical")
+
+
+def row_role(head: str, arch: str, random_weights: bool) -> str:
+    """The role a run plays, from what it is (so no config can mislabel it): the constant head is trivial
+    whatever it sits on, then classical features, then random weights (the floor), else pretrained."""
+    if head == "constant":
+        return "trivial"
+    if arch == "classical":
+        return "classical"
+    return "floor" if random_weights else "pretrained"
+
+
+def result_role(result: dict[str, Any]) -> str:
+    """A finished run's role: result.json `role`, or (older runs without one) derived as row_role does."""
+    role = result.get("role")
+    if role in ROLES:
+        return str(role)
+    return row_role(str(result.get("head") or DEFAULT_HEAD), str(result.get("arch") or ""),
+                    bool(result.get("random_weights", False)))
 
 
 def result_run_name(result: dict[str, Any]) -> str:

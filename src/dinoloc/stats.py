@@ -323,3 +323,19 @@ def embedding_health(emb: np.ndarray, max_rows: int = 20000) -> dict[str, float]
         "top_component_share": float(var[0] / total),
         "mean_std": float(x.std(axis=0).mean()),
     }
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear centred kernel alignment of two embeddings of the same images (rows), Kornblith et al. 2019:
+    ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F) after centring each feature. 1 = the same representation up to rotation
+    and isotropic scale (e.g. a network compared with itself), near 0 = unrelated. Dimensions may differ."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"linear_cka needs two (n, d) arrays over the same n >= 2 rows; got {x.shape}, {y.shape}")
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    norm = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(cross / norm) if norm > 0 else float("nan")
+

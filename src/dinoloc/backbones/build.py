@@ -44,6 +44,7 @@ def build_backbone(
     weights_sha256: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     allow_random: bool = False,
+    random_seed: int | None = None,
     **model_kwargs: Any,
 ) -> torch.nn.Module:
     """A ViT in eval mode holding `weights` (local path, http(s)/file URL, `timm:<name>`, or None for random).
@@ -60,11 +61,12 @@ def build_backbone(
                 "allow_random_weights=true to embed with a randomly initialised model"
             )
         # Seeded, so "random" names ONE model in cache keys: a resumed extraction continues with the same weights.
+        seed = RANDOM_INIT_SEED if random_seed is None else int(random_seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
+            torch.manual_seed(seed)
             model = create_vit(arch, in_chans, img_size, **model_kwargs)
         info["random_init"] = True
-        info["random_seed"] = RANDOM_INIT_SEED
+        info["random_seed"] = seed
     elif weights.startswith(TIMM_PREFIX):
         model = _timm_pretrained(weights[len(TIMM_PREFIX):], arch, in_chans, img_size, model_kwargs)
     else:

@@ -171,6 +171,13 @@ def checkpoint_facts(obj: Any, state: dict[str, Any]) -> dict[str, Any]:
         value = args.get(key)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             facts[f"args_{key}" if key == "epochs" else key] = value
+    # what dinoloc pretraining records about the run (pretrain: `dinoloc_info`): how far the weights moved from
+    # their init and the init's seed, shown beside the floor in the report's health notes
+    info = obj.get("dinoloc_info") if isinstance(obj, dict) else None
+    for key in ("weight_change_from_init", "init_seed"):
+        value = (info or {}).get(key) if isinstance(info, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            facts[key] = value
     w = state.get("patch_embed.proj.weight")
     if isinstance(w, torch.Tensor) and w.ndim == 4:
         facts["embed_dim"], facts["in_chans"] = int(w.shape[0]), int(w.shape[1])

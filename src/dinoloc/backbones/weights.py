@@ -100,13 +100,16 @@ def local_weights(weights: str | os.PathLike, sha256: str | None) -> Path:
     return path
 
 
-RANDOM_INIT_SEED = 0  # the random-weights baseline is one fixed draw per architecture
+# The seed of a random init when no config names one (scripts, tests). Runs take the floor's seed from its YAML
+# (backbone.random_seed in configs/backbone/random*.yaml), one no pretraining shares (docs/references.md).
+RANDOM_INIT_SEED = 0
 
 
 def weights_fingerprint(
     weights: str | os.PathLike | None,
     cache_dir: str | os.PathLike | None = None,
     weights_sha256: str | None = None,
+    random_seed: int | None = None,
 ) -> str:
     """What identifies the weights in cache keys: the file's sha256, `timm:<name>`, or "random:seed<N>" (random init is seeded).
 
@@ -114,7 +117,7 @@ def weights_fingerprint(
     `weights_sha256` when pinned, since a download with another hash would be refused anyway.
     """
     if weights is None or str(weights) == "":
-        return f"random:seed{RANDOM_INIT_SEED}"
+        return f"random:seed{RANDOM_INIT_SEED if random_seed is None else int(random_seed)}"
     weights = str(weights)
     if weights.startswith(TIMM_PREFIX):
         return weights

@@ -18,6 +18,7 @@ from dinoloc.lazy import lazy_exports
 _WHERE = {
     "ADAM_EPS": "trainer",
     "CVResult": "cv",
+    "ConstantParams": "params",
     "ClassifierParams": "params",
     "ClassifySpec": "stage",
     "Hook": "trainer",
@@ -29,7 +30,9 @@ _WHERE = {
     "SCHEDULER_CHOICES": "params",
     "SCHEDULE_STEP_CHOICES": "params",
     "SPLITS": "cv",
+    "best_constant": "constant",
     "class_uniform_weights": "trainer",
+    "constant_predict_proba": "constant",
     "cross_validate": "cv",
     "cross_validate_seeds": "cv",
     "epoch_lrs": "trainer",

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dinoloc.classify.params import ClassifierParams, KNNParams
+from dinoloc.classify.constant import constant_predict_proba
+from dinoloc.classify.params import ClassifierParams, ConstantParams, KNNParams
 from dinoloc.classify.probes import knn_predict_proba
 from dinoloc.classify.trainer import Hook, predict_proba, train_folds
 from dinoloc.io import DinolocError
@@ -92,7 +93,7 @@ def cross_validate(
     fold: np.ndarray,
     image_ids: np.ndarray,
     targets: np.ndarray,
-    params: ClassifierParams | KNNParams,
+    params: ClassifierParams | KNNParams | ConstantParams,
     device: str = "cpu",
     progress: bool = True,
     *,
@@ -146,6 +147,8 @@ def cross_validate(
         weights, biases = train_folds(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook,
                                       single_label=single)
         proba = predict_proba(Xt, weights, biases, means, stds, single_label=single)
+    elif isinstance(params, ConstantParams):  # the trivial reference: labels only
+        proba = constant_predict_proba(Y, train_rows)
     else:  # a probe without training (KNNParams)
         proba = knn_predict_proba(Xt, Yt, train_rows, means, stds, params)
 
@@ -203,7 +206,7 @@ def cross_validate(
 
 def cross_validate_seeds(
     X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndarray, image_ids: np.ndarray,
-    targets: np.ndarray, params: ClassifierParams | KNNParams, device: str = "cpu", progress: bool = True,
+    targets: np.ndarray, params: ClassifierParams | KNNParams | ConstantParams, device: str = "cpu", progress: bool = True,
     *, classes: Sequence[str] | None = None,
 ) -> CVResult:
     """`cross_validate` repeated with classifier seeds params.seed, params.seed + 1, ... (params.n_seeds).

@@ -197,16 +197,43 @@ class KNNParams:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class ConstantParams:
+    """configs/classifier/constant.yaml: the trivial reference (dinoloc.classify.constant). It reads no feature,
+    so only the threshold (what its 0/1 outputs are compared with, as every head's) and a seed are kept."""
+
+    threshold: float
+    standardize: bool = False  # no features are used: nothing to standardise
+    seed: int = 0              # unused (deterministic); kept so every head records a seed
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConstantParams:
+        """Validated params. Every other head's keys are ignored: a probe sweep (classifier=mlp,knn,linear) may
+        compose the trivial row with any head's YAML underneath (configs/row/trivial*.yaml set name=constant)."""
+        threshold = d.get("threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < float(threshold) < 1:
+            raise DinolocError(f"classifier.threshold={threshold!r}: must satisfy 0 < threshold < 1 for classifier=constant")
+        seed = d.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise DinolocError(f"classifier.seed={seed!r}: must be an integer")
+        return cls(threshold=float(threshold), seed=int(seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def head_name(classifier_cfg: dict[str, Any]) -> str:
     """The head a classifier config describes (its `name`; `mlp` when absent)."""
     name = str(classifier_cfg.get("name") or DEFAULT_HEAD)
     if name not in HEADS:
-        raise DinolocError(f"classifier.name={name!r} is unknown; use classifier=mlp, knn or linear")
+        raise DinolocError(f"classifier.name={name!r} is unknown; use classifier=mlp, knn, linear or constant")
     return name
 
 
-def params_from_config(classifier_cfg: dict[str, Any]) -> ClassifierParams | KNNParams:
+def params_from_config(classifier_cfg: dict[str, Any]) -> ClassifierParams | KNNParams | ConstantParams:
     """Validated parameters of any head: `KNNParams` for knn, `ClassifierParams` for mlp and linear."""
     if head_name(classifier_cfg) == "knn":
         return KNNParams.from_dict(classifier_cfg)
+    if head_name(classifier_cfg) == "constant":
+        return ConstantParams.from_dict(classifier_cfg)
     return ClassifierParams.from_dict(classifier_cfg)

@@ -142,6 +142,7 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
     and the data it saw. The classifier's numbers are added by the caller."""
     from dinoloc.classify import head_name
     from dinoloc.provenance import weights_record
+    from dinoloc.results import row_role
     from dinoloc.stats import embedding_health
 
     ex, bb, data = spec.extract, spec.extract.backbone, spec.extract.data
@@ -164,10 +165,12 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
         "backbone": bb.name,
         "backbone_display": bb.display,
         "arch": bb.arch,
-        "model_label": f"{bb.arch.split('_patch')[0]}/{patch}",
+        "model_label": bb.arch if bb.arch == "classical" else f"{bb.arch.split('_patch')[0]}/{patch}",
         "model_kwargs": dict(bb.model_kwargs),
         "strategy": ex.strategy,
         "head": head_name(spec.classifier),
+        # pretrained | floor | trivial | classical (dinoloc.results.row_role; docs/references.md)
+        "role": row_role(head_name(spec.classifier), bb.arch, bool(meta.get("random_weights", False))),
         # The checkpoint's own count wins; the config's value only where the file records none.
         "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
         "dino_epochs_config": bb.dino_epochs,

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from dinoloc.backbones.classical import FEATURES_VERSION as CLASSICAL_VERSION
+from dinoloc.backbones.classical import is_classical
 from dinoloc.data.prepare import DataSpec
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
 
@@ -39,6 +41,7 @@ class BackboneSpec:
     dino_epochs: int | None = None   # the config's count; the checkpoint's own wins
     synthetic: bool = False          # a synthetic demo stand-in
     weights_default: bool = True     # False when the user gave backbone.weights on the command line
+    random_seed: int | None = None   # the seed of a random init (the floor's backbone.random_seed)
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,18 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
 
     bb, pp = spec.backbone, spec.backbone.preprocess
     src = source(spec)
+    if is_classical(bb.arch):  # no weights: the features' code version stands in for them
+        return {"arch": bb.arch, "features_version": CLASSICAL_VERSION, "model_kwargs": dict(bb.model_kwargs),
+                "strategy": spec.strategy, "source_channels": list(src["source_channels"]), **src["fields"],
+                "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
+                "images": images_fingerprint(manifest, spec.data.root)}
     return {
         "arch": bb.arch,
         "model_kwargs": dict(bb.model_kwargs),
         "in_chans": bb.in_chans,
         "channels": list(bb.channels),
-        "weights": weights_fingerprint(bb.weights, cache_dir=spec.weights_dir, weights_sha256=bb.weights_sha256),
+        "weights": weights_fingerprint(bb.weights, cache_dir=spec.weights_dir, weights_sha256=bb.weights_sha256,
+                                       random_seed=bb.random_seed),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": spec.strategy,
         "channel_map": src["channel_map"] if spec.strategy == "mapping" else None,
@@ -115,10 +124,12 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         "backbone": bb.name, "backbone_display": bb.display, "weights_path": str(bb.weights or ""),
         "synthetic": bool(spec.data.synthetic or bb.synthetic), "data": spec.data.name, **fields,
     }
+    if is_classical(bb.arch):
+        return _run_classical(spec, manifest, meta, cache_key(fields))
     model_factory = functools.partial(
         build_backbone, bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp["img_size"],
         weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir, allow_random=spec.allow_random_weights,
-        **bb.model_kwargs,
+        random_seed=bb.random_seed, **bb.model_kwargs,
     )
     src = source(spec)
     if src["left_out"]:
@@ -146,5 +157,33 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         chunk_size=spec.chunk_size,
         device=resolve_device(spec.device),
         amp=spec.amp,
+        progress=True,
+    )
+
+
+def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, Any], key: str) -> CacheEntry:
+    """backbone=classical through the same engine (chunks, resume, lock, atomic cache): the 'model' measures."""
+    from dinoloc.backbones.classical import ClassicalFeatures, classical_embed
+    from dinoloc.extract.engine import extract
+
+    bb, pp = spec.backbone, spec.backbone.preprocess
+    src = source(spec)
+    root = Path(spec.data.root)
+    return extract(
+        image_ids=manifest["image_id"].tolist(),
+        paths=[root / p for p in manifest["path"]],
+        read_fn=src["read_fn"],
+        model_factory=functools.partial(ClassicalFeatures, src["source_channels"], **bb.model_kwargs),
+        embed_fn=functools.partial(classical_embed, img_size=int(pp["img_size"]), intensity=str(pp["intensity"]),
+                                   spatial=str(pp["spatial"]), crop_size=int(pp["crop_size"])),
+        cache_dir=spec.cache_dir,
+        key=key,
+        meta=meta | {"classical": True},
+        resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        chunk_size=spec.chunk_size,
+        device="cpu",  # measurements run in numpy
+        amp=False,
         progress=True,
     )

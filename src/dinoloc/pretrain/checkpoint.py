@@ -23,7 +23,7 @@ IMAGES_NAME = "pretrain_images.csv"
 LOG_NAME = "log.csv"
 LOG_COLUMNS = [
     "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl_teacher_student",
-    "images_per_s", "seconds",
+    "images_per_s", "seconds", "prototypes_used",
 ]
 
 # torch's parametrization names for the weight-normalised last layer vs official DINO's. Same tensors and shapes

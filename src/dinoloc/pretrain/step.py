@@ -20,6 +20,7 @@ from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
 from dinoloc.pretrain.loss import DINOLoss, collapse_stats
 from dinoloc.pretrain.params import PretrainParams
 from dinoloc.pretrain.schedules import Schedules
+from dinoloc.pretrain.watch import prototypes_hit
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -84,6 +85,8 @@ class DinoTrainer:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     autocast: Callable[[], Any]
+    # the prototypes some global crop's teacher argmax hit this epoch (pretrain.watch; reset per epoch)
+    prototypes_seen: torch.Tensor | None = None
 
 
 def build_trainer(arch: str, model_kwargs: Mapping[str, Any], in_chans: int, p: PretrainParams, d: Dist) -> DinoTrainer:
@@ -132,6 +135,7 @@ def train_step(t: DinoTrainer, crops: list[torch.Tensor], epoch: int, i: int, it
         student_output = t.model(crops)
     q = t.dino_loss.teacher_probs(teacher_output, epoch)
     entropy, kl = collapse_stats(student_output.detach(), q, p.student_temp)
+    t.prototypes_seen = prototypes_hit(q.detach(), t.prototypes_seen)
     loss = t.dino_loss(student_output, teacher_output, epoch)
     if not math.isfinite(loss.item()):
         raise DinolocError(

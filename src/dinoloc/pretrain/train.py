@@ -40,6 +40,7 @@ from dinoloc.pretrain.data import PretrainDataset, build_loader
 from dinoloc.pretrain.params import PretrainParams
 from dinoloc.pretrain.schedules import Schedules, build_schedules
 from dinoloc.pretrain.step import DinoTrainer, build_trainer, train_step, wrap_ddp
+from dinoloc.pretrain.watch import CollapseWatch, count_used
 
 
 def check_inputs(images: Sequence[tuple[str, str]], channels: Sequence[str], in_chans: int, intensity: str,
@@ -146,6 +147,7 @@ def _train(r: _Run) -> Path:
     if d.rank == 0:
         write_images_list(r.out_dir, r.images)
     args = r.args()
+    watch = CollapseWatch(p.out_dim, p.epochs, after_epoch=p.warmup_epochs)  # warns while it runs
 
     for epoch in range(start_epoch, p.epochs):
         # Reseeding per epoch (and rank) makes stochastic depth independent of where a run was resumed.
@@ -162,7 +164,8 @@ def _train(r: _Run) -> Path:
             row = log_rows[-1]
             print(f"epoch {epoch + 1}/{p.epochs}: loss {row['loss']:.4f}, teacher entropy "
                   f"{row['teacher_entropy']:.3f}, KL(teacher||student) {row['kl_teacher_student']:.4f}, "
-                  f"{row['images_per_s']:.1f} img/s")
+                  f"{row['prototypes_used']} of {p.out_dim} prototypes used, {row['images_per_s']:.1f} img/s")
+            watch.check(row)
         if d.world > 1:
             dist.barrier()
     return r.ckpt_path
@@ -183,6 +186,7 @@ def _train_epoch(t: DinoTrainer, loader: Any, epoch: int, niter: int, s: Schedul
     """One epoch of train_step; returns its log.csv row (means over iterations and processes)."""
     t0 = time.perf_counter()
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss, teacher entropy, KL
+    t.prototypes_seen = None
     temp = t.dino_loss.teacher_temp_schedule[epoch]
     bar = tqdm(loader, desc=f"DINO epoch {epoch + 1}/{p.epochs}", total=niter, disable=d.rank != 0,
                dynamic_ncols=True)
@@ -200,6 +204,7 @@ def _train_epoch(t: DinoTrainer, loader: Any, epoch: int, niter: int, s: Schedul
         "epoch": epoch + 1, "loss": loss_m, "lr": float(s.lr[last]), "wd": float(s.wd[last]),
         "momentum": float(s.momentum[last]), "teacher_temp": temp, "teacher_entropy": ent_m,
         "kl_teacher_student": kl_m, "images_per_s": niter * total_batch / seconds, "seconds": seconds,
+        "prototypes_used": count_used(t.prototypes_seen, d.world),
     }
 
 

@@ -69,11 +69,19 @@ def _pyplot():
 # ----------------------------------------------------------------------------------------------------------
 # Figure 1
 # ----------------------------------------------------------------------------------------------------------
+# The three references every table carries (docs/references.md), drawn as labelled horizontal lines.
+_REFERENCE_STYLE = {
+    "floor": ("random weights (floor)", _FLOOR_COLOUR, "--"),
+    "classical": ("classical features", "#D55E00", "-."),  # Okabe-Ito vermillion: no bar has it
+    "trivial": ("trivial (best constant per class)", "#000000", ":"),
+}
+
+
 def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> list[tuple[str, float, float]]:
     """The paper's Figure 1 from table3.csv alone: mean test macro F1 bars with ± fold-std error bars (as
     the paper), grouped by pretraining weights, coloured by strategy; the 95% CI (columns ci_low/ci_high,
-    when present) as a grey bar beside each error bar; a row with random_weights = true (the floor) as a
-    dashed horizontal line instead of a bar. Legend outside the axes. Writes out_png and a PDF beside it.
+    when present) as a grey bar beside each error bar; the reference rows (column `role`: floor, classical,
+    trivial; docs/references.md) as labelled horizontal lines instead of bars. Legend outside the axes. Writes out_png and a PDF beside it.
     Returns the (label, height, err) of the bars as read back from the drawn Axes."""
     plt = _pyplot()
     from matplotlib.container import BarContainer
@@ -90,8 +98,13 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
     if df.empty:
         raise DinolocError(f"{table_csv} has no rows; run the experiment first (dinoloc-run -m experiment=...)")
     synthetic = bool(_truthy(df["synthetic"]).any()) if "synthetic" in df else False
-    is_floor = _truthy(df["random_weights"]) if "random_weights" in df else pd.Series(False, index=df.index)
-    floors, df = df[is_floor.to_numpy()], df[~is_floor.to_numpy()]
+    if "role" in df:  # the references (docs/references.md) are lines, the pretrained rows bars
+        is_ref = df["role"].astype(str).isin(_REFERENCE_STYLE).to_numpy()
+    else:  # a table3.csv from before the roles: the floor is the random-weights row
+        is_ref = _truthy(df["random_weights"]).to_numpy() if "random_weights" in df else np.zeros(len(df), bool)
+    refs, df = df[is_ref], df[~is_ref]
+    if df.empty:  # only references: draw them as bars, so the figure is not empty
+        df, refs = pd.concat([refs, df]), refs.iloc[:0]
     has_ci = {"ci_low", "ci_high"} <= set(df.columns) and df[["ci_low", "ci_high"]].notna().any().any()
 
     groups = list(dict.fromkeys(df["weights"].astype(str)))  # order of the table (the paper's)
@@ -130,11 +143,15 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
     extra = [Line2D([], [], color="black", marker="_", markersize=8, lw=1.2, label="± std over folds")]
     if has_ci:
         extra.append(Line2D([], [], color=_CI_COLOUR, lw=3.0, alpha=0.6, label="95% CI (bootstrap)"))
-    for _, r in floors.iterrows():
+    for _, r in refs.iterrows():
         h = float(r["test_f1_mean"])
-        name = "random weights (floor)" if len(floors) == 1 else f"random weights (floor): {r['weights']} {r['strategy']}"
-        ax.axhline(h, color=_FLOOR_COLOUR, ls="--", lw=1.5, zorder=1)
-        extra.append(Line2D([], [], color=_FLOOR_COLOUR, ls="--", lw=1.5, label=f"{name}: {h:.3f}"))
+        role = str(r["role"]) if "role" in refs else "floor"
+        name, colour, ls = _REFERENCE_STYLE[role]
+        same = (refs["role"].astype(str) == role).sum() if "role" in refs else len(refs)
+        if same > 1:  # several of one kind (probe heads, variants): say which
+            name += f": {r['head']}" if "head" in refs and refs["head"].nunique() > 1 else f": {r['weights']} {r['strategy']}"
+        ax.axhline(h, color=colour, ls=ls, lw=1.5, zorder=1)
+        extra.append(Line2D([], [], color=colour, ls=ls, lw=1.5, label=f"{name}: {h:.3f}"))
         tops.append(h)
     ax.set_xticks(range(len(groups)), [textwrap.fill(g, 14) for g in groups])
     ax.set_xlabel("Pretraining dataset")

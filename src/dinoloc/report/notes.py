@@ -129,7 +129,9 @@ def table_notes(
     if "head" in table and table["head"].nunique() > 1:
         lines.append(
             "Heads: mlp = the paper's MLP; knn = DINO's weighted k-NN (k = 20, T = 0.07, cosine on L2-normalised "
-            "embeddings, per-class weighted vote); linear = one linear layer with the MLP's recipe."
+            "embeddings, per-class weighted vote); linear = one linear layer with the MLP's recipe"
+            + ("; constant = the trivial reference, per class the constant prediction with the best training F1 "
+               "(reads no feature; docs/references.md)." if (table["head"] == "constant").any() else ".")
         )
         lines += [f"Ranking: {n}." for n in ranking_notes(table)]
     if label_notes is None and results:
@@ -148,9 +150,15 @@ def table_notes(
             lines.append("Epoch mismatches: " + "; ".join(mismatches))
         lines += ["", "**Deviations from the paper** (generated from each run's resolved config):", ""]
         lines += [f"- {d}" for d in provenance.deviations_list(results)] or ["- none"]
-        warns = provenance.embedding_warnings(results)
-        if warns:
-            lines += ["", "**Embedding health:**", ""] + [f"- {w}" for w in warns]
+        from dinoloc.report.health import health_flags, health_lines, health_rows
+
+        rows = health_rows(results)
+        warns = provenance.embedding_warnings(results) + health_flags(rows)
+        diag = health_lines(rows)
+        if warns or diag:
+            lines += ["", "**Embedding health** (each pretrained row against the random-weights floor of its own "
+                      "architecture; docs/references.md):", ""]
+            lines += [f"- WARNING {w}" for w in warns] + [f"- {d}" for d in diag]
     notes = [f"{r['run']}: {r['notes']}" for _, r in table.iterrows() if r.get("notes")]
     if notes:
         lines.append("Run notes: " + " | ".join(notes))

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dinoloc.io import DinolocError
-from dinoloc.results import DEFAULT_HEAD, HEADS, RESULT_FILE, read_result, result_run_name
+from dinoloc.results import DEFAULT_HEAD, HEADS, RESULT_FILE, read_result, result_role, result_run_name
 
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
 _FAMILY_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
@@ -50,12 +50,21 @@ def run_name(result: dict) -> str:
 
 def is_floor(result: dict) -> bool:
     """The random-weights floor row."""
-    return bool(result.get("random_weights", False))
+    return result_role(result) == "floor"
+
+
+def role(result: dict) -> str:
+    """pretrained | floor | trivial | classical (docs/references.md)."""
+    return result_role(result)
 
 
 def weights_label(result: dict) -> str:
     """The Weights column: the preset's name, or the user's file when backbone.weights is not the preset's."""
     display = str(result.get("backbone_display", result["backbone"]))
+    if role(result) == "trivial":
+        return "trivial (best constant per class)"
+    if role(result) == "classical":
+        return f"{display} (CellProfiler-style)"
     if is_floor(result):
         return f"random init (seed {(result.get('provenance') or {}).get('random_seed', 0)})"
     prov = result.get("provenance") or {}
@@ -83,6 +92,8 @@ def row_order(result: dict) -> tuple:
     demo stand-ins (`hpa_demo`, ...) like their real counterparts, anything else after."""
     backbone, strategy = str(result["backbone"]), str(result["strategy"])
     family = next((i for i, f in enumerate(_FAMILY_ORDER) if backbone.startswith(f)), len(_FAMILY_ORDER))
+    if role(result) != "pretrained":  # the references after the paper's rows: floor, classical, trivial
+        family = len(_FAMILY_ORDER) + 1 + ("floor", "classical", "trivial").index(role(result))
     strat = _STRATEGY_ORDER.index(strategy) if strategy in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
     h = HEADS.index(head(result)) if head(result) in HEADS else len(HEADS)
     return (family, strat, backbone, strategy, h, result.get("run_dir", ""))

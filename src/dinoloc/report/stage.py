@@ -31,7 +31,9 @@ def run_report(spec: ReportSpec) -> dict[str, Path]:
         )
     table, missing = build_table(results, expected=list(spec.expected) or None, n_boot=spec.n_boot, seed=spec.seed,
                                  level=spec.level, method=spec.method)
-    for message in embedding_warnings(results):
+    from dinoloc.report.health import health_flags, health_rows
+
+    for message in embedding_warnings(results) + health_flags(health_rows(results)):
         warn(message)
     synthetic = bool(table["synthetic"].any())
     paths = _write_tables(out_dir, table, missing, results, synthetic, spec)

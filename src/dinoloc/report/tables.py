@@ -20,6 +20,7 @@ from dinoloc.report.runs import (
     epochs_source,
     head,
     is_floor,
+    role,
     row_order,
     run_name,
     warn,
@@ -34,6 +35,7 @@ TABLE_COLUMNS = [
     "model",
     "approach",
     "head",
+    "role",  # pretrained | floor | trivial | classical (docs/references.md)
     "dino_epochs",  # from the checkpoint when it records one, else backbone.dino_epochs
     "dino_epochs_source",  # checkpoint | config
     "test_f1_mean",
@@ -138,10 +140,9 @@ def build_table(
     means = np.array([float(r["test_macro_f1_mean"]) for r in results])
     group = [(results[i].get("variant") or "baseline", head(results[i])) for i in range(len(results))]
     ranks = pd.Series(means).groupby(pd.Series(group, dtype=object)).rank(ascending=False, method="min")
-    floors = [i for i, r in enumerate(results) if is_floor(r)]
-    # For Figure 2 only (which row's images to show): the top-ranked baseline row that is not the floor.
-    shown = [i for i in range(len(results)) if i not in floors and group[i][0] == "baseline"] or list(range(len(results)))
-    best = max(shown, key=lambda i: means[i])
+    # For Figure 2 only (which row's images to show): the top baseline pretrained row (no reference row).
+    shown = [i for i in range(len(results)) if role(results[i]) == "pretrained" and group[i][0] == "baseline"]
+    best = max(shown or list(range(len(results))), key=lambda i: means[i])
 
     def compare(i: int, j: int | None, notes: list[str], what: str) -> float:
         if j is None or i == j or n_boot <= 0:
@@ -175,6 +176,7 @@ def build_table(
                 "model": r.get("model_label", r.get("arch", "")),
                 "approach": NATIVE_APPROACH if strategy == "native" else strategy,
                 "head": head(r),
+                "role": role(r),
                 "dino_epochs": checkpoint_epochs(r),
                 "dino_epochs_source": epochs_source(r),
                 "test_f1_mean": float(r["test_macro_f1_mean"]),
@@ -273,9 +275,9 @@ def markdown_table(
     lines += [
         "**Table III.** Test macro F1 (mean ± std over the cross-validation folds).",
         "",
-        f"| Weights | Model | Approach | Head | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
+        f"| Weights | Model | Approach | Head | Role | DINO epochs | Test macro F1 | {level:.0%} CI | bias | "
         "F1 (≥3-target classes) [CI] | Train F1 | Val F1 | Rank | Δ vs floor | p vs floor (raw / Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
         epochs = "–" if pd.isna(r["dino_epochs"]) else str(int(r["dino_epochs"]))
@@ -295,7 +297,8 @@ def markdown_table(
         d_floor = "–" if pd.isna(r["delta_vs_floor"]) or r.get("random_weights") else f"{r['delta_vs_floor']:+.4f}"
         approach = r["approach"] if r.get("variant", "baseline") == "baseline" else f"{r['approach']} ({r['variant']})"
         lines.append(
-            f"| {r['weights']} | {r['model']} | {approach} | {r.get('head', DEFAULT_HEAD)} | {epochs} | {fmt_std(r)} | "
+            f"| {r['weights']} | {r['model']} | {approach} | {r.get('head', DEFAULT_HEAD)} | "
+            f"{r.get('role', 'pretrained')} | {epochs} | {fmt_std(r)} | "
             f"{ci_text} | {fmt(r['ci_bias'], 3) if not pd.isna(r['ci_bias']) else '–'} | "
             f"{fmt(r['ws_f1'])}{ws_ci} | {fmt(r['train_f1_mean'])} | "
             f"{fmt(r['val_f1_mean'])} | {int(r['rank'])} | {d_floor} | {floor} |"
