@@ -175,16 +175,18 @@ def test_reference_rows_beside_a_pretrained_row(reference_runs):
         assert stored["role"] == role and by_role.loc[role, "test_f1_mean"] == pytest.approx(stored["test_macro_f1_mean"])
         for name in ("predictions.csv", "per_class.csv"):
             assert (Path(by_role.loc[role, "run_dir"]) / name).is_file()
-        assert by_role.loc[role, "ci_low"] <= by_role.loc[role, "test_f1_mean"] <= by_role.loc[role, "ci_high"]
+        if by_role.loc[role, "calibrated"]:
+            assert by_role.loc[role, "ci_low"] <= by_role.loc[role, "test_f1_mean"] <= by_role.loc[role, "ci_high"]
+        else:  # a fixture this small is below the calibrated size: no interval is printed (docs/statistics.md)
+            assert pd.isna(by_role.loc[role, "ci_low"]) and pd.isna(by_role.loc[role, "ci_high"])
     # the floor is its own network: the seed recorded is the YAML's, not 0, and not the pretraining's
     assert results["floor"]["provenance"]["random_seed"] == 104729
     assert results["floor"]["random_weights"] is True and results["classical"]["random_weights"] is False
     assert results["classical"]["n_features"] == results["trivial"]["n_features"] > 0  # one classical cache
     assert results["classical"]["cache_key"] == results["trivial"]["cache_key"]
-    # the references are compared like any row; "best" is the pretrained row
-    assert by_role.loc["trivial", "delta_vs_best"] == pytest.approx(
-        by_role.loc["trivial", "test_f1_mean"] - by_role.loc["pretrained", "test_f1_mean"])
-    assert pd.notna(by_role.loc["classical", "p_vs_floor"])
+    # the references are compared like any row: each against the floor (declared before the data)
+    assert by_role.loc["trivial", "delta_vs_floor"] == pytest.approx(
+        by_role.loc["trivial", "test_f1_mean"] - by_role.loc["floor", "test_f1_mean"])
 
 
 def test_report_notes_show_weight_change_and_cka_with_the_floor(reference_runs):

@@ -183,7 +183,7 @@ def read_predictions(run_dir: str | os.PathLike, classes: Sequence[str]) -> pd.D
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
         raise DinolocError(f"{path} is missing; the run is incomplete. Rerun it with dinoloc-run force=true")
-    df = pd.read_csv(path, dtype={"image_id": str, "target": str, "split": str, "path": str})
+    df = pd.read_csv(path, float_precision="round_trip", dtype={"image_id": str, "target": str, "split": str, "path": str})
     _check_columns(df, prediction_columns(classes), path)
     bad = ~df["split"].isin(PREDICTION_SPLITS)
     if bad.any():
@@ -198,7 +198,7 @@ def read_per_class(run_dir: str | os.PathLike) -> pd.DataFrame:
     path = Path(run_dir) / PER_CLASS_FILE
     if not path.is_file():
         raise DinolocError(f"{path} is missing; the run is incomplete. Rerun it with dinoloc-run force=true")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, float_precision="round_trip")
     _check_columns(df, PER_CLASS_COLUMNS, path)
     return df
 
