@@ -294,7 +294,9 @@ def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: M
         raise DinolocError(f"data.reader={reader!r} is unknown; use opencell or folder")
     channels = [str(c) for c in data.get("channels") or []]
     roles = channel_roles(channels, data.get("channel_roles"))
-    if strategy == "mapping":
+    from dinoloc.channel_strategies import strategy_module
+
+    if not strategy_module(strategy).READS_ALL_CHANNELS:
         keep, source, cmap = mapping_plan(channels, roles, list(backbone_channels), dict(channel_map))
     else:  # every channel; a channel left out of mapping (role null) keeps its own name here
         keep, source, cmap = None, [r if r is not None else c for c, r in zip(channels, roles, strict=True)], dict(channel_map)

@@ -33,11 +33,18 @@ from dinoloc.results import (
 
 SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
 _HEAD_HATCH = {"knn": "//", "linear": ".."}  # probe heads' bars; the MLP's stay plain
-_STRATEGY_STYLE = {  # legend label, colour (Okabe-Ito: blue, orange, bluish green)
-    "mapping": ("channel mapping", "#0072B2"),
-    "replication": ("channel replication", "#E69F00"),
-    "native": ("native (2 channels)", "#009E73"),
-}
+def _strategy_style(strategy: str) -> tuple[str, str]:
+    """Legend label and colour: the strategy module's LABEL and COLOUR (grey for one that cannot be imported)."""
+    from dinoloc.channel_strategies import strategy_module
+    from dinoloc.io import DinolocError
+
+    try:
+        module = strategy_module(strategy)
+    except DinolocError:
+        return strategy, "#999999"
+    return str(getattr(module, "LABEL", strategy)), str(getattr(module, "COLOUR", "#999999"))
+
+
 _CI_COLOUR = "#4d4d4d"
 _FLOOR_COLOUR = "#CC79A7"
 
@@ -104,7 +111,7 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
         rows = df[df["weights"].astype(str) == group]
         for k, (_, r) in enumerate(rows.iterrows()):
             strategy = str(r["strategy"])
-            label, colour = _STRATEGY_STYLE.get(strategy, (strategy, "#999999"))
+            label, colour = _strategy_style(strategy)
             head = str(r["head"]) if multi_head else ""
             if multi_head:
                 label, strategy = f"{label} · {head}", f"{strategy} / {head}"

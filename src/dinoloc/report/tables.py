@@ -60,6 +60,7 @@ TABLE_COLUMNS = [
     "random_weights",  # the random-weights floor row
     "synthetic",
     "backbone",
+    "family",  # the backbone's family module (timm_vit, subcell, openphenom, ...): rows are grouped by it
     "strategy",
     "variant",
     "weights_file",
@@ -125,7 +126,9 @@ def build_table(
             {
                 "weights": weights_label(r),
                 "model": r.get("model_label", r.get("arch", "")),
-                "approach": NATIVE_APPROACH if strategy == "native" else strategy,
+                # the strategy's own account (result.json, since issue 27); older results: the paper's dash
+                "approach": r.get("approach") or (NATIVE_APPROACH if strategy == "native" else strategy),
+                "family": r.get("family") or "timm_vit",
                 "head": head(r),
                 "dino_epochs": checkpoint_epochs(r),
                 "dino_epochs_source": epochs_source(r),
