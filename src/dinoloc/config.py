@@ -85,8 +85,9 @@ def configured_backbone(cfg: DictConfig) -> DictConfig:
         return cfg.backbone
     from dinoloc.data.folder import source_setup
 
-    data = {"reader": str(cfg.data.reader), "channels": plain(cfg.data.get("channels")) if cfg.data.reader == "folder"
-            else None, "channel_roles": plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}}
+    folder = str(cfg.data.reader) == "folder"
+    data = {"reader": str(cfg.data.reader), "channels": list(cfg.data.channels) if folder else None,
+            "channel_roles": plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}}
     names = source_setup(data, [], {}, "replication")["source_channels"]
     return OmegaConf.create(configure(str(family), plain(cfg.backbone), names))
 
