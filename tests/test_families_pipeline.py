@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_folder_data import write_folder_dataset
 
 from dinoloc.classify import run_classification
 from dinoloc.config import classify_spec, compose, data_spec, extract_spec, report_spec, validate
@@ -19,6 +18,7 @@ from dinoloc.data.prepare import run_data
 from dinoloc.extract import run_extraction
 from dinoloc.io import DinolocError
 from dinoloc.report import run_report
+from test_folder_data import write_folder_dataset
 
 # the folder's channels DNA, actin, protein named by role: nucleus, microtubules (stand-in), protein
 ROLES = "data.channel_roles={DNA: nucleus, actin: microtubules}"

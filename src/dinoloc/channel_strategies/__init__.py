@@ -2,7 +2,8 @@
 path for a lab's own). How an image's channels become a backbone's input (see dinoloc.strategies).
 
 A strategy module defines:
-- `check(ctx: Channels) -> None`: refuse a pair that cannot work, before any image is read (DinolocError);
+- `check(ctx: Channels) -> None`: refuse a pair that cannot work, before any image is read (`CannotRun` when
+  the backbone cannot run this strategy at all, so a sweep skips the job; DinolocError for a fixable value);
 - `apply(x, ctx) -> (x, fed)`: (B, n_source, H, W) -> the model's input and the channel names it carries
   (rows b * views + v when the strategy makes several views per image);
 - `views(ctx) -> int`: forward passes per image (their embeddings are concatenated in view order);
@@ -21,6 +22,11 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from dinoloc.io import DinolocError
+
+
+class CannotRun(DinolocError):
+    """This backbone cannot run under this strategy at all (not a fixable value): a sweep skips such a job,
+    listed before its first job, instead of refusing the whole sweep."""
 
 
 @dataclass(frozen=True)

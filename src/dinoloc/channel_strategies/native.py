@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from dinoloc.channel_strategies import Channels
-from dinoloc.io import DinolocError
+from dinoloc.channel_strategies import CannotRun, Channels
 
 USES_CHANNEL_MAP = False
 READS_ALL_CHANNELS = True
@@ -23,13 +22,13 @@ def check(ctx: Channels) -> None:
     if ctx.any_channels:
         unknown = [c for c in ctx.source if c not in ctx.backbone] if ctx.named_channels else []
         if unknown:
-            raise DinolocError(
+            raise CannotRun(
                 f"strategy=native: this backbone knows its channels by name ({list(ctx.backbone)}) and has none "
                 f"called {unknown}; name the data's channels by role (data.channel_roles) or use strategy=mapping"
             )
         return
     if set(ctx.backbone) != set(ctx.source) or len(ctx.backbone) != len(ctx.source):
-        raise DinolocError(
+        raise CannotRun(
             f"strategy=native needs a backbone trained on exactly the image's channels {list(ctx.source)}, "
             f"but backbone.in_chans={len(ctx.backbone)} with backbone.channels={list(ctx.backbone)}; "
             "use strategy=mapping or strategy=replication for this backbone"
