@@ -260,3 +260,80 @@ def test_unknown_family_is_one_clear_error():
         load_family("no_such_lab.model")
     with pytest.raises(DinolocError, match=r"lacks \['create', 'state_from_checkpoint'\]"):
         load_family("dinoloc.io")
+
+
+# ------------------------------------------------------------------------------------- strategies and heads by name
+PRIOR_HEAD = '''
+"""A lab's own head: every class's training prevalence of the fold, for every row."""
+import numpy as np
+from dinoloc.classify.params import KNNParams
+
+ORDER, HATCH = 5, "xx"
+
+
+def params(cfg):
+    return KNNParams.from_dict(cfg)
+
+
+def predict_proba(X, Y, train_rows, means, stds, params, *, progress=True, hook=None):
+    y = Y.cpu().numpy()
+    return np.stack([np.repeat(y[rows].mean(0, keepdims=True), len(y), 0) for rows in train_rows]).astype(np.float64)
+
+
+def effective(params, n_train):
+    return {"prior": True}
+
+
+def describe(params, n_folds):
+    return "count the classes"
+'''
+
+EVERY_OTHER = '''
+"""A lab's own strategy: the data's first channel into every backbone channel (one view)."""
+ORDER, LABEL, COLOUR = 7, "first channel", "#000000"
+USES_CHANNEL_MAP, READS_ALL_CHANNELS = False, True
+
+
+def check(ctx):
+    return None
+
+
+def apply(x, ctx):
+    return x[:, :1].expand(-1, len(ctx.backbone), -1, -1), list(ctx.backbone)
+
+
+def views(ctx):
+    return 1
+
+
+def approach(ctx):
+    return "first channel everywhere"
+'''
+
+
+def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
+    import numpy as np
+    from test_classify import make_data
+
+    from dinoloc.classify import cross_validate, params_from_config
+    from dinoloc.heads import head_order
+    from dinoloc.strategies import apply_strategy, approach, n_views
+
+    (tmp_path / "mylab_prior.py").write_text(PRIOR_HEAD)
+    (tmp_path / "mylab_first.py").write_text(EVERY_OTHER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = {"name": "mylab_prior", "k": 5, "temperature": 0.07, "threshold": 0.5, "standardize": False}
+    params = params_from_config(cfg)
+    X, Y, split, fold, ids, targets = make_data()
+    cv = cross_validate(X, Y, split, fold, ids, targets, params, head="mylab_prior", progress=False)
+    p = cv.predictions[[c for c in cv.predictions.columns if c.startswith("p_")]].to_numpy()
+    first = cv.predictions["fold"] == cv.predictions["fold"].min()
+    train0 = (split == "train") & (fold != cv.predictions["fold"].min())
+    assert np.allclose(p[first.to_numpy()][0], Y[train0].mean(0))  # the head's own computation, through cv
+    assert cv.summary["classifier_effective"] == {"prior": True} and head_order("mylab_prior") == 5
+    x = torch.arange(2 * 2 * 4, dtype=torch.float32).reshape(1, 2, 4, 2).expand(2, -1, -1, -1)
+    out = apply_strategy(x, "mylab_first", ["R", "G", "B"], None, ["protein", "nucleus"])
+    assert out.shape == (2, 3, 4, 2) and torch.equal(out[:, 2], x[:, 0])
+    assert n_views("mylab_first") == 1 and approach("mylab_first", ["R"], ["protein"]) == "first channel everywhere"
+    with pytest.raises(DinolocError, match="classifier.name='nope' is unknown; use classifier=mlp, knn, linear"):
+        params_from_config({"name": "nope"})

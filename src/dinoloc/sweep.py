@@ -239,7 +239,9 @@ def describe_job(spec: Any) -> str:
     if finished_result(spec, manifest, split) is not None:
         parts.append("| classifier: reuse result.json (skip)")
     else:
-        c = spec.classifier
-        what = "fit the k-NN" if c.get("name") == "knn" else f"train {ex.data.n_folds} folds x {c['epochs']} epochs"
-        parts.append(f"| classifier: {what}")
+        from dinoloc.classify import head_name, params_from_config
+        from dinoloc.heads import head_module
+
+        params = params_from_config(dict(spec.classifier))
+        parts.append(f"| classifier: {head_module(head_name(spec.classifier)).describe(params, ex.data.n_folds)}")
     return " ".join(parts)

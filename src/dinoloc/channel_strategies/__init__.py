@@ -47,12 +47,13 @@ def known() -> list[str]:
 
 
 def strategy_module(name: str) -> ModuleType:
-    """The module of strategy `name`: dinoloc.channel_strategies.<name>, or `name` itself when it is dotted."""
-    path = name if "." in name else f"{__name__}.{name}"
-    try:
-        return importlib.import_module(path)
-    except ModuleNotFoundError as e:
-        if e.name not in (path, path.rsplit(".", 1)[0]) and "." in name:
-            raise
-        raise DinolocError(f"strategy={name!r} is unknown; use one of {', '.join(known())} or an import path "
+    """The module of strategy `name`: dinoloc.channel_strategies.<name>, or a module named `name` (e.g. a lab's own)."""
+    paths = [name] if "." in name else [f"{__name__}.{name}", name]  # ours first, then a lab's top-level module
+    for path in paths:
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as e:
+            if e.name not in (path, path.rsplit(".", 1)[0]):
+                raise  # the module exists but one of its own imports is missing
+    raise DinolocError(f"strategy={name!r} is unknown; use one of {', '.join(known())} or an import path "
                            "to your own strategy module") from None

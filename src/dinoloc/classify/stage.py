@@ -77,7 +77,7 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify import cross_validate_seeds, params_from_config
+    from dinoloc.classify import cross_validate_seeds, head_name, params_from_config
     from dinoloc.device import resolve_device
     from dinoloc.results import add_image_paths, write_run
 
@@ -93,7 +93,7 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     cv = cross_validate_seeds(
         X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy(),
-        params, device=resolve_device(spec.extract.device), classes=classes,
+        params, device=resolve_device(spec.extract.device), classes=classes, head=head_name(spec.classifier),
     )
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
     result["classifier_seconds"] = round(time.perf_counter() - t0, 3)

@@ -32,7 +32,17 @@ from dinoloc.results import (
 )
 
 SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
-_HEAD_HATCH = {"knn": "//", "linear": ".."}  # probe heads' bars; the MLP's stay plain
+def _head_hatch(head: str) -> str:
+    """A head module's HATCH (the MLP's bars stay plain); none for a head that cannot be imported."""
+    from dinoloc.heads import head_module
+    from dinoloc.io import DinolocError
+
+    try:
+        return str(getattr(head_module(head), "HATCH", "")) if head else ""
+    except DinolocError:
+        return ""
+
+
 def _strategy_style(strategy: str) -> tuple[str, str]:
     """Legend label and colour: the strategy module's LABEL and COLOUR (grey for one that cannot be imported)."""
     from dinoloc.channel_strategies import strategy_module
@@ -117,7 +127,7 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
                 label, strategy = f"{label} · {head}", f"{strategy} / {head}"
             x = gi + (k - (len(rows) - 1) / 2) * width
             h, err = float(r["test_f1_mean"]), float(r["test_f1_std"])
-            hatch = _HEAD_HATCH.get(head, "")
+            hatch = _head_hatch(head)
             bars = ax.bar([x], [h], width * 0.9, yerr=[err], capsize=4, color=colour, edgecolor="black",
                           linewidth=0.5, error_kw={"elinewidth": 1.2}, hatch=hatch)
             bars.patches[0].set_gid(f"{group} / {strategy}")

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dinoloc.io import DinolocError
-from dinoloc.results import DEFAULT_HEAD, HEADS, RESULT_FILE, read_result, result_run_name
+from dinoloc.results import DEFAULT_HEAD, RESULT_FILE, read_result, result_run_name
 
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
 _PAPER_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
@@ -94,7 +94,9 @@ def row_order(result: dict) -> tuple:
     backbone, strategy = str(result["backbone"]), str(result["strategy"])
     paper = next((i for i, f in enumerate(_PAPER_ORDER) if backbone.startswith(f)), len(_PAPER_ORDER))
     family = "" if paper < len(_PAPER_ORDER) else str(result.get("family") or "timm_vit")
-    h = HEADS.index(head(result)) if head(result) in HEADS else len(HEADS)
+    from dinoloc.heads import head_order
+
+    h = head_order(head(result))
     return (paper, family, backbone, strategy_order(strategy), strategy, h, result.get("run_dir", ""))
 
 
