@@ -313,11 +313,11 @@ def approach(ctx):
 
 def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     import numpy as np
-    from test_classify import make_data
 
     from dinoloc.classify import cross_validate, params_from_config
     from dinoloc.heads import head_order
     from dinoloc.strategies import apply_strategy, approach, n_views
+    from test_classify import make_data
 
     (tmp_path / "mylab_prior.py").write_text(PRIOR_HEAD)
     (tmp_path / "mylab_first.py").write_text(EVERY_OTHER)
