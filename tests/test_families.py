@@ -337,3 +337,19 @@ def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     assert n_views("mylab_first") == 1 and approach("mylab_first", ["R"], ["protein"]) == "first channel everywhere"
     with pytest.raises(DinolocError, match="classifier.name='nope' is unknown; use classifier=mlp, knn, linear"):
         params_from_config({"name": "nope"})
+
+
+def test_a_family_without_weights_is_not_a_random_floor(tmp_path, monkeypatch):
+    """A hand-crafted feature family (NEEDS_WEIGHTS = False) builds without weights and without the random flag."""
+    (tmp_path / "mylab_handcrafted.py").write_text(
+        "import torch\nNEEDS_WEIGHTS = False\n"
+        "class M(torch.nn.Module):\n"
+        "    embed_dim, patch_size, in_chans = 2, None, 2\n"
+        "    def forward(self, x):\n        return torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)\n"
+        "def create(arch, in_chans, img_size, **kw):\n    return M()\n"
+        "def state_from_checkpoint(obj, key, source):\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_backbone("stats", 2, None, family="mylab_handcrafted")
+    assert model.dinoloc_info["random_init"] is False and model.dinoloc_info["model"]["embed_dim"] == 2
+    with pytest.raises(DinolocError, match="allow_random_weights=true"):
+        build_backbone("subcell", 2, None, family=FAM + "subcell", **SUBCELL)

@@ -83,13 +83,12 @@ def configured_backbone(cfg: DictConfig) -> DictConfig:
     family = cfg.backbone.get("family")
     if not family or not callable(getattr(load_family(str(family)), "configure", None)):
         return cfg.backbone
-    from dinoloc.data.folder import source_setup
+    from dinoloc.data.folder import data_channel_names
 
     folder = str(cfg.data.reader) == "folder"
     data = {"reader": str(cfg.data.reader), "channels": list(cfg.data.channels) if folder else None,
             "channel_roles": plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}}
-    names = source_setup(data, [], {}, "replication")["source_channels"]
-    return OmegaConf.create(configure(str(family), plain(cfg.backbone), names))
+    return OmegaConf.create(configure(str(family), plain(cfg.backbone), data_channel_names(data)))
 
 
 def extract_spec(cfg: DictConfig) -> ExtractSpec:
@@ -178,7 +177,7 @@ def _weights_are_default() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     """Refuse a bad config before any heavy work, naming the offending key."""
-    from dinoloc.backbones.families import channel_traits
+    from dinoloc.backbones.families import channel_traits, needs_weights
     from dinoloc.strategies import check_strategy
 
     spec = extract_spec(cfg)
@@ -190,7 +189,7 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
     check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"],
                    **channel_traits(bb.family))
-    if not bb.weights and not cfg.allow_random_weights:
+    if not bb.weights and not cfg.allow_random_weights and needs_weights(bb.family):
         raise DinolocError(
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"

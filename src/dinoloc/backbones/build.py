@@ -50,7 +50,9 @@ def build_backbone(
     sha256 = check_sha256(weights_sha256)
     weights = None if weights is None or str(weights) == "" else str(weights)
     info: dict[str, Any] = {"weights": weights, "weights_sha256": None, "checkpoint_epoch": None, "random_init": False}
-    if weights is None:
+    if weights is None and not getattr(fam, "NEEDS_WEIGHTS", True):
+        model = fam.create(arch, in_chans, img_size, **model_kwargs)  # e.g. hand-crafted features: nothing to load
+    elif weights is None:
         if not allow_random:
             raise DinolocError(
                 f"no weights for backbone.arch={arch}: set backbone.weights=<path, URL or timm:name>, or "

@@ -274,6 +274,18 @@ def build_folder_manifest(
 # ----------------------------------------------------------------------------------------------------------
 # what extraction needs from a dataset config
 # ----------------------------------------------------------------------------------------------------------
+def data_channel_names(data: Mapping) -> list[str]:
+    """Every channel of a dataset by the name the backbones know (OpenCell: protein, nucleus; a folder: its
+    data.channels renamed by data.channel_roles, a left-out channel keeping its own name)."""
+    if str(data.get("reader") or "opencell") == "opencell":
+        from dinoloc.ontology import OPENCELL_CHANNELS
+
+        return list(OPENCELL_CHANNELS)
+    channels = [str(c) for c in data.get("channels") or []]
+    return [r if r is not None else c for c, r in zip(channels, channel_roles(channels, data.get("channel_roles")),
+                                                      strict=True)]
+
+
 def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: Mapping[str, str],
                  strategy: str) -> dict:
     """How a dataset's images enter a backbone: {read_fn, source_channels (names the strategy sees, in

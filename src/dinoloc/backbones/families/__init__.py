@@ -18,6 +18,8 @@ Optional:
 - `create_for_checkpoint(state, arch, in_chans, img_size, **model_kwargs)`: a model built to the checkpoint's
   own geometry (default: `create`);
 - `from_timm(name, arch, in_chans, img_size, model_kwargs)`: `backbone.weights=timm:<name>`;
+- `NEEDS_WEIGHTS: bool` (default true): false for a family without learned weights (hand-crafted features):
+  an empty backbone.weights then builds it as is, not as a "random weights" floor;
 - `finalize(model)`: anything after the weights are in (e.g. official position-embedding interpolation);
 - `configure(backbone: dict, data_channels: list[str]) -> dict`: adjust the backbone's config to the data before
   anything runs (SubCell picks its channel-subset variant here).
@@ -68,6 +70,10 @@ def channel_traits(path: str | None) -> dict[str, bool]:
     fam = load_family(path)
     return {"any_channels": bool(getattr(fam, "ANY_CHANNELS", False)),
             "named_channels": bool(getattr(fam, "NAMED_CHANNELS", False))}
+
+
+def needs_weights(path: str | None) -> bool:
+    return bool(getattr(load_family(path), "NEEDS_WEIGHTS", True))
 
 
 def configure(path: str | None, backbone: dict[str, Any], data_channels: list[str]) -> dict[str, Any]:
