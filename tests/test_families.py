@@ -228,31 +228,45 @@ def test_cell_dino_release_layout_matches_timm_dinov2(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------- DINOv3
-def test_dinov3_meta_release_layout_matches_timm(tmp_path):
-    """Meta's layout (storage_tokens, ls1.gamma, masked qkv bias, rope periods, mask_token) through timm's
-    converter equals timm's reference model (<= 1e-4)."""
-    kw = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-    # the embedding is the class token after the final norm (dinov3's x_norm_clstoken), not timm's default avg
-    ref = timm.create_model("vit_small_patch16_dinov3", pretrained=False, num_classes=0, img_size=32,
-                            global_pool="token", dynamic_img_size=True, **kw).eval()
-    state = _random_state(ref)
-    ref.load_state_dict(state)
+def _dinov3_meta_layout(state: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
+    """A timm DINOv3 state dict in Meta's layout (dinov3 @6876159 models/vision_transformer.py, layers/attention.py:
+    storage_tokens, ls1.gamma, a masked qkv bias with its bias_mask buffer, rope periods, mask_token)."""
     meta = {}
     for k, v in state.items():
         k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        if k.endswith(("attn.q_bias", "attn.v_bias")):
+            continue
         meta[k] = v
         if k.endswith("attn.qkv.weight"):
-            meta[k.replace("weight", "bias")] = torch.zeros(96)
-            meta[k.replace("weight", "bias_mask")] = torch.ones(96)
-    meta |= {"mask_token": torch.zeros(1, 32), "rope_embed.periods": torch.ones(4)}
+            q, v_ = (state.get(k.replace("qkv.weight", n), torch.zeros(dim)) for n in ("q_bias", "v_bias"))
+            meta[k.replace("weight", "bias")] = torch.cat([q, torch.zeros(dim), v_])  # K's bias masked out
+            meta[k.replace("weight", "bias_mask")] = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+    return meta | {"mask_token": torch.zeros(1, dim), "rope_embed.periods": torch.ones(4)}
+
+
+@pytest.mark.parametrize("arch", ["vit_small_patch16_dinov3_qkvb", "vit_small_patch16_dinov3"])
+def test_dinov3_meta_release_layout_matches_timm(tmp_path, arch):
+    """Meta's layout through timm's converter equals timm's reference model (<= 1e-4); the q/v biases land in the
+    _qkvb arch, and an arch without them refuses non-zero biases instead of dropping them."""
+    kw = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    # the embedding is the class token after the final norm (dinov3's x_norm_clstoken), not timm's default avg
+    ref = timm.create_model(arch, pretrained=False, num_classes=0, img_size=32, global_pool="token",
+                            dynamic_img_size=True, **kw).eval()
+    state = _random_state(ref)
+    ref.load_state_dict(state)
+    meta = _dinov3_meta_layout(state, 32)
     path = _save(meta, tmp_path / "dinov3_vits16_pretrain_lvd1689m-test.pth")
-    model = build_backbone("vit_small_patch16_dinov3", 3, path, img_size=32, family=FAM + "dinov3", **kw)
+    model = build_backbone(arch, 3, path, img_size=32, family=FAM + "dinov3", **kw)
     with torch.no_grad():
         assert (model(_x(3)) - ref(_x(3))).abs().max() <= 1e-4
     assert model.dinoloc_info["model"]["embed_dim"] == 32 and model.dinoloc_info["model"]["patch_size"] == 16
     with pytest.raises(DinolocError, match="missing keys"):
-        build_backbone("vit_small_patch16_dinov3", 3, _save({k: v for k, v in meta.items() if "norm.weight" != k},
-                                                            tmp_path / "b.pth"), img_size=32, family=FAM + "dinov3", **kw)
+        build_backbone(arch, 3, _save({k: v for k, v in meta.items() if k != "norm.weight"}, tmp_path / "b.pth"),
+                       img_size=32, family=FAM + "dinov3", **kw)
+    if not arch.endswith("_qkvb"):
+        biased = dict(meta, **{"blocks.0.attn.qkv.bias": torch.ones(96)})
+        with pytest.raises(DinolocError, match="non-zero qkv biases .* use the _qkvb arch"):
+            build_backbone(arch, 3, _save(biased, tmp_path / "c.pth"), img_size=32, family=FAM + "dinov3", **kw)
 
 
 def test_unknown_family_is_one_clear_error():

@@ -5,7 +5,9 @@ Release layout (dinov3 @6876159 dinov3/models/vision_transformer.py, hub/backbon
 `dinov3_vits16_pretrain_lvd1689m-*.pth` loaded strictly): `cls_token`, `storage_tokens`, `mask_token`,
 `patch_embed.proj.*`, `rope_embed.periods`, `blocks.<i>.{norm1, attn.qkv.{weight, bias, bias_mask}, attn.proj,
 ls1.gamma, norm2, mlp.*, ls2.gamma}`, `norm.*`. timm's own converter (timm.models.eva.checkpoint_filter_fn) maps it
-to timm's keys (storage_tokens -> reg_token; periods / bias_mask / mask_token dropped as buffers or training-only).
+to timm's keys (storage_tokens -> reg_token; periods / bias_mask / mask_token dropped as buffers or training-only;
+the masked qkv bias split into q_bias / v_bias for timm's `_qkvb` archs, which the presets use: Meta's ViT-S/16 has
+qkv_bias=True with mask_k_bias, hub/backbones.py `dinov3_vits16`). The embedding: `x_norm_clstoken`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def load(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     from dinoloc.backbones.families import load_strict
 
     if "storage_tokens" in state or "mask_token" in state:  # Meta's layout -> timm's (timm's own converter)
+        own = model.state_dict()
+        # timm's converter drops a masked qkv bias when the arch has none; refuse that unless the bias is zero
+        dropped = [k for k, v in state.items() if k.endswith("attn.qkv.bias") and bool(v.abs().sum() > 0)
+                   and k.replace("qkv.bias", "q_bias") not in own]
+        if dropped:
+            raise DinolocError(f"{source} has non-zero qkv biases ({dropped[:3]} ...) that backbone.arch has no place "
+                               "for; use the _qkvb arch, e.g. vit_small_patch16_dinov3_qkvb")
         state = dict(checkpoint_filter_fn(state, model))
     load_strict(model, state, source)
 
