@@ -126,7 +126,8 @@ def test_openphenom_release_layout_and_channel_agnostic_forward(tmp_path):
     state["vit.pos_embed"] = sincos_2d(32, 2, 11)
     ref.load_state_dict(state)
     release = {"encoder.vit_backbone." + k[4:]: v for k, v in state.items()}
-    release |= {"decoder.blocks.0.norm1.weight": torch.ones(8), "encoder_decoder_proj.weight": torch.ones(8, 32)}
+    release |= {"decoder.blocks.0.norm1.weight": torch.ones(8), "encoder_decoder_proj.weight": torch.ones(8, 32),
+                "decoder_pred.weight": torch.ones(256, 8)}
     assert "encoder.vit_backbone.blocks.0.q_norm.weight" in release  # qk_norm=True, ParallelScalingBlock
     assert "encoder.vit_backbone.fc_norm.weight" in release and "encoder.vit_backbone.norm.weight" not in release
     from safetensors.torch import save_file
@@ -145,12 +146,14 @@ def test_openphenom_release_layout_and_channel_agnostic_forward(tmp_path):
         sd["pos_embed"] = sd["pos_embed"][:, : 1 + 4]
         base.load_state_dict(sd)
         x1 = _x(1)
-        assert torch.allclose(model(x1), base(x1), atol=1e-5)
+        # MAEModel.predict: forward_features (final norm Identity under global_pool=avg), mean of the patch tokens
+        assert torch.allclose(model(x1), base.forward_features(x1)[:, 1:].mean(1), atol=1e-5)
+        assert not torch.allclose(model(x1), base(x1), atol=1e-3)  # not timm's head (fc_norm after the pool)
         # every channel slot holds the same grid, tokens are mean-pooled: a bag of channels, order-free
         x2 = _x(1, seed=1)
         two = model(torch.cat([x1, x2], 1))
         assert torch.allclose(two, model(torch.cat([x2, x1], 1)), atol=1e-5)
-        assert not torch.allclose(two, base(x1), atol=1e-3)
+        assert not torch.allclose(two, model(x1), atol=1e-3)
     with pytest.raises(DinolocError, match="unexpected keys"):
         build_backbone("openphenom", 6, _save(release | {"encoder.other": torch.zeros(1)}, tmp_path / "b.pth"),
                        img_size=32, family=FAM + "openphenom", **PHENOM)

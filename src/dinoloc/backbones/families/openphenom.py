@@ -2,14 +2,17 @@
 Cell Painting / JUMP-CP / RxRx3 crops of 256 px: every channel is patch-embedded on its own by ONE shared
 1-channel projection, each channel's tokens get the same 2-D sin-cos position embedding plus their channel's
 slot (the embedding table has room for `max_in_chans` channels), and the embedding is the mean of the patch
-tokens (timm's global_pool="avg", then fc_norm). Any channel count up to max_in_chans, fed in order.
+tokens of the last block (the release's `MAEModel.predict`: forward_features, whose final norm is Identity under
+global_pool="avg", then X[:, 1:].mean(1); the fc_norm weights are in the file but unused). Any channel count up
+to max_in_chans, fed in order; all slots hold the same grid, so the channels are a set (order-free).
 
 Architecture as the repository builds it (maes_microscopy @b3e68bb vit.py `vit_small_patch16_256`,
 `channel_agnostic_vit`, `ChannelAgnosticPatchEmbed`, `generate_2d_sincos_pos_embeddings`; mae_modules.py
 `MAEEncoder.vit_backbone`): timm's VisionTransformer with ParallelScalingBlock, qkv_bias=False, qk_norm=True,
 init_values=1e-4. Release: the Hugging Face model `recursionpharma/OpenPhenom` (`model.safetensors`, the whole MAE:
-`encoder.vit_backbone.*` is the backbone; decoder and projection keys are dropped here). Its config (as quoted in
-the code search, not fetched from Hugging Face): max_in_chans 11, global_pool avg. Input: /255 then per-image,
+`encoder.vit_backbone.*` is the backbone; decoder and projection keys are dropped here). Read in a copy of the
+model's huggingface_mae.py (`MAEModel`: max_in_chans 11, global_pool avg, input_norm, predict) found by code
+search; the Hugging Face repository itself was not reachable from here. Input: /255 then per-image,
 per-channel self-standardisation (LazyInstanceNorm2d, no affine) -> backbone.preprocess.intensity=instance_norm.
 """
 
@@ -24,7 +27,7 @@ from dinoloc.backbones.families import unwrap
 
 ANY_CHANNELS = True
 _PREFIX = "encoder.vit_backbone."
-_DROPPED = ("decoder.", "encoder_decoder_proj.", "input_norm.", "fourier_loss")  # the MAE around the backbone
+_DROPPED = ("decoder.", "decoder_pred.", "encoder_decoder_proj.", "input_norm.", "fourier_loss.")  # the MAE around the backbone
 
 
 def sincos_2d(embed_dim: int, side: int, n_channels: int, scale: float = 10000.0) -> torch.Tensor:
@@ -71,7 +74,7 @@ class ChannelAgnosticViT(nn.Module):
             raise DinolocError(f"OpenPhenom: {tuple(x.shape[-2:])} px gives more tokens than its {v.pos_embed.shape[1]} "
                                "positions; use backbone.preprocess.img_size=256")
         tokens = v.norm_pre(v.pos_drop(tokens + v.pos_embed[:, : tokens.shape[1]]))
-        return v.forward_head(v.norm(v.blocks(tokens)))
+        return v.norm(v.blocks(tokens))[:, 1:].mean(dim=1)  # MAEModel.predict: patch tokens' mean, no fc_norm
 
 
 def create(arch: str, in_chans: int, img_size: int = 256, *, patch_size: int = 16, embed_dim: int = 384,
