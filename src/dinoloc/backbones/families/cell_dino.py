@@ -1,11 +1,13 @@
 """Cell-DINO / channel-adaptive DINO (facebookresearch/dinov2 docs/README_CHANNEL_ADAPTIVE_DINO.md; De Lorenci
 et al., TMLR 2025): DINOv2 ViTs trained on cell microscopy. The channel-adaptive model is a bag of channels:
 a 1-channel ViT-L/16 that embeds every channel on its own; the image's embedding is the channels' class tokens
-concatenated in channel order (any channel count; the README's linear evaluation runs `--bag-of-channels`).
+concatenated in channel order (any channel count): as the authors' code does, read in the public fork
+LeeYi-user/dinov2 @18640df (facebookresearch/dinov2 @b8931f7 holds only the README): models/vision_transformer.py
+`get_intermediate_layers` with bag_of_channels puts channels into the batch and reshapes the class tokens to
+(B, C * D); eval/cell_dino/utils.py `BagOfChannelsModelWithNormalize` (k-NN) takes the last block's.
 
-Release layout: a plain DINOv2 state dict loaded strictly (`_make_cell_dino_model` in dinov2/hub/cell_dino/
-backbones.py, read in the public fork LeeYi-user/dinov2 @f366786; facebookresearch/dinov2 @b8931f7 holds only the
-README): `cls_token`, `pos_embed`, `mask_token`, `patch_embed.proj.*`, `blocks.<chunk>.<i>.{norm1, attn.qkv,
+Release layout: a plain DINOv2 state dict loaded strictly (hub/cell_dino/backbones.py `_make_cell_dino_model`:
+`model.load_state_dict(torch.load(path), strict=True)`, no URL in the code): `cls_token`, `pos_embed`, `mask_token`, `patch_embed.proj.*`, `blocks.<chunk>.<i>.{norm1, attn.qkv,
 attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}.*` (block_chunks=4: every block under its chunk index),
 `norm.*`. Unchunked and `mask_token` (training only) dropped, these are timm's DINOv2 keys. Position embeddings
 interpolated as DINOv2 (interpolate_offset 0.1, no antialias) = official DINO's, which dinoloc applies.
