@@ -370,3 +370,14 @@ def test_a_family_without_weights_is_not_a_random_floor(tmp_path, monkeypatch):
     assert model.dinoloc_info["random_init"] is False and model.dinoloc_info["model"]["embed_dim"] == 2
     with pytest.raises(DinolocError, match="allow_random_weights=true"):
         build_backbone("subcell", 2, None, family=FAM + "subcell", **SUBCELL)
+
+
+def test_authors_intensity_modes():
+    """SubCell's min-max over the whole crop (channels jointly) and OpenPhenom's instance norm."""
+    from dinoloc.preprocess import scale_intensity
+
+    x = torch.tensor([[[[0.0, 2.0]], [[4.0, 8.0]]]])  # (1, 2, 1, 2)
+    assert torch.allclose(scale_intensity(x, "minmax_image"), torch.tensor([[[[0.0, 0.25]], [[0.5, 1.0]]]]), atol=1e-6)
+    want = torch.nn.functional.instance_norm(x, eps=1e-5)
+    assert torch.allclose(scale_intensity(x, "instance_norm"), want, atol=1e-6)
+    assert torch.allclose(scale_intensity(x, "instance_norm")[0, 1], torch.tensor([[-1.0, 1.0]]), atol=1e-3)
