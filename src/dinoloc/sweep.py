@@ -165,8 +165,10 @@ class ValidateSweep(Callback):
                 print(f"dinoloc: error: {line}", file=sys.stderr)
                 sys.exit(2)
         if skipped:
+            shared = set.intersection(*(set(j) for j in jobs))  # name a job by what the sweep varies
             print(f"[sweep] skipping {len(skipped)} of {len(jobs)} jobs (a backbone that cannot run the strategy):\n"
-                  + "\n".join(f"  {' '.join(job)}: {why}" for job, why in skipped), file=sys.stderr)
+                  + "\n".join(f"  {' '.join(o for o in job if o not in shared) or ' '.join(job)}: {why}"
+                               for job, why in skipped), file=sys.stderr)
         if bad:
             print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
             sys.exit(2)
