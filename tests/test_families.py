@@ -381,3 +381,30 @@ def test_authors_intensity_modes():
     want = torch.nn.functional.instance_norm(x, eps=1e-5)
     assert torch.allclose(scale_intensity(x, "instance_norm"), want, atol=1e-6)
     assert torch.allclose(scale_intensity(x, "instance_norm")[0, 1], torch.tensor([[-1.0, 1.0]]), atol=1e-3)
+
+
+@pytest.mark.parametrize("family,kw,chans", [
+    ("subcell", SUBCELL, 2), ("channelvit", CVIT, 3), ("cell_dino", {"embed_dim": 32, "depth": 1, "num_heads": 2}, 4),
+    ("openphenom", PHENOM, 6)])
+def test_weights_load_at_their_own_grid_whatever_the_input_size(tmp_path, family, kw, chans):
+    """A checkpoint made at 32 px loads under backbone.preprocess.img_size=64 (the model is built for the
+    checkpoint's position table); other inputs are interpolated, except OpenPhenom's fixed table: refused."""
+    fam = load_family(FAM + family)
+    ref = fam.create("x", chans, 32, **kw)
+    path = _save(_random_state(ref), tmp_path / "w.pth")  # our own keys: state_from_checkpoint passes them through
+    if family == "subcell":
+        path = _save(_subcell_release(ref), tmp_path / "w.pth")
+    elif family == "openphenom":
+        path = _save({"encoder.vit_backbone." + k[4:]: v for k, v in ref.state_dict().items()}, tmp_path / "w.pth")
+    elif family == "cell_dino":
+        path = _save({k[4:]: v for k, v in ref.state_dict().items()}, tmp_path / "w.pth")
+    model = build_backbone("x", chans, path, img_size=64, family=FAM + family, **kw)
+    call = (lambda x: model(x, channels=None if family != "channelvit" else ["R", "G", "B"])) \
+        if getattr(model, "any_channels", False) else model
+    with torch.no_grad():
+        assert call(_x(chans, 32)).shape[0] == 2
+        if family == "openphenom":
+            with pytest.raises(DinolocError, match="OpenPhenom takes 32 px crops .*img_size=32"):
+                call(_x(chans, 64))
+        else:
+            assert torch.isfinite(call(_x(chans, 64))).all()

@@ -116,6 +116,18 @@ def load_strict(model: Any, state: dict[str, Any], source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def checkpoint_img_size(pos: Any, patch_size: int, fallback: int, slots: int = 1) -> int:
+    """The input size a checkpoint's (1, 1 + slots * side**2, D) position table was made for (side * patch), so a
+    model built for it loads strictly whatever backbone.preprocess.img_size says; `fallback` when not square."""
+    import math
+
+    if pos is None or getattr(pos, "ndim", 0) != 3 or (pos.shape[1] - 1) % slots:
+        return fallback
+    n = (pos.shape[1] - 1) // slots
+    side = math.isqrt(n)
+    return side * int(patch_size) if side * side == n else fallback
+
+
 def unwrap(obj: Any, source: str, keys: tuple[str, ...] = ("state_dict", "model")) -> dict[str, Any]:
     """A release's state dict: the object itself when it maps names to tensors, else its first wrapper key."""
     import torch

@@ -70,6 +70,15 @@ def create(arch: str, in_chans: int, img_size: int = 224, *, bag_of_channels: bo
     return BagOfChannels(vit) if bag_of_channels else Unwrapped(vit)
 
 
+def create_for_checkpoint(state: dict[str, torch.Tensor], arch: str, in_chans: int, img_size: int = 224,
+                          **model_kwargs: Any) -> nn.Module:
+    """Built at the checkpoint's grid; other sizes are interpolated at forward time as DINOv2 does."""
+    from dinoloc.backbones.families import checkpoint_img_size
+
+    size = checkpoint_img_size(state.get("vit.pos_embed"), model_kwargs.get("patch_size", 16), img_size)
+    return create(arch, in_chans, size, **model_kwargs)
+
+
 def state_from_checkpoint(obj: Any, checkpoint_key: str, source: str) -> dict[str, torch.Tensor]:
     sd = obj[checkpoint_key] if isinstance(obj, dict) and isinstance(obj.get(checkpoint_key), dict) else unwrap(obj, source)
     out = {}

@@ -84,6 +84,15 @@ def create(arch: str, in_chans: int, img_size: int = 224, *, channels: list[str]
     return ChannelViT(names, img_size, patch_size, embed_dim, depth, num_heads, qkv_bias)
 
 
+def create_for_checkpoint(state: dict[str, torch.Tensor], arch: str, in_chans: int, img_size: int = 224,
+                          **model_kwargs: Any) -> nn.Module:
+    """Built at the checkpoint's grid; other sizes are interpolated at forward time (the official way)."""
+    from dinoloc.backbones.families import checkpoint_img_size
+
+    size = checkpoint_img_size(state.get("pos_embed"), model_kwargs.get("patch_size", 16), img_size)
+    return create(arch, in_chans, size, **model_kwargs)
+
+
 def state_from_checkpoint(obj: Any, checkpoint_key: str, source: str) -> dict[str, torch.Tensor]:
     """The hub release is a bare state dict; a DINO training checkpoint of it ({teacher: {backbone.*}}) too."""
     sd = obj[checkpoint_key] if isinstance(obj, dict) and isinstance(obj.get(checkpoint_key), dict) else unwrap(obj, source)

@@ -58,6 +58,7 @@ class ChannelAgnosticViT(nn.Module):
         # a fixed (not learned) table, but a Parameter in the release's state dict as in the original
         self.vit.pos_embed = nn.Parameter(sincos_2d(embed_dim, side, max_in_chans), requires_grad=False)
         self.embed_dim, self.patch_size, self.in_chans, self.max_in_chans = embed_dim, patch_size, max_in_chans, max_in_chans
+        self.img_size, self.grid = img_size, side
 
     def forward(self, x: torch.Tensor, channels: list[str] | None = None) -> torch.Tensor:
         from dinoloc.io import DinolocError
@@ -65,14 +66,16 @@ class ChannelAgnosticViT(nn.Module):
         b, c, h, w = x.shape
         if c > self.max_in_chans:
             raise DinolocError(f"OpenPhenom takes at most {self.max_in_chans} channels, got {c}")
+        if (h // self.patch_size, w // self.patch_size) != (self.grid, self.grid):
+            # its position table is one fixed grid per channel slot (the original slices it, which is only right
+            # at that grid): other sizes are refused rather than given the wrong positions
+            raise DinolocError(f"OpenPhenom takes {self.img_size} px crops (its position table), got {h} x {w}; "
+                               f"set backbone.preprocess.img_size={self.img_size}")
         v = self.vit
         # one shared 1-channel projection per channel; tokens ordered channel-major (all of channel 0, then 1, ...)
         tokens = v.patch_embed.proj(x.reshape(b * c, 1, h, w)).flatten(2).transpose(1, 2)
         tokens = tokens.reshape(b, c * tokens.shape[1], -1)
         tokens = torch.cat([v.cls_token.expand(b, -1, -1), tokens], dim=1)
-        if tokens.shape[1] > v.pos_embed.shape[1]:
-            raise DinolocError(f"OpenPhenom: {tuple(x.shape[-2:])} px gives more tokens than its {v.pos_embed.shape[1]} "
-                               "positions; use backbone.preprocess.img_size=256")
         tokens = v.norm_pre(v.pos_drop(tokens + v.pos_embed[:, : tokens.shape[1]]))
         return v.norm(v.blocks(tokens))[:, 1:].mean(dim=1)  # MAEModel.predict: patch tokens' mean, no fc_norm
 
@@ -81,6 +84,16 @@ def create(arch: str, in_chans: int, img_size: int = 256, *, patch_size: int = 1
            depth: int = 12, num_heads: int = 6, max_in_chans: int = 11) -> nn.Module:
     """Defaults: vit_small_patch16_256 (ViT-S/16 at 256 px) with room for 11 channels."""
     return ChannelAgnosticViT(img_size, patch_size, embed_dim, depth, num_heads, max_in_chans)
+
+
+def create_for_checkpoint(state: dict[str, torch.Tensor], arch: str, in_chans: int, img_size: int = 256,
+                          **model_kwargs: Any) -> nn.Module:
+    """Built for the checkpoint's position table (256 px crops for the release)."""
+    from dinoloc.backbones.families import checkpoint_img_size
+
+    slots = int(model_kwargs.get("max_in_chans", 11))
+    size = checkpoint_img_size(state.get("vit.pos_embed"), model_kwargs.get("patch_size", 16), img_size, slots)
+    return create(arch, in_chans, size, **model_kwargs)
 
 
 def state_from_checkpoint(obj: Any, checkpoint_key: str, source: str) -> dict[str, torch.Tensor]:

@@ -66,6 +66,15 @@ def create(arch: str, in_chans: int, img_size: int = 448, *, embed_dim: int = 76
     return SubCellEncoder(in_chans, img_size, embed_dim, depth, num_heads, patch_size, pool_dim, pool_heads)
 
 
+def create_for_checkpoint(state: dict[str, torch.Tensor], arch: str, in_chans: int, img_size: int = 448,
+                          **model_kwargs: Any) -> nn.Module:
+    """Built at the checkpoint's grid (448 px for the release); other sizes are interpolated at forward time."""
+    from dinoloc.backbones.families import checkpoint_img_size
+
+    size = checkpoint_img_size(state.get("vit.pos_embed"), model_kwargs.get("patch_size", 16), img_size)
+    return create(arch, in_chans, size, **model_kwargs)
+
+
 _LAYER = {
     "layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
     "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
