@@ -70,7 +70,10 @@ def test_official_backbone_state_dict(tmp_path):
     assert info == {"weights": str(path), "weights_sha256": file_sha256(path), "checkpoint_epoch": None,
                     "random_init": False,
                     # what the file says about itself: a bare backbone has no epoch; the rest from its weights
-                    "checkpoint": {"epoch": None, "embed_dim": 48, "in_chans": 3, "patch_size": 8}}
+                    "checkpoint": {"epoch": None, "embed_dim": 48, "in_chans": 3, "patch_size": 8},
+                    # what the model says about itself (the report's model column; not parsed from the arch name)
+                    "model": {"family": "timm_vit", "embed_dim": 48, "patch_size": 8, "in_chans": 3,
+                              "any_channels": False}}
     assert weights_fingerprint(str(path)) == file_sha256(path)
 
 

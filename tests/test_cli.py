@@ -203,12 +203,26 @@ def test_user_config_dir_on_the_search_path_adds_a_backbone(tmp_path, capsys, mo
     assert "backbone=hpa: weights file" in err  # the stock backbone is still found
 
 
-def test_invalid_pair_in_a_sweep_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+def test_sweep_skips_a_pair_the_backbone_cannot_run_listed_before_the_first_job(tmp_path, capsys, monkeypatch):
+    """strategy=native for a backbone without the data's channels is skipped (issue 27), the rest runs."""
     out = tmp_path / "out"
     code, _, err = _console(cli.run_main, ["-m", "backbone=imagenet_demo,opencell_demo", "strategy=native",
-                                           "debug=tiny", f"paths.output_dir={out}", "experiment_name=bad"],
-                            capsys, monkeypatch)
-    assert code == 2 and "imagenet_demo" in err and "native" in err and "Traceback" not in err
+                                           "debug=tiny", "backbone.model_kwargs.depth=1", "classifier.epochs=2",
+                                           f"paths.output_dir={out}", "experiment_name=mixed"], capsys, monkeypatch)
+    assert code == 0 and "Traceback" not in err, err
+    listed = err.index("[sweep] skipping 1 of 2 jobs (a backbone that cannot run the strategy):")
+    # each skipped job named by what the sweep varies, with the reason
+    assert err[listed:].splitlines()[1].startswith("  backbone=imagenet_demo: strategy=native needs a backbone")
+    assert listed < err.index("[sweep] job 1 of 2 starting")
+    assert "[sweep] skipped: backbone=imagenet_demo strategy=native" in err
+    assert sorted(p.name for p in (out / "runs" / "mixed").iterdir()) == ["opencell_demo__native"]
+
+
+def test_a_sweep_of_only_impossible_pairs_is_refused(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    code, _, err = _console(cli.run_main, ["-m", "backbone=imagenet_demo", "strategy=native", "debug=tiny",
+                                           f"paths.output_dir={out}", "experiment_name=bad"], capsys, monkeypatch)
+    assert code == 2 and "every job of this sweep is skipped" in err and "Traceback" not in err
     assert not (out / "runs").exists() and not (out / "data").exists()
 
 

@@ -49,7 +49,7 @@ def test_integer_input_and_none_mode():
     x = torch.randint(0, 65535, (1, 2, 4, 4), dtype=torch.int32)
     assert scale_intensity(x, "none").dtype == torch.float32
     assert torch.equal(scale_intensity(x, "none"), x.float())
-    with pytest.raises(DinolocError, match="intensity='bogus'.*zscore, minmax, none"):
+    with pytest.raises(DinolocError, match="intensity='bogus'.*zscore, minmax, minmax_image, instance_norm, none"):
         scale_intensity(x, "bogus")
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,22 @@ def _console(command: str):
     return decorate
 
 
+def _skipped_in_sweep() -> bool:
+    """A multirun job the sweep listed as skipped at its start (ValidateSweep): it runs nothing."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from dinoloc.sweep import is_skipped
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    hc = HydraConfig.get()
+    if not is_skipped(hc.sweep.dir, list(hc.overrides.task)):
+        return False
+    print(f"[sweep] skipped: {' '.join(hc.overrides.task)}", file=sys.stderr)
+    return True
+
+
 def _hydra_cfg() -> Any:
     from hydra.core.hydra_config import HydraConfig
 
@@ -93,6 +110,8 @@ def extract_main(cfg: DictConfig) -> None:
     from dinoloc.extract import run_extraction
 
     _refuse_sweep_without_multirun("dinoloc-extract")
+    if _skipped_in_sweep():
+        return
     setup(str(cfg.device))
     validate(cfg)
     spec = extract_spec(cfg)
@@ -110,6 +129,8 @@ def run_main(cfg: DictConfig) -> None:
     from dinoloc.classify.stage import run_classification
 
     _refuse_sweep_without_multirun("dinoloc-run")
+    if _skipped_in_sweep():
+        return
     validate(cfg, classifier=True)
     spec = classify_spec(cfg)
     if cfg.get("dry_run"):

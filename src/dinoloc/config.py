@@ -72,15 +72,31 @@ def backbone_spec(bb: DictConfig) -> BackboneSpec:
         channels=tuple(bb.channels), channel_map=plain(bb.channel_map), preprocess=plain(bb.preprocess),
         weights=str(bb.weights) if bb.weights else None, weights_sha256=bb.get("weights_sha256"),
         checkpoint_key=str(bb.checkpoint_key), dino_epochs=bb.get("dino_epochs"), synthetic=bool(bb.get("synthetic")),
-        weights_default=_weights_are_default(),
+        weights_default=_weights_are_default(), family=str(bb.family) if bb.get("family") else None,
         random_seed=None if bb.get("random_seed") is None else int(bb.random_seed),
     )
 
 
+def configured_backbone(cfg: DictConfig) -> DictConfig:
+    """cfg.backbone after its family's `configure` hook saw the data's channels (SubCell picks its variant)."""
+    from dinoloc.backbones.families import configure, load_family
+
+    family = cfg.backbone.get("family")
+    if not family or not callable(getattr(load_family(str(family)), "configure", None)):
+        return cfg.backbone
+    from dinoloc.data.folder import data_channel_names
+
+    folder = str(cfg.data.reader) == "folder"
+    data = {"reader": str(cfg.data.reader), "channels": list(cfg.data.channels) if folder else None,
+            "channel_roles": plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}}
+    return OmegaConf.create(configure(str(family), plain(cfg.backbone), data_channel_names(data)))
+
+
 def extract_spec(cfg: DictConfig) -> ExtractSpec:
     ex, strategy = cfg.extract, str(cfg.strategy.name)
+    data = data_spec(cfg)
     return ExtractSpec(
-        data=data_spec(cfg), backbone=backbone_spec(cfg.backbone), strategy=strategy, cache_dir=str(cfg.paths.cache_dir),
+        data=data, backbone=backbone_spec(configured_backbone(cfg)), strategy=strategy, cache_dir=str(cfg.paths.cache_dir),
         weights_dir=str(cfg.paths.weights_dir), device=str(cfg.device),
         allow_random_weights=bool(cfg.allow_random_weights),
         empty_channels=str(cfg.strategy.empty_channels),
@@ -165,19 +181,21 @@ def _weights_are_default() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     """Refuse a bad config before any heavy work, naming the offending key."""
+    from dinoloc.backbones.families import channel_traits, needs_weights
     from dinoloc.strategies import check_strategy
 
-    bb = cfg.backbone
     if _validate_classical(cfg):
         return _validate_rest(cfg, classifier)
+    spec = extract_spec(cfg)
+    bb = spec.backbone
     if len(bb.channels) != bb.in_chans:
         raise DinolocError(
             f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
         )
-    spec = extract_spec(cfg)
     src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
-    check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"])
-    if not bb.weights and not cfg.allow_random_weights:
+    check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"],
+                   **channel_traits(bb.family))
+    if not bb.weights and not cfg.allow_random_weights and needs_weights(bb.family):
         raise DinolocError(
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
@@ -217,7 +235,7 @@ def missing_weights(cfg: DictConfig) -> str | None:
     from dinoloc.backbones import TIMM_PREFIX, is_url
 
     bb = cfg.backbone
-    weights = str(bb.weights or "")
+    weights = str(extract_spec(cfg).backbone.weights or "")
     if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():
         return None
     how = str(bb.get("weights_from") or "point backbone.weights at the checkpoint file, a URL or timm:<name>")

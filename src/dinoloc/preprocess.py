@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from dinoloc.io import DinolocError
 
-INTENSITY_MODES = ("zscore", "minmax", "none")
+INTENSITY_MODES = ("zscore", "minmax", "minmax_image", "instance_norm", "none")
 ZSCORE_EPS = 1e-7  # Dino4Cells' epsilon: an all-constant channel becomes 0, never NaN
 
 
@@ -32,6 +32,10 @@ def scale_intensity(x: torch.Tensor, mode: str) -> torch.Tensor:
 
     - "zscore": (x - mean) / (std + 1e-7) over each image's channel (population std), as Dino4Cells;
     - "minmax": x / max over each image's channel; an all-zero channel stays all zero (no division by 0);
+    - "minmax_image": (x - min) / (max - min + 1e-6) over each image's channels jointly (SubCell's
+      min_max_standardize, CellProfiling/SubCellPortable inference.py);
+    - "instance_norm": (x - mean) / sqrt(var + 1e-5) per image and channel (torch's InstanceNorm2d without affine,
+      OpenPhenom's self-standardisation, recursionpharma/maes_microscopy mae_modules.py SelfStandardize);
     - "none": unchanged.
     """
     x = _check_batch(x, "scale_intensity")
@@ -41,6 +45,12 @@ def scale_intensity(x: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "minmax":
         peak = x.amax(dim=(-2, -1), keepdim=True)
         return x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    if mode == "minmax_image":
+        lo, hi = x.amin(dim=(-3, -2, -1), keepdim=True), x.amax(dim=(-3, -2, -1), keepdim=True)
+        return (x - lo) / (hi - lo + 1e-6)
+    if mode == "instance_norm":
+        var, mean = torch.var_mean(x, dim=(-2, -1), correction=0, keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-5)
     if mode == "none":
         return x
     raise DinolocError(

@@ -49,9 +49,7 @@ PREDICTION_KEY_COLUMNS = ("image_id", "fold", "split", "target", "path")
 PREDICTION_SPLITS = ("val", "test")
 PER_CLASS_COLUMNS = ("fold", "split", "class", "f1", "precision", "recall", "support")
 _RERUN = "rerun the row with dinoloc-run force=true"
-HEADS = ("mlp", "knn", "linear", "constant")  # classifier heads (dinoloc.classify); the paper's is the MLP
-# (constant: the trivial reference, dinoloc.classify.constant)
-DEFAULT_HEAD = "mlp"
+DEFAULT_HEAD = "mlp"  # the paper's head (every head is a module of dinoloc.heads)
 
 
 def run_dir_name(backbone: str, strategy: str, head: str, variant: str = "baseline") -> str:

@@ -1,10 +1,12 @@
-"""How a 2-channel OpenCell image (protein, nucleus) becomes the input of a backbone with other channels.
+"""How an image's channels (OpenCell: protein, nucleus) become the input of a backbone with other channels.
+Each strategy is one module of dinoloc.channel_strategies, found by name; this module dispatches to it.
 
 - mapping: each source channel goes into the backbone channel that `backbone.channel_map` names; the other
   backbone channels are zero (the paper: protein -> R, nucleus -> G, B = 0; HPA: microtubules, ER = 0).
 - replication: each source channel alone, copied into every input channel, is one view; the views'
   embeddings are concatenated in source channel order (protein, nucleus) -> n_source x D features.
-- native: the backbone was trained on exactly these channels; they are only reordered by name.
+- native: the backbone was trained on exactly these channels (reordered by name), or takes any channel count
+  (every data channel fed, with its name).
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from dinoloc.channel_strategies import Channels, strategy_module
 from dinoloc.io import DinolocError
 from dinoloc.ontology import OPENCELL_CHANNELS
 from dinoloc.preprocess import center_crop, normalize, resize, scale_intensity, tile
 
-STRATEGIES = ("mapping", "replication", "native")
 SPATIAL_MODES = ("resize", "tile", "center_crop", "full")
 EMPTY_CHANNEL_MODES = ("zero_before_norm", "zero_after_norm")
+
+
+def _context(backbone_channels: Sequence[str], channel_map: Mapping[str, str] | None,
+             source_channels: Sequence[str], any_channels: bool, named_channels: bool) -> Channels:
+    return Channels(tuple(backbone_channels), dict(channel_map) if channel_map else None, tuple(source_channels),
+                    any_channels, named_channels)
 
 
 def check_strategy(
@@ -27,46 +35,18 @@ def check_strategy(
     backbone_channels: Sequence[str],
     channel_map: Mapping[str, str] | None,
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
+    *,
+    any_channels: bool = False,
+    named_channels: bool = False,
 ) -> None:
     """Refuse a strategy x backbone pair that cannot work, before any image is read."""
-    backbone_channels, source_channels = list(backbone_channels), list(source_channels)
+    backbone_channels = list(backbone_channels)
     if not backbone_channels:
         raise DinolocError("backbone.channels is empty; list the backbone's input channels by name")
     if len(set(backbone_channels)) != len(backbone_channels):
         raise DinolocError(f"backbone.channels={backbone_channels} repeats a name; channel names must be unique")
-    if strategy == "mapping":
-        if not channel_map:
-            raise DinolocError(
-                "strategy=mapping needs backbone.channel_map (source channel -> backbone channel), "
-                f"e.g. {{protein: {backbone_channels[0]}, ...}}; it is empty"
-            )
-        channel_map = dict(channel_map)
-        unknown = sorted(set(channel_map) - set(source_channels))
-        unmapped = [c for c in source_channels if c not in channel_map]
-        bad_targets = {s: t for s, t in channel_map.items() if t not in backbone_channels}
-        if unknown or unmapped or bad_targets:
-            parts = []
-            if unmapped:
-                parts.append(f"source channels not mapped: {unmapped}")
-            if unknown:
-                parts.append(f"unknown source channels: {unknown} (the image has {source_channels})")
-            if bad_targets:
-                parts.append(f"targets not among backbone.channels={backbone_channels}: {bad_targets}")
-            raise DinolocError(f"backbone.channel_map={channel_map} is invalid for strategy=mapping: " + "; ".join(parts))
-        targets = [channel_map[c] for c in source_channels]
-        if len(set(targets)) != len(targets):
-            raise DinolocError(
-                f"backbone.channel_map={channel_map} maps two source channels onto the same backbone channel"
-            )
-    elif strategy == "native":
-        if set(backbone_channels) != set(source_channels) or len(backbone_channels) != len(source_channels):
-            raise DinolocError(
-                f"strategy=native needs a backbone trained on exactly the image's channels {source_channels}, "
-                f"but backbone.in_chans={len(backbone_channels)} with backbone.channels={backbone_channels}; "
-                "use strategy=mapping or strategy=replication for this backbone"
-            )
-    elif strategy != "replication":
-        raise DinolocError(f"strategy={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    strategy_module(strategy).check(_context(backbone_channels, channel_map, source_channels, any_channels,
+                                             named_channels))
 
 
 def apply_strategy(
@@ -75,46 +55,63 @@ def apply_strategy(
     backbone_channels: Sequence[str],
     channel_map: Mapping[str, str] | None,
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
+    *,
+    any_channels: bool = False,
+    named_channels: bool = False,
 ) -> torch.Tensor:
-    """(B, n_source, H, W) in source channel order -> model input.
+    """(B, n_source, H, W) in source channel order -> model input (see `apply_strategy_named`)."""
+    return apply_strategy_named(x, strategy, backbone_channels, channel_map, source_channels,
+                                any_channels=any_channels, named_channels=named_channels)[0]
 
-    mapping: (B, C, H, W), zeros outside the mapped channels. native: (B, C, H, W) reordered by name.
-    replication: (B * n_source, C, H, W); row b * n_source + v is image b's source channel v copied into all
-    C channels (views of one image are adjacent, in source channel order).
+
+def apply_strategy_named(
+    x: torch.Tensor,
+    strategy: str,
+    backbone_channels: Sequence[str],
+    channel_map: Mapping[str, str] | None,
+    source_channels: Sequence[str] = OPENCELL_CHANNELS,
+    *,
+    any_channels: bool = False,
+    named_channels: bool = False,
+) -> tuple[torch.Tensor, list[str]]:
+    """(B, n_source, H, W) in source channel order -> (model input, the names of its channels).
+
+    mapping: (B, C, H, W), zeros outside the mapped channels. native: (B, C, H, W) reordered by name, or every
+    data channel for a backbone that takes any count. replication: (B * n_source, C, H, W); row b * n_source + v
+    is image b's source channel v copied into all C channels (views of one image are adjacent, in source order).
     """
-    check_strategy(strategy, backbone_channels, channel_map, source_channels)
-    backbone_channels, source_channels = list(backbone_channels), list(source_channels)
+    check_strategy(strategy, backbone_channels, channel_map, source_channels, any_channels=any_channels,
+                   named_channels=named_channels)
+    source_channels = list(source_channels)
     if x.ndim != 4 or x.shape[1] != len(source_channels):
         raise DinolocError(
             f"apply_strategy: expected a (B, {len(source_channels)}, H, W) batch in channel order "
             f"{source_channels}, got {tuple(x.shape)}"
         )
-    b, s, h, w = x.shape
-    c = len(backbone_channels)
-    if strategy == "mapping":
-        out = x.new_zeros(b, c, h, w)
-        dst = [backbone_channels.index(channel_map[name]) for name in source_channels]
-        out[:, dst] = x
-        return out
-    if strategy == "replication":
-        return x.reshape(b * s, 1, h, w).expand(b * s, c, h, w)
-    return x[:, [source_channels.index(name) for name in backbone_channels]]  # native
+    ctx = _context(backbone_channels, channel_map, source_channels, any_channels, named_channels)
+    return strategy_module(strategy).apply(x, ctx)
 
 
 def n_views(strategy: str, source_channels: Sequence[str] = OPENCELL_CHANNELS) -> int:
-    """Forward passes per image: one per source channel for replication, else one."""
-    return len(source_channels) if strategy == "replication" else 1
+    """Forward passes per image (one per source channel for replication, else one)."""
+    return int(strategy_module(strategy).views(_context((), None, source_channels, False, False)))
 
 
 def combine_views(emb: torch.Tensor, strategy: str, n_source: int) -> torch.Tensor:
     """(B * n_views, D) in apply_strategy's row order -> (B, n_views * D): views concatenated in source order."""
-    if strategy != "replication":
+    v = n_views(strategy, [str(i) for i in range(n_source)])
+    if v == 1:
         return emb
-    if emb.ndim != 2 or emb.shape[0] % n_source:
-        raise DinolocError(
-            f"combine_views: {tuple(emb.shape)} embeddings are not (B * {n_source}, D) rows for replication"
-        )
-    return emb.reshape(emb.shape[0] // n_source, n_source * emb.shape[1])
+    if emb.ndim != 2 or emb.shape[0] % v:
+        raise DinolocError(f"combine_views: {tuple(emb.shape)} embeddings are not (B * {v}, D) rows for {strategy}")
+    return emb.reshape(emb.shape[0] // v, v * emb.shape[1])
+
+
+def approach(strategy: str, backbone_channels: Sequence[str], source_channels: Sequence[str], *,
+             any_channels: bool = False, named_channels: bool = False) -> str:
+    """What the strategy does with this backbone and data, for the report's approach column."""
+    ctx = _context(backbone_channels, None, source_channels, any_channels, named_channels)
+    return str(strategy_module(strategy).approach(ctx))
 
 
 def embed_batch(
@@ -132,6 +129,8 @@ def embed_batch(
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
     empty_channels: str = "zero_before_norm",
     crop_size: int = 600,
+    any_channels: bool = False,
+    named_channels: bool = False,
 ) -> torch.Tensor:
     """Raw (B, n_source, H, W) batch -> (B, n_views * D) float32 embeddings; the whole per-batch path.
 
@@ -164,12 +163,15 @@ def embed_batch(
         raise DinolocError(
             f"strategy.empty_channels={empty_channels!r} is unknown; use one of {', '.join(EMPTY_CHANNEL_MODES)}"
         )
-    x = normalize(apply_strategy(x, strategy, backbone_channels, channel_map, source_channels), mean, std)
-    if strategy == "mapping" and empty_channels == "zero_after_norm" and mean is not None:
-        mapped = {channel_map[c] for c in source_channels}
-        empty = [i for i, name in enumerate(backbone_channels) if name not in mapped]
-        x[:, empty] = 0.0
-    emb = model(x).float()  # rows ordered (image, tile, view)
+    x, fed = apply_strategy_named(x, strategy, backbone_channels, channel_map, source_channels,
+                                  any_channels=any_channels, named_channels=named_channels)
+    x = normalize(x, mean, std)
+    after = getattr(strategy_module(strategy), "after_normalize", None)
+    if after is not None and mean is not None:
+        x = after(x, _context(backbone_channels, channel_map, source_channels, any_channels, named_channels),
+                  empty_channels)
+    # rows ordered (image, tile, view); a model that takes any channel count is told which it gets
+    emb = (model(x, channels=fed) if getattr(model, "any_channels", False) else model(x)).float()
     v = n_views(strategy, source_channels)
     emb = emb.reshape(b, n_tiles, v, -1).mean(dim=1).reshape(b * v, -1)
     return combine_views(emb, strategy, len(source_channels))

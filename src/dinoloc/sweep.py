@@ -34,11 +34,18 @@ def _fmt_seconds(s: float) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
 
 
-def start(sweep_dir: str | os.PathLike, jobs: list[list[str]]) -> None:
-    """Called once before the first job: the number of jobs and the start time."""
+def start(sweep_dir: str | os.PathLike, jobs: list[list[str]], skipped: list[list[str]] | None = None) -> None:
+    """Called once before the first job: the number of jobs, the start time, the jobs to skip."""
     state = _state(sweep_dir)
     state.mkdir(parents=True, exist_ok=True)
-    write_json(state / "sweep.json", {"n_jobs": len(jobs), "start": time.time(), "jobs": jobs})
+    write_json(state / "sweep.json", {"n_jobs": len(jobs), "start": time.time(), "jobs": jobs,
+                                      "skipped": skipped or []})
+
+
+def is_skipped(sweep_dir: str | os.PathLike, overrides: list[str]) -> bool:
+    """Whether this job is one the sweep skips (a backbone x strategy that cannot run, listed at the start)."""
+    info = _read_sweep(sweep_dir) or {}
+    return list(overrides) in [list(j) for j in info.get("skipped", [])]
 
 
 def _read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -132,6 +139,7 @@ class ValidateSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
 
+        from dinoloc.channel_strategies import CannotRun
         from dinoloc.config import classify_spec, validate
         from dinoloc.console import error_line
 
@@ -139,13 +147,15 @@ class ValidateSweep(Callback):
         # The user's config directories (hydra.searchpath) must be seen by this compose too.
         searchpath = list(config.hydra.get("searchpath") or [])
         extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
-        bad, composed = [], []
+        bad, composed, skipped = [], [], []
         for job in jobs:
             # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
             try:
                 cfg = compose(config_name="config", overrides=job + extra)
                 composed.append(cfg)
                 validate(cfg, classifier=True)
+            except CannotRun as e:  # e.g. strategy=native for a backbone without the data's channels
+                skipped.append((job, str(e)))
             except DinolocError as e:
                 bad.append(f"  {' '.join(job)}: {e}")
             except Exception as e:
@@ -154,15 +164,25 @@ class ValidateSweep(Callback):
                     raise
                 print(f"dinoloc: error: {line}", file=sys.stderr)
                 sys.exit(2)
+        if skipped:
+            shared = set.intersection(*(set(j) for j in jobs))  # name a job by what the sweep varies
+            print(f"[sweep] skipping {len(skipped)} of {len(jobs)} jobs (a backbone that cannot run the strategy):\n"
+                  + "\n".join(f"  {' '.join(o for o in job if o not in shared) or ' '.join(job)}: {why}"
+                               for job, why in skipped), file=sys.stderr)
         if bad:
             print("dinoloc: error: invalid jobs in this sweep (nothing was run):\n" + "\n".join(bad), file=sys.stderr)
             sys.exit(2)
+        if len(skipped) == len(jobs):
+            print("dinoloc: error: every job of this sweep is skipped; nothing to run", file=sys.stderr)
+            sys.exit(2)
         if config.get("dry_run"):
             print(f"{len(jobs)} jobs (dry_run=true: nothing is run):")
+            skip = [job for job, _ in skipped]
             for i, (job, cfg) in enumerate(zip(jobs, composed, strict=True), 1):
-                print(f"  {i}. {' '.join(job)}\n     {describe_job(classify_spec(cfg))}")
+                what = "skipped (listed above)" if job in skip else describe_job(classify_spec(cfg))
+                print(f"  {i}. {' '.join(job)}\n     {what}")
             sys.exit(0)
-        start(config.hydra.sweep.dir, jobs)
+        start(config.hydra.sweep.dir, jobs, [job for job, _ in skipped])
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if _is_multirun(config):
@@ -221,7 +241,9 @@ def describe_job(spec: Any) -> str:
     if finished_result(spec, manifest, split) is not None:
         parts.append("| classifier: reuse result.json (skip)")
     else:
-        c = spec.classifier
-        what = "fit the k-NN" if c.get("name") == "knn" else f"train {ex.data.n_folds} folds x {c['epochs']} epochs"
-        parts.append(f"| classifier: {what}")
+        from dinoloc.classify import head_name, params_from_config
+        from dinoloc.heads import head_module
+
+        params = params_from_config(dict(spec.classifier))
+        parts.append(f"| classifier: {head_module(head_name(spec.classifier)).describe(params, ex.data.n_folds)}")
     return " ".join(parts)

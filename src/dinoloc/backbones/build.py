@@ -1,4 +1,4 @@
-"""`build_backbone`: a ViT in eval mode holding its weights (file, URL, timm name or seeded random init)."""
+"""`build_backbone`: a family's model in eval mode holding its weights (file, URL, timm name or seeded random init)."""
 
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ import torch
 from dinoloc.backbones.checkpoint import (
     checkpoint_epoch,
     checkpoint_facts,
-    convert_dinov2_release,
-    extract_state_dict,
-    load_backbone_state,
     read_checkpoint,
 )
-from dinoloc.backbones.vit import (
-    checkpoint_img_size,
-    create_vit,
-    use_official_pos_interpolation,
-)
+from dinoloc.backbones.families import describe_model, family_label, load_family, load_strict
 from dinoloc.backbones.weights import (
     RANDOM_INIT_SEED,
     TIMM_PREFIX,
@@ -41,20 +34,26 @@ def build_backbone(
     checkpoint_key: str = "teacher",
     img_size: int = 224,
     *,
+    family: str | None = None,
     weights_sha256: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     allow_random: bool = False,
     random_seed: int | None = None,
     **model_kwargs: Any,
 ) -> torch.nn.Module:
-    """A ViT in eval mode holding `weights` (local path, http(s)/file URL, `timm:<name>`, or None for random).
+    """The `family`'s model in eval mode holding `weights` (local path, http(s)/file URL, `timm:<name>`, or None
+    for random); `family` is an import path (dinoloc.backbones.families), None = the timm ViT family.
 
-    The model carries `dinoloc_info = {weights, weights_sha256, checkpoint_epoch, random_init}`.
+    The model carries `dinoloc_info = {weights, weights_sha256, checkpoint_epoch, random_init, model}`, `model`
+    being what the model says about itself (family, embed_dim, patch_size, in_chans, any_channels).
     """
+    fam = load_family(family)
     sha256 = check_sha256(weights_sha256)
     weights = None if weights is None or str(weights) == "" else str(weights)
     info: dict[str, Any] = {"weights": weights, "weights_sha256": None, "checkpoint_epoch": None, "random_init": False}
-    if weights is None:
+    if weights is None and not getattr(fam, "NEEDS_WEIGHTS", True):
+        model = fam.create(arch, in_chans, img_size, **model_kwargs)  # e.g. hand-crafted features: nothing to load
+    elif weights is None:
         if not allow_random:
             raise DinolocError(
                 f"no weights for backbone.arch={arch}: set backbone.weights=<path, URL or timm:name>, or "
@@ -64,34 +63,36 @@ def build_backbone(
         seed = RANDOM_INIT_SEED if random_seed is None else int(random_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = create_vit(arch, in_chans, img_size, **model_kwargs)
+            model = fam.create(arch, in_chans, img_size, **model_kwargs)
         info["random_init"] = True
         info["random_seed"] = seed
     elif weights.startswith(TIMM_PREFIX):
-        model = _timm_pretrained(weights[len(TIMM_PREFIX):], arch, in_chans, img_size, model_kwargs)
+        if not callable(getattr(fam, "from_timm", None)):
+            raise DinolocError(f"backbone.family={family} cannot load timm names; point backbone.weights at a file")
+        model = fam.from_timm(weights[len(TIMM_PREFIX):], arch, in_chans, img_size, model_kwargs)
     else:
         path = fetch_weights(weights, cache_dir, sha256) if is_url(weights) else local_weights(weights, sha256)
         obj = read_checkpoint(path)
         source = str(path) if str(path) == weights else f"{path} (backbone.weights={weights})"
-        state = extract_state_dict(obj, checkpoint_key, source)
-        if "mask_token" in state:  # Meta's own DINOv2 release layout: timm's converter renames it to timm's keys
-            model = create_vit(arch, in_chans, img_size, **model_kwargs)
-            state = convert_dinov2_release(state, model, source)
-        else:
-            # Built at the checkpoint's own grid: other input sizes are then interpolated at forward time exactly
-            # as official DINO does (resampling at load with timm's antialiased resize, then again, would differ).
-            model = create_vit(arch, in_chans, checkpoint_img_size(state, img_size), **model_kwargs)
-        load_backbone_state(model, state, source)
+        state = fam.state_from_checkpoint(obj, checkpoint_key, source)
+        make = getattr(fam, "create_for_checkpoint", None)
+        with torch.random.fork_rng(devices=[]):  # every value is overwritten; the draw must not move the global RNG
+            model = (make(state, arch, in_chans, img_size, **model_kwargs) if callable(make)
+                     else fam.create(arch, in_chans, img_size, **model_kwargs))
+        getattr(fam, "load", load_strict)(model, state, source)
         info["weights_sha256"] = sha256_of(path)
         info["checkpoint_epoch"] = checkpoint_epoch(obj)
         info["checkpoint"] = checkpoint_facts(obj, state)
-    use_official_pos_interpolation(model)
+    finalize = getattr(fam, "finalize", None)
+    if callable(finalize):
+        model = finalize(model)
     model.eval()
+    info["model"] = {"family": family_label(family), **describe_model(model)}
     model.dinoloc_info = info
     return model
 
 
-def _timm_pretrained(
+def timm_pretrained(
     name: str, arch: str, in_chans: int, img_size: int, model_kwargs: dict[str, Any]
 ) -> torch.nn.Module:
     """timm's own pretrained copy (e.g. vit_base_patch8_224.dino), from the user's local Hugging Face cache."""

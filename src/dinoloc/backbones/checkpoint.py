@@ -21,7 +21,16 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     """torch.load with weights_only: tensors and plain containers only, plus argparse.Namespace (DINO's `args`).
 
     A pickle that asks for any other global (i.e. could run code) is refused without executing anything.
+    A `.safetensors` file (Hugging Face releases, e.g. OpenPhenom) is read as the flat tensor dict it is.
     """
+    if str(path).endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise DinolocError(f"{path} is not a readable safetensors file ({e}); re-download it") from e
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)

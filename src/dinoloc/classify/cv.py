@@ -5,7 +5,6 @@ only the final evaluation. `cross_validate_seeds` repeats it over classifier see
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,14 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dinoloc.classify.constant import constant_predict_proba
 from dinoloc.classify.params import ClassifierParams, ConstantParams, KNNParams
-from dinoloc.classify.probes import knn_predict_proba
-from dinoloc.classify.trainer import Hook, predict_proba, train_folds
+from dinoloc.classify.trainer import Hook
+from dinoloc.heads import head_module
 from dinoloc.io import DinolocError
 from dinoloc.metrics import class_list, decide, is_single_label, macro_f1, per_class_scores
 from dinoloc.ontology import N_CLASSES
-from dinoloc.results import label_columns, prob_columns
+from dinoloc.results import DEFAULT_HEAD, label_columns, prob_columns
 
 SPLITS = ("train", "test", "unlabeled")
 
@@ -99,6 +97,7 @@ def cross_validate(
     *,
     hook: Hook | None = None,
     classes: Sequence[str] | None = None,
+    head: str | None = None,
 ) -> CVResult:
     """K-fold CV of the paper's MLP (or of a probe head, dinoloc.classify.probes). X (N, D) embeddings in manifest order, Y (N, 17) 0/1, split
     train|test|unlabeled, fold (-1 where not train). Fold k: train on train rows with fold != k, validate on
@@ -143,14 +142,10 @@ def cross_validate(
     Yt = torch.as_tensor(Y, dtype=torch.float32, device=device)
     train_rows = [s["train"] for s in sets.values()]
     single = is_single_label(Y[split != "unlabeled"])
-    if isinstance(params, ClassifierParams):  # the MLP, or the linear head (no hidden layer)
-        weights, biases = train_folds(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook,
-                                      single_label=single)
-        proba = predict_proba(Xt, weights, biases, means, stds, single_label=single)
-    elif isinstance(params, ConstantParams):  # the trivial reference: labels only
-        proba = constant_predict_proba(Y, train_rows)
-    else:  # a probe without training (KNNParams)
-        proba = knn_predict_proba(Xt, Yt, train_rows, means, stds, params)
+    # the head's own module (dinoloc.heads): by name, else the one its parameters belong to
+    module = head_module(head or getattr(params, "HEAD", DEFAULT_HEAD))
+    proba = module.predict_proba(Xt, Yt, train_rows, means, stds, params, progress=progress, hook=hook,
+                                 single_label=single)
 
     folds, pred_frames, class_frames = [], [], []
     y_cols, p_cols = label_columns(classes), prob_columns(classes)
@@ -189,15 +184,9 @@ def cross_validate(
     summary["classifier"] = params.to_dict()
     # What training actually used, for the report's deviations list (the YAML's lr may be scaled).
     n_train = [len(s["train"]) for s in sets.values()]
-    if isinstance(params, ClassifierParams):  # the k-NN has no optimiser
-        summary["classifier_effective"] = {
-            "lr": params.effective_lr(),
-            "lr_scaling": params.lr_scaling,
-            "world_size": 1,
-            "schedule_step": params.schedule_step,
-            "sampler": params.effective_sampler,
-            "steps_per_epoch": [math.ceil(n / params.batch_size) for n in n_train],
-        }
+    effective = module.effective(params, n_train)
+    if effective is not None:  # a head that trains (the k-NN has no optimiser)
+        summary["classifier_effective"] = effective
     summary["n_features"] = int(X.shape[1])
     summary["single_label"] = single
     summary["classes"] = list(classes)
@@ -206,8 +195,8 @@ def cross_validate(
 
 def cross_validate_seeds(
     X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndarray, image_ids: np.ndarray,
-    targets: np.ndarray, params: ClassifierParams | KNNParams | ConstantParams, device: str = "cpu", progress: bool = True,
-    *, classes: Sequence[str] | None = None,
+    targets: np.ndarray, params: ClassifierParams | KNNParams | ConstantParams, device: str = "cpu",
+    progress: bool = True, *, classes: Sequence[str] | None = None, head: str | None = None,
 ) -> CVResult:
     """`cross_validate` repeated with classifier seeds params.seed, params.seed + 1, ... (params.n_seeds).
 
@@ -220,7 +209,7 @@ def cross_validate_seeds(
     for i in range(int(n_seeds)):
         p = dataclasses.replace(params, seed=params.seed + i)
         runs.append((p.seed, cross_validate(X, Y, split, fold, image_ids, targets, p, device, progress,
-                                            classes=classes)))
+                                            classes=classes, head=head)))
     if n_seeds == 1:
         seed, cv = runs[0]
         cv.predictions.insert(1, "seed", seed)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from dinoloc.io import DinolocError
-from dinoloc.results import DEFAULT_HEAD, HEADS
+from dinoloc.results import DEFAULT_HEAD
 
 RESAMPLE_CHOICES = ("rarest_label", "none")
 SAMPLER_CHOICES = ("rarest_label", "class_uniform")
@@ -156,6 +156,8 @@ def refuse_unknown_keys(d: dict[str, Any], names: list[str], yaml_name: str, hea
 class KNNParams:
     """configs/classifier/knn.yaml (values from the official DINO eval_knn.py unless noted)."""
 
+    HEAD: ClassVar[str] = "knn"  # its head module (dinoloc.heads.knn), for callers that pass only the params
+
     k: int
     temperature: float
     threshold: float
@@ -202,6 +204,7 @@ class ConstantParams:
     """configs/classifier/constant.yaml: the trivial reference (dinoloc.classify.constant). It reads no feature,
     so only the threshold (what its 0/1 outputs are compared with, as every head's) and a seed are kept."""
 
+    HEAD: ClassVar[str] = "constant"  # its head module (dinoloc.heads.constant)
     threshold: float
     standardize: bool = False  # no features are used: nothing to standardise
     seed: int = 0              # unused (deterministic); kept so every head records a seed
@@ -223,17 +226,17 @@ class ConstantParams:
 
 
 def head_name(classifier_cfg: dict[str, Any]) -> str:
-    """The head a classifier config describes (its `name`; `mlp` when absent)."""
+    """The head a classifier config describes (its `name`, a module of dinoloc.heads; `mlp` when absent)."""
+    from dinoloc.heads import head_module
+
     name = str(classifier_cfg.get("name") or DEFAULT_HEAD)
-    if name not in HEADS:
-        raise DinolocError(f"classifier.name={name!r} is unknown; use classifier=mlp, knn, linear or constant")
+    head_module(name)  # an unknown head: one error naming the known ones
     return name
 
 
-def params_from_config(classifier_cfg: dict[str, Any]) -> ClassifierParams | KNNParams | ConstantParams:
-    """Validated parameters of any head: `KNNParams` for knn, `ClassifierParams` for mlp and linear."""
-    if head_name(classifier_cfg) == "knn":
-        return KNNParams.from_dict(classifier_cfg)
-    if head_name(classifier_cfg) == "constant":
-        return ConstantParams.from_dict(classifier_cfg)
-    return ClassifierParams.from_dict(classifier_cfg)
+def params_from_config(classifier_cfg: dict[str, Any]) -> Any:
+    """Validated parameters of any head, by its module (dinoloc.heads): `KNNParams` for knn, `ClassifierParams`
+    for mlp and linear."""
+    from dinoloc.heads import head_module
+
+    return head_module(head_name(classifier_cfg)).params(classifier_cfg)

@@ -91,7 +91,7 @@ def pretraining_check(spec: ClassifySpec, split: pd.DataFrame) -> dict[str, Any]
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify import cross_validate_seeds, params_from_config
+    from dinoloc.classify import cross_validate_seeds, head_name, params_from_config
     from dinoloc.device import resolve_device
     from dinoloc.results import add_image_paths, write_run
 
@@ -108,7 +108,7 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     cv = cross_validate_seeds(
         X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy(),
-        params, device=resolve_device(spec.extract.device), classes=classes,
+        params, device=resolve_device(spec.extract.device), classes=classes, head=head_name(spec.classifier),
     )
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
     result["pretraining"] = pretraining
@@ -140,15 +140,17 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
                     split: pd.DataFrame, params: Any) -> dict[str, Any]:
     """result.json's description of the run: what was loaded (from the cache's record), what was configured,
     and the data it saw. The classifier's numbers are added by the caller."""
+    from dinoloc.backbones.families import family_label
     from dinoloc.classify import head_name
+    from dinoloc.extract.stage import approach
     from dinoloc.provenance import weights_record
     from dinoloc.results import row_role
     from dinoloc.stats import embedding_health
 
     ex, bb, data = spec.extract, spec.extract.backbone, spec.extract.data
     meta = entry.meta
-    found = re.search(r"patch(\d+)", bb.arch)
-    patch = bb.model_kwargs.get("patch_size") or (int(found.group(1)) if found else "?")
+    model = meta.get("model") or {}  # what the model said about itself at extraction (dinoloc.backbones.families)
+    patch = model.get("patch_size") or bb.model_kwargs.get("patch_size") or "?"
     ckpt = meta.get("checkpoint") or {}
     if not ckpt and meta.get("checkpoint_epoch") is not None:
         ckpt = {"epoch": meta.get("checkpoint_epoch")}
@@ -166,6 +168,9 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
         "backbone_display": bb.display,
         "arch": bb.arch,
         "model_label": bb.arch if bb.arch == "classical" else f"{bb.arch.split('_patch')[0]}/{patch}",
+        "family": model.get("family") or family_label(bb.family),
+        "embed_dim": model.get("embed_dim"),
+        "approach": meta.get("approach") or approach(ex),
         "model_kwargs": dict(bb.model_kwargs),
         "strategy": ex.strategy,
         "head": head_name(spec.classifier),

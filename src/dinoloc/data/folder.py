@@ -274,6 +274,18 @@ def build_folder_manifest(
 # ----------------------------------------------------------------------------------------------------------
 # what extraction needs from a dataset config
 # ----------------------------------------------------------------------------------------------------------
+def data_channel_names(data: Mapping) -> list[str]:
+    """Every channel of a dataset by the name the backbones know (OpenCell: protein, nucleus; a folder: its
+    data.channels renamed by data.channel_roles, a left-out channel keeping its own name)."""
+    if str(data.get("reader") or "opencell") == "opencell":
+        from dinoloc.ontology import OPENCELL_CHANNELS
+
+        return list(OPENCELL_CHANNELS)
+    channels = [str(c) for c in data.get("channels") or []]
+    return [r if r is not None else c for c, r in zip(channels, channel_roles(channels, data.get("channel_roles")),
+                                                      strict=True)]
+
+
 def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: Mapping[str, str],
                  strategy: str) -> dict:
     """How a dataset's images enter a backbone: {read_fn, source_channels (names the strategy sees, in
@@ -294,7 +306,9 @@ def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: M
         raise DinolocError(f"data.reader={reader!r} is unknown; use opencell or folder")
     channels = [str(c) for c in data.get("channels") or []]
     roles = channel_roles(channels, data.get("channel_roles"))
-    if strategy == "mapping":
+    from dinoloc.channel_strategies import strategy_module
+
+    if not strategy_module(strategy).READS_ALL_CHANNELS:
         keep, source, cmap = mapping_plan(channels, roles, list(backbone_channels), dict(channel_map))
     else:  # every channel; a channel left out of mapping (role null) keeps its own name here
         keep, source, cmap = None, [r if r is not None else c for c, r in zip(channels, roles, strict=True)], dict(channel_map)

@@ -210,4 +210,5 @@ def model_meta(info: dict[str, Any] | None) -> dict[str, Any]:
     if info is None:  # resumed with every chunk already done: no model was built in this process
         return {}
     return {"checkpoint_epoch": info.get("checkpoint_epoch"), "checkpoint": info.get("checkpoint") or {},
-            "random_weights": bool(info.get("random_init", False)), "random_seed": info.get("random_seed")}
+            "random_weights": bool(info.get("random_init", False)), "random_seed": info.get("random_seed"),
+            "model": info.get("model") or {}}

@@ -42,6 +42,7 @@ class BackboneSpec:
     synthetic: bool = False          # a synthetic demo stand-in
     weights_default: bool = True     # False when the user gave backbone.weights on the command line
     random_seed: int | None = None   # the seed of a random init (the floor's backbone.random_seed)
+    family: str | None = None        # the family module's import path (dinoloc.backbones.families); None = timm ViT
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class ExtractSpec:
 
     data: DataSpec
     backbone: BackboneSpec
-    strategy: str                    # mapping | replication | native
+    strategy: str                    # a module of dinoloc.channel_strategies (mapping, replication, native)
     cache_dir: str
     weights_dir: str                 # downloaded weights
     device: str                      # auto | cpu | cuda...
@@ -70,12 +71,13 @@ def source(spec: ExtractSpec) -> dict[str, Any]:
 
     data = {"reader": spec.data.reader, "channels": list(spec.data.channels) or None,
             "channel_roles": dict(spec.channel_roles)}
-    return source_setup(data, list(spec.backbone.channels), dict(spec.backbone.channel_map), spec.strategy)
+    return source_setup(data, list(spec.backbone.channels), dict(spec.backbone.channel_map or {}), spec.strategy)
 
 
 def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
     """Everything that determines the embeddings: the cache key is a hash of this."""
     from dinoloc.backbones import weights_fingerprint
+    from dinoloc.channel_strategies import strategy_module
 
     bb, pp = spec.backbone, spec.backbone.preprocess
     src = source(spec)
@@ -93,7 +95,8 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
                                        random_seed=bb.random_seed),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": spec.strategy,
-        "channel_map": src["channel_map"] if spec.strategy == "mapping" else None,
+        "channel_map": src["channel_map"] if strategy_module(spec.strategy).USES_CHANNEL_MAP else None,
+        **({"family": bb.family} if bb.family else {}),  # only when set, so the timm ViTs' keys stay what they were
         **src["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         # only when not the default, so the default's cache keys stay what they were
         **({"empty_channels": ec} if (ec := _empty_channels(spec)) != EMPTY_CHANNELS_DEFAULT else {}),
@@ -108,12 +111,27 @@ def key_of(spec: ExtractSpec, manifest: pd.DataFrame) -> str:
 
 
 def _empty_channels(spec: ExtractSpec) -> str:
-    return spec.empty_channels if spec.strategy == "mapping" else EMPTY_CHANNELS_DEFAULT
+    """What the strategy's empty channels hold: only a strategy that leaves channels empty reads it."""
+    from dinoloc.channel_strategies import strategy_module
+
+    leaves_empty = hasattr(strategy_module(spec.strategy), "after_normalize")
+    return spec.empty_channels if leaves_empty else EMPTY_CHANNELS_DEFAULT
+
+
+def approach(spec: ExtractSpec) -> str:
+    """The report's approach column: what the strategy did with this backbone and data."""
+    from dinoloc.backbones.families import channel_traits
+    from dinoloc.strategies import approach as strategy_approach
+
+    src = source(spec)
+    return strategy_approach(spec.strategy, list(spec.backbone.channels), src["source_channels"],
+                             **channel_traits(spec.backbone.family))
 
 
 def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
     from dinoloc.backbones import build_backbone
+    from dinoloc.backbones.families import channel_traits
     from dinoloc.device import resolve_device
     from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
@@ -123,13 +141,14 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     meta: dict[str, Any] = {
         "backbone": bb.name, "backbone_display": bb.display, "weights_path": str(bb.weights or ""),
         "synthetic": bool(spec.data.synthetic or bb.synthetic), "data": spec.data.name, **fields,
+        "approach": approach(spec),
     }
     if is_classical(bb.arch):
         return _run_classical(spec, manifest, meta, cache_key(fields))
     model_factory = functools.partial(
         build_backbone, bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp["img_size"],
-        weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir, allow_random=spec.allow_random_weights,
-        random_seed=bb.random_seed, **bb.model_kwargs,
+        family=bb.family, weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir,
+        allow_random=spec.allow_random_weights, random_seed=bb.random_seed, **bb.model_kwargs,
     )
     src = source(spec)
     if src["left_out"]:
@@ -139,7 +158,7 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         embed_batch, strategy=spec.strategy, backbone_channels=list(bb.channels),
         channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp["img_size"],
         intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
-        empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]),
+        empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]), **channel_traits(bb.family),
     )
     root = Path(spec.data.root)
     return extract(

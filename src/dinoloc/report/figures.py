@@ -33,12 +33,29 @@ from dinoloc.results import (
 )
 
 SYNTHETIC_MARKER = "SYNTHETIC DEMO — not the paper's data"
-_HEAD_HATCH = {"knn": "//", "linear": ".."}  # probe heads' bars; the MLP's stay plain
-_STRATEGY_STYLE = {  # legend label, colour (Okabe-Ito: blue, orange, bluish green)
-    "mapping": ("channel mapping", "#0072B2"),
-    "replication": ("channel replication", "#E69F00"),
-    "native": ("native (2 channels)", "#009E73"),
-}
+def _head_hatch(head: str) -> str:
+    """A head module's HATCH (the MLP's bars stay plain); none for a head that cannot be imported."""
+    from dinoloc.heads import head_module
+    from dinoloc.io import DinolocError
+
+    try:
+        return str(getattr(head_module(head), "HATCH", "")) if head else ""
+    except DinolocError:
+        return ""
+
+
+def _strategy_style(strategy: str) -> tuple[str, str]:
+    """Legend label and colour: the strategy module's LABEL and COLOUR (grey for one that cannot be imported)."""
+    from dinoloc.channel_strategies import strategy_module
+    from dinoloc.io import DinolocError
+
+    try:
+        module = strategy_module(strategy)
+    except DinolocError:
+        return strategy, "#999999"
+    return str(getattr(module, "LABEL", strategy)), str(getattr(module, "COLOUR", "#999999"))
+
+
 _CI_COLOUR = "#4d4d4d"
 _FLOOR_COLOUR = "#CC79A7"
 
@@ -118,13 +135,13 @@ def plot_figure1(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> li
         rows = df[df["weights"].astype(str) == group]
         for k, (_, r) in enumerate(rows.iterrows()):
             strategy = str(r["strategy"])
-            label, colour = _STRATEGY_STYLE.get(strategy, (strategy, "#999999"))
+            label, colour = _strategy_style(strategy)
             head = str(r["head"]) if multi_head else ""
             if multi_head:
                 label, strategy = f"{label} · {head}", f"{strategy} / {head}"
             x = gi + (k - (len(rows) - 1) / 2) * width
             h, err = float(r["test_f1_mean"]), float(r["test_f1_std"])
-            hatch = _HEAD_HATCH.get(head, "")
+            hatch = _head_hatch(head)
             bars = ax.bar([x], [h], width * 0.9, yerr=[err], capsize=4, color=colour, edgecolor="black",
                           linewidth=0.5, error_kw={"elinewidth": 1.2}, hatch=hatch)
             bars.patches[0].set_gid(f"{group} / {strategy}")

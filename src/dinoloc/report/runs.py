@@ -11,11 +11,10 @@ from typing import Any
 import pandas as pd
 
 from dinoloc.io import DinolocError
-from dinoloc.results import DEFAULT_HEAD, HEADS, RESULT_FILE, read_result, result_role, result_run_name
+from dinoloc.results import DEFAULT_HEAD, RESULT_FILE, read_result, result_role, result_run_name
 
 NATIVE_APPROACH = "–"  # the paper's Table III writes a dash for the 2-channel native model
-_FAMILY_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
-_STRATEGY_ORDER = ("mapping", "replication", "native")
+_PAPER_ORDER = ("imagenet", "hpa", "opencell")  # the paper's row order, by pretraining data
 
 
 def collect_runs(runs_dir: str | os.PathLike) -> list[dict]:
@@ -87,16 +86,29 @@ def checkpoint_epochs(result: dict) -> Any:
     return result.get("dino_epochs_config", result.get("dino_epochs"))
 
 
+def strategy_order(strategy: str) -> int:
+    """A strategy module's own ORDER (mapping, replication, native); one that cannot be imported sorts last."""
+    from dinoloc.channel_strategies import strategy_module
+
+    try:
+        return int(getattr(strategy_module(strategy), "ORDER", 99))
+    except DinolocError:
+        return 99
+
+
 def row_order(result: dict) -> tuple:
     """Sort key putting runs in the paper's order (ImageNet, HPA, OpenCell; mapping, replication, native),
-    demo stand-ins (`hpa_demo`, ...) like their real counterparts, anything else after."""
+    demo stand-ins (`hpa_demo`, ...) like their real counterparts, then the other backbones grouped by family
+    (result["family"]: timm_vit, subcell, openphenom, ...)."""
     backbone, strategy = str(result["backbone"]), str(result["strategy"])
-    family = next((i for i, f in enumerate(_FAMILY_ORDER) if backbone.startswith(f)), len(_FAMILY_ORDER))
-    if role(result) != "pretrained":  # the references after the paper's rows: floor, classical, trivial
-        family = len(_FAMILY_ORDER) + 1 + ("floor", "classical", "trivial").index(role(result))
-    strat = _STRATEGY_ORDER.index(strategy) if strategy in _STRATEGY_ORDER else len(_STRATEGY_ORDER)
-    h = HEADS.index(head(result)) if head(result) in HEADS else len(HEADS)
-    return (family, strat, backbone, strategy, h, result.get("run_dir", ""))
+    paper = next((i for i, f in enumerate(_PAPER_ORDER) if backbone.startswith(f)), len(_PAPER_ORDER))
+    family = "" if paper < len(_PAPER_ORDER) else str(result.get("family") or "timm_vit")
+    if role(result) != "pretrained":  # the references after every pretrained row: floor, classical, trivial
+        paper, family = len(_PAPER_ORDER) + 1 + ("floor", "classical", "trivial").index(role(result)), ""
+    from dinoloc.heads import head_order
+
+    h = head_order(head(result))
+    return (paper, family, backbone, strategy_order(strategy), strategy, h, result.get("run_dir", ""))
 
 
 def threshold(result: dict) -> float:

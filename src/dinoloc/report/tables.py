@@ -63,6 +63,7 @@ TABLE_COLUMNS = [
     "synthetic",
     "single_label",  # every labelled image has one class: the heads predicted the top class
     "backbone",
+    "family",  # the backbone's family module (timm_vit, subcell, openphenom, ...): rows are grouped by it
     "strategy",
     "variant",
     "weights_file",
@@ -174,7 +175,9 @@ def build_table(
             {
                 "weights": weights_label(r),
                 "model": r.get("model_label", r.get("arch", "")),
-                "approach": NATIVE_APPROACH if strategy == "native" else strategy,
+                # the strategy's own account (result.json, since issue 27); older results: the paper's dash
+                "approach": r.get("approach") or (NATIVE_APPROACH if strategy == "native" else strategy),
+                "family": r.get("family") or "timm_vit",
                 "head": head(r),
                 "role": role(r),
                 "dino_epochs": checkpoint_epochs(r),

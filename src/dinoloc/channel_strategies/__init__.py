@@ -1,0 +1,59 @@
+"""Channel strategies: one module each, found by name (`strategy.name`: a module of this package, or an import
+path for a lab's own). How an image's channels become a backbone's input (see dinoloc.strategies).
+
+A strategy module defines:
+- `check(ctx: Channels) -> None`: refuse a pair that cannot work, before any image is read (`CannotRun` when
+  the backbone cannot run this strategy at all, so a sweep skips the job; DinolocError for a fixable value);
+- `apply(x, ctx) -> (x, fed)`: (B, n_source, H, W) -> the model's input and the channel names it carries
+  (rows b * views + v when the strategy makes several views per image);
+- `views(ctx) -> int`: forward passes per image (their embeddings are concatenated in view order);
+- `approach(ctx) -> str`: what happened, for the report's approach column;
+- `USES_CHANNEL_MAP: bool`: reads backbone.channel_map (part of the cache key only then);
+- `READS_ALL_CHANNELS: bool`: a folder dataset's every channel is read (else only the mapped ones);
+- `ORDER: int`, `LABEL: str`, `COLOUR: str`: the report's row order and figure legend.
+Optional: `after_normalize(x, ctx, empty_channels) -> x`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from types import ModuleType
+
+from dinoloc.io import DinolocError
+
+
+class CannotRun(DinolocError):
+    """This backbone cannot run under this strategy at all (not a fixable value): a sweep skips such a job,
+    listed before its first job, instead of refusing the whole sweep."""
+
+
+@dataclass(frozen=True)
+class Channels:
+    """What a strategy sees: the backbone's channels (and whether it takes any count), the data's."""
+
+    backbone: tuple[str, ...]
+    channel_map: dict[str, str] | None
+    source: tuple[str, ...]
+    any_channels: bool = False
+    named_channels: bool = False  # an any-channel model that knows its channels by name (ChannelViT)
+
+
+def known() -> list[str]:
+    """This package's strategies, in their report order."""
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (getattr(importlib.import_module(f"{__name__}.{n}"), "ORDER", 99), n))
+
+
+def strategy_module(name: str) -> ModuleType:
+    """The module of strategy `name`: dinoloc.channel_strategies.<name>, or a module named `name` (e.g. a lab's own)."""
+    paths = [name] if "." in name else [f"{__name__}.{name}", name]  # ours first, then a lab's top-level module
+    for path in paths:
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as e:
+            if e.name not in (path, path.rsplit(".", 1)[0]):
+                raise  # the module exists but one of its own imports is missing
+    raise DinolocError(f"strategy={name!r} is unknown; use one of {', '.join(known())} or an import path "
+                           "to your own strategy module") from None
