@@ -292,7 +292,7 @@ def params(cfg):
     return KNNParams.from_dict(cfg)
 
 
-def predict_proba(X, Y, train_rows, means, stds, params, *, progress=True, hook=None):
+def predict_proba(X, Y, train_rows, means, stds, params, *, progress=True, hook=None, single_label=False):
     y = Y.cpu().numpy()
     return np.stack([np.repeat(y[rows].mean(0, keepdims=True), len(y), 0) for rows in train_rows]).astype(np.float64)
 

@@ -95,7 +95,8 @@ def declared_comparisons(results: Sequence[dict]) -> list[tuple[int, int, str]]:
             seen.add(frozenset((i, j)))
             out.append((i, j, why))
 
-    key = [((r.get("variant") or "baseline"), head(r)) for r in results]
+    # The trivial row's head (constant) reads no feature: it is read against the paper's head's floor.
+    key = [((r.get("variant") or "baseline"), DEFAULT_HEAD if role(r) == "trivial" else head(r)) for r in results]
     for g in dict.fromkeys(key):
         idx = [i for i in range(len(results)) if key[i] == g]
         floors = [i for i in idx if is_floor(results[i])]
