@@ -64,12 +64,15 @@ def images_fingerprint(manifest: pd.DataFrame, data_root: str | os.PathLike) -> 
     root = Path(data_root).resolve()
     rows = []
     for image_id, rel in zip(manifest["image_id"], manifest["path"], strict=True):
-        p = root / rel
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise DinolocError(f"image {p} (manifest row {image_id}) is missing; restore it or rebuild the manifest") from None
-        rows.append(f"{image_id}\t{rel}\t{st.st_size}\t{st.st_mtime_ns}")
+        sizes = []
+        for part in str(rel).split(";"):  # a one-file-per-channel image: its files (dinoloc.data.reader)
+            p = root / part
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                raise DinolocError(f"image {p} (manifest row {image_id}) is missing; restore it or rebuild the manifest") from None
+            sizes.append(f"{st.st_size}\t{st.st_mtime_ns}")
+        rows.append(f"{image_id}\t{rel}\t" + "\t".join(sizes))
     return text_sha256(f"{root}\n" + "\n".join(rows))
 
 

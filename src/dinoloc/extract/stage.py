@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -62,12 +61,11 @@ class ExtractSpec:
 
 
 def source(spec: ExtractSpec) -> dict[str, Any]:
-    """How the data's images enter the backbone under the strategy (dinoloc.data.folder.source_setup)."""
-    from dinoloc.data.folder import source_setup
+    """How the data's images enter the backbone under the strategy (the data reader's `source`)."""
+    from dinoloc.data.reader import get_reader
 
-    data = {"reader": spec.data.reader, "channels": list(spec.data.channels) or None,
-            "channel_roles": dict(spec.channel_roles)}
-    return source_setup(data, list(spec.backbone.channels), dict(spec.backbone.channel_map), spec.strategy)
+    return get_reader(spec.data.reader).source(spec.data, dict(spec.channel_roles), list(spec.backbone.channels),
+                                               dict(spec.backbone.channel_map), spec.strategy)
 
 
 def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
@@ -130,10 +128,12 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
         empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]),
     )
-    root = Path(spec.data.root)
+    from dinoloc.data.reader import get_reader
+
+    reader = get_reader(spec.data.reader)
     return extract(
         image_ids=manifest["image_id"].tolist(),
-        paths=[root / p for p in manifest["path"]],
+        paths=[reader.item(spec.data.root, p) for p in manifest["path"]],
         read_fn=src["read_fn"],
         model_factory=model_factory,
         embed_fn=embed_fn,
