@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from dinoloc.data.folder import PIL_SUFFIXES, TIFF_SUFFIXES, _read_csv_text, finish_manifest, image_shape, mask_path
+from dinoloc.data.folder import (
+    PIL_SUFFIXES,
+    TIFF_SUFFIXES,
+    _read_csv_text,
+    finish_manifest,
+    image_shape,
+    mask_path,
+)
 from dinoloc.data.reader import Reader, join_files
 from dinoloc.io import DinolocError
 
