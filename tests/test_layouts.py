@@ -312,3 +312,74 @@ def test_ome_end_to_end(tmp_path):
     pred = pd.read_csv(Path(result["run_dir"]) / "predictions.csv") if "run_dir" in result else None
     assert pred is None or len(pred) > 0
     assert json.dumps(result)  # the result is plain JSON
+
+
+# ---------------------------------------------------------------------------------------------------- cells
+def _cell_spec(tmp_path: Path, root: Path, masks: str | None, **cell):
+    return _spec(reader="folder", root=str(root), annotations=str(root / "labels.csv"), out_dir=str(tmp_path / "dd"),
+                 channels=("DNA", "protein"), unit="cell", masks=masks,
+                 cell={"segmenter": "skimage", "expand_px": 2, "min_area_px": 20, "crop_px": 16, "mask_others": False,
+                       "aggregate": "mean"} | cell)
+
+
+@pytest.mark.parametrize("masks", ["masks", None], ids=["masks", "segmentation"])
+def test_cells_found_from_masks_and_segmentation(tmp_path, masks):
+    from dinoloc.data.cells import read_cells
+    from dinoloc.data.prepare import run_data
+
+    _, total = write_mask_folder(tmp_path / "m", n_groups=6)
+    spec = _cell_spec(tmp_path, tmp_path / "m", masks)
+    manifest, _ = run_data(spec)
+    cells = read_cells(spec.out_dir)
+    assert len(cells) == total == 6 * 2 * 4  # 3, 4, 5 cells per image in turn
+    per = cells.groupby("image_id").size().reindex(manifest["image_id"])
+    assert per.tolist() == [(3, 4, 5)[k % 3] for k in range(12)]
+    meta = json.loads((Path(spec.out_dir) / "cells.json").read_text())
+    assert meta["stats"] == {"images": 12, "cells": total, "median": 4.0, "min": 3, "max": 5, "no_cell": 0}
+    if masks is None:  # segmented areas: the r=4 nucleus disc (49 px) grown by expand_px=2, under the r=6 mask
+        assert cells["area"].between(49, 113).all()
+
+
+def test_cells_no_cell_counted_and_mask_shape_checked(tmp_path, caplog):
+    from dinoloc.data.cells import cells_summary
+    from dinoloc.data.prepare import run_data
+
+    write_mask_folder(tmp_path / "m", n_groups=6)
+    tifffile.imwrite(tmp_path / "m" / "masks" / "g01_0.tif", np.zeros((40, 40), np.uint16))  # an empty mask
+    spec = _cell_spec(tmp_path, tmp_path / "m", "masks")
+    run_data(spec)
+    assert "1 image(s) hold no cell" in caplog.text and "g01_0.tif" in caplog.text
+    assert "images without a cell: 1" in cells_summary(spec.out_dir)
+    tifffile.imwrite(tmp_path / "m" / "masks" / "g02_1.tif", np.zeros((30, 40), np.uint16))
+    with pytest.raises(DinolocError, match=r"masks/g02_1.tif: mask of shape \(30, 40\) differs from its image "
+                                           r".*/m/g02_1.tif \(40, 40\)"):
+        run_data(_cell_spec(tmp_path / "again", tmp_path / "m", "masks"))
+
+
+def test_crop_centered_pads_at_the_border():
+    from dinoloc.data.cells import aggregate, crop_centered
+
+    img = np.arange(2 * 10 * 10, dtype=np.float32).reshape(2, 10, 10) + 1
+    c = crop_centered(img, 0.0, 9.0, 6)
+    assert c.shape == (2, 6, 6)
+    assert (c[:, :3] == 0).all() and (c[:, :, 4:] == 0).all()  # above and right of the image: zero
+    np.testing.assert_array_equal(c[:, 3:, :4], img[:, :3, 6:])
+    emb = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32)
+    out = aggregate(emb, ["a#1", "a#2", "c#1"], ["a", "b", "c"])
+    np.testing.assert_allclose(out, [[2, 3], [0, 0], [5, 6]])  # b has no cell: zero, kept
+
+
+def test_cell_level_end_to_end(tmp_path):
+    write_mask_folder(tmp_path / "m")
+    result, manifest, _ = run_layout(tmp_path, [
+        "data=folder", f"data.root={tmp_path / 'm'}", "data.channels=[DNA,protein]",
+        "data.channel_roles={DNA: nucleus}", "data.unit=cell", "data.masks=masks", "data.cell.crop_px=16"])
+    assert result["data"]["unit"] == "cell" and result["data"]["n_cells"] == 12 * 2 * 4
+    assert result["data"]["cells_per_image"] == {"median": 4.0, "min": 3, "max": 5, "no_cell": 0}
+    meta = json.loads((Path(result["cache_path"]) / "meta.json").read_text())
+    assert meta["n_images"] == len(manifest) and meta["n_cells"] == 96
+    cells_entry = Path(result["cache_path"]).parent / meta["cells_entry"]
+    ids = pd.read_csv(cells_entry / "index.csv")["image_id"]
+    assert len(ids) == 96 and ids.iloc[0] == f"{manifest['image_id'].iloc[0]}#1"
+    notes = (tmp_path / "out" / "reports" / "mine" / "table3.md").read_text()
+    assert "Single cells (data.unit=cell): 96 cells, per image median 4, min 3, max 5" in notes

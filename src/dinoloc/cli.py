@@ -82,6 +82,10 @@ def data_main(cfg: DictConfig) -> None:
     spec = data_spec(cfg)
     manifest, split = run_data(spec)
     print(("SYNTHETIC DATA\n" if spec.synthetic else "") + summarize(manifest, split))
+    if spec.unit == "cell":
+        from dinoloc.data.cells import cells_summary
+
+        print(cells_summary(spec.out_dir))
     print(f"written: {Path(spec.out_dir) / 'manifest.csv'}, {Path(spec.out_dir) / 'split.csv'}")
 
 

@@ -89,7 +89,14 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
         # crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move.
         "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
         "images": images_fingerprint(manifest, spec.data.root),
+        **(_cell_fields(spec) if spec.data.unit == "cell" else {}),  # image-level keys unchanged
     }
+
+
+def _cell_fields(spec: ExtractSpec) -> dict[str, Any]:
+    from dinoloc.extract.cells import cell_fields
+
+    return cell_fields(spec)
 
 
 def key_of(spec: ExtractSpec, manifest: pd.DataFrame) -> str:
@@ -103,8 +110,6 @@ def _empty_channels(spec: ExtractSpec) -> str:
 def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
     from dinoloc.backbones import build_backbone
-    from dinoloc.device import resolve_device
-    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     bb, pp = spec.backbone, spec.backbone.preprocess
@@ -131,14 +136,31 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     from dinoloc.data.reader import get_reader
 
     reader = get_reader(spec.data.reader)
+    engine = functools.partial(
+        _engine, model_factory=model_factory, embed_fn=embed_fn, spec=spec)
+    if spec.data.unit == "cell":
+        from dinoloc.extract.cells import extract_cells
+
+        return extract_cells(spec, manifest, fields, meta | {"_read_fn": src["read_fn"]}, engine)
+    return engine([str(i) for i in manifest["image_id"]], [reader.item(spec.data.root, p) for p in manifest["path"]],
+                  src["read_fn"], cache_key(fields), meta)
+
+
+def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta: dict[str, Any], *,
+            model_factory: Any, embed_fn: Any, spec: ExtractSpec) -> CacheEntry:
+    """The extraction engine with the stage's model, strategy and settings."""
+    from dinoloc.device import resolve_device
+    from dinoloc.extract.engine import extract
+
+    pp = spec.backbone.preprocess
     return extract(
-        image_ids=manifest["image_id"].tolist(),
-        paths=[reader.item(spec.data.root, p) for p in manifest["path"]],
-        read_fn=src["read_fn"],
+        image_ids=image_ids,
+        paths=items,
+        read_fn=read_fn,
         model_factory=model_factory,
         embed_fn=embed_fn,
         cache_dir=spec.cache_dir,
-        key=cache_key(fields),
+        key=key,
         meta=meta,
         resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
         batch_size=spec.batch_size,
