@@ -294,6 +294,37 @@ def test_loaddata_end_to_end_no_plate_crosses_splits(tmp_path):
     assert result["data"]["channels"] == LD_CHANNELS and result["data"]["reader"] == "loaddata"
     assert result["data"]["channels_used"] == ["nucleus", "er", "protein"]  # RNA, Mito have no place: left out
     assert result["classes"] == CLASSES and 0 <= result["test_macro_f1_mean"] <= 1
+    # the cached embeddings out as AnnData and Parquet, nothing recomputed (the console script, once)
+    import subprocess
+    import sys
+
+    import anndata
+
+    bin_dir = Path(sys.executable).parent
+    args = [f"paths.output_dir={tmp_path / 'out'}", *TINY, "data=loaddata", f"data.root={tmp_path / 'cp'}",
+            "data.labels_column=Metadata_label", "data.group_column=Metadata_Group",
+            "data.channel_roles={DNA: nucleus, AGP: protein, ER: er}", "data.split.test_size=0.3",
+            "data.split.n_folds=2"]
+    out = subprocess.run([str(bin_dir / "dinoloc-extract"), *args, "export=h5ad"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "cache hit" in out.stdout  # nothing recomputed
+    from dinoloc.config import compose, extract_spec
+    from dinoloc.extract.cache import lookup
+    from dinoloc.extract.export import check_format, export_run
+
+    entry = lookup(Path(result["cache_path"]).parent, result["cache_key"])
+    export_run(extract_spec(compose(args)), entry, manifest, split, "parquet", tmp_path / "out" / "exports")
+    exported = tmp_path / "out" / "exports" / "loaddata__vit_tiny_patch16_224__mapping"
+    ad = anndata.read_h5ad(exported.with_suffix(".h5ad"))
+    assert ad.shape == (24, 48) and {"Metadata_Plate", "Metadata_Well", "split", "fold", *CLASSES} <= set(ad.obs)
+    emb = np.load(Path(result["cache_path"]) / "embeddings.npy")
+    index = pd.read_csv(Path(result["cache_path"]) / "index.csv")["image_id"].tolist()
+    np.testing.assert_array_equal(ad.X, emb[[index.index(i) for i in ad.obs["image_id"]]])
+    pq = pd.read_parquet(exported.with_suffix(".parquet"))
+    assert len(pq) == 24 and pq.columns[-1] == "emb_0047" and (pq["Metadata_Plate"] == ad.obs["Metadata_Plate"].to_numpy()).all()
+    with pytest.raises(DinolocError, match="export='csv': use one of h5ad, parquet"):
+        check_format("csv")
 
 
 def test_hpa_end_to_end_maps_channels_by_name(tmp_path):
@@ -381,5 +412,17 @@ def test_cell_level_end_to_end(tmp_path):
     cells_entry = Path(result["cache_path"]).parent / meta["cells_entry"]
     ids = pd.read_csv(cells_entry / "index.csv")["image_id"]
     assert len(ids) == 96 and ids.iloc[0] == f"{manifest['image_id'].iloc[0]}#1"
+    from dinoloc.config import compose, extract_spec
+    from dinoloc.data.split import load_dataset
+    from dinoloc.extract.cache import lookup
+    from dinoloc.extract.export import export_run
+
+    cfg = compose([f"paths.output_dir={tmp_path / 'out'}", *TINY, "data=folder", f"data.root={tmp_path / 'm'}",
+                   "data.channels=[DNA,protein]", "data.channel_roles={DNA: nucleus}", "data.unit=cell",
+                   "data.masks=masks", "data.cell.crop_px=16"])
+    entry = lookup(Path(result["cache_path"]).parent, result["cache_key"])
+    m, s = load_dataset(tmp_path / "out" / "data" / "folder")
+    pq = pd.read_parquet(export_run(extract_spec(cfg), entry, m, s, "parquet", tmp_path / "exp"))
+    assert len(pq) == 96 and {"image_id", "cell_id", "y", "x", "area", "target", "split"} <= set(pq.columns)
     notes = (tmp_path / "out" / "reports" / "mine" / "table3.md").read_text()
     assert "Single cells (data.unit=cell): 96 cells, per image median 4, min 3, max 5" in notes
