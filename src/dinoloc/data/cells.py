@@ -61,17 +61,17 @@ def segment_nuclei(nucleus: np.ndarray, expand_px: int, min_area_px: int) -> np.
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.filters import gaussian, threshold_otsu
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import expand_labels, watershed
 
     img = gaussian(np.asarray(nucleus, dtype=np.float32), sigma=1, preserve_range=True)
     if not np.isfinite(img).all() or img.max() <= img.min():
         return np.zeros(img.shape, np.int32)  # a flat image holds no nucleus
-    fg = remove_small_objects(img > threshold_otsu(img), max(min_area_px, 1))
+    comp, _ = ndi.label(img > threshold_otsu(img))
+    comp = _drop_small(comp, min_area_px)  # specks below min_area_px are not nuclei
+    fg = comp > 0
     dist = ndi.distance_transform_edt(fg)
     # one seed per nucleus: maxima of the distance map at least a nucleus radius apart
     radius = max(2, int(np.sqrt(max(min_area_px, 4) / np.pi)))
-    comp, _ = ndi.label(fg)
     peaks = peak_local_max(dist, min_distance=radius, labels=comp, exclude_border=False)
     markers = np.zeros(img.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
@@ -171,6 +171,11 @@ def ensure_cells(spec, manifest: pd.DataFrame) -> pd.DataFrame:
     read = reader.read_fn(spec)
     nucleus = None if spec.masks else reader.nucleus_channel(spec, _roles(spec))
     meta_path.unlink(missing_ok=True)  # the completion marker goes first
+    # Segmented label images of the same parameters are reused: a killed listing resumes where it stopped.
+    seg_params = out_dir / "segmentation" / "params.json"
+    reuse = not spec.masks and seg_params.is_file() and read_json(seg_params) == fp
+    if not spec.masks and not reuse:
+        write_json(seg_params, fp)
     rows: list[dict[str, Any]] = []
     per_image: dict[str, int] = {}
     for rec in manifest.to_dict("records"):
@@ -178,6 +183,8 @@ def ensure_cells(spec, manifest: pd.DataFrame) -> pd.DataFrame:
         if spec.masks:
             labels = read_labels(label_file(spec, rec), str(Path(spec.root) / str(rec["path"]).split(";")[0]),
                                  image.shape[-2:])
+        elif reuse and (seg := segmentation_file(out_dir, rec["image_id"])).is_file():
+            labels = np.asarray(tifffile.imread(seg)).astype(np.int32)
         else:
             labels = (segment_cellpose(image[nucleus]) if p["segmenter"] == "cellpose"
                       else segment_nuclei(image[nucleus], p["expand_px"], p["min_area_px"]))
@@ -294,7 +301,9 @@ def aggregate(cell_emb: np.ndarray, cell_ids: list[str], image_ids: list[str], h
     pos = {i: k for k, i in enumerate(image_ids)}
     idx = np.array([pos[o] for o in owner], dtype=np.int64)
     out = np.zeros((len(image_ids), cell_emb.shape[1]), dtype=np.float64)
-    np.add.at(out, idx, cell_emb)
+    step = 1 << 15  # in blocks: a memory-mapped cell table is never read whole
+    for lo in range(0, len(idx), step):
+        np.add.at(out, idx[lo:lo + step], np.asarray(cell_emb[lo:lo + step], dtype=np.float64))
     counts = np.bincount(idx, minlength=len(image_ids))
     out[counts > 0] /= counts[counts > 0, None]
     return out.astype(np.float32)

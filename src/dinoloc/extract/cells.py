@@ -48,7 +48,8 @@ def extract_cells(spec, manifest: pd.DataFrame, fields: dict[str, Any], meta: di
                                                                             "crop": fields["cell"]})
     per_cell = run_engine(ids, items, CellCrops(src_read, p["crop_px"], p["mask_others"]), cell_key,
                           meta | {"level": "cells", "n_cells": len(ids)})
-    emb, cell_ids = per_cell.load()
+    emb = np.load(per_cell.path / "embeddings.npy", mmap_mode="r")  # streamed by `aggregate`
+    cell_ids = pd.read_csv(per_cell.path / "index.csv", dtype={"image_id": str})["image_id"].tolist()
     image_ids = manifest["image_id"].astype(str).tolist()
     agg = aggregate(emb, cell_ids, image_ids, p["aggregate"])
     folder = Path(spec.cache_dir) / key
