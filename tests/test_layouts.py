@@ -426,3 +426,69 @@ def test_cell_level_end_to_end(tmp_path):
     assert len(pq) == 96 and {"image_id", "cell_id", "y", "x", "area", "target", "split"} <= set(pq.columns)
     notes = (tmp_path / "out" / "reports" / "mine" / "table3.md").read_text()
     assert "Single cells (data.unit=cell): 96 cells, per image median 4, min 3, max 5" in notes
+
+
+def test_cell_extraction_resumes_after_a_kill(tmp_path, monkeypatch):
+    """A killed cell-level extraction keeps its whole chunks and computes only the rest (as image extraction)."""
+    from dinoloc.config import compose, extract_spec
+    from dinoloc.data.cells import CellCrops
+    from dinoloc.data.prepare import run_data
+    from dinoloc.extract import run_extraction
+
+    write_mask_folder(tmp_path / "m", n_groups=3)  # 6 images, 24 cells
+    args = [f"paths.output_dir={tmp_path / 'out'}", *TINY, "data=folder", f"data.root={tmp_path / 'm'}",
+            "data.channels=[DNA,protein]", "data.channel_roles={DNA: nucleus}", "data.unit=cell", "data.masks=masks",
+            "data.cell.crop_px=16", "extract.chunk_size=8", "extract.batch_size=4", "data.split.n_folds=2"]
+    spec = extract_spec(compose(args))
+    manifest, _ = run_data(spec.data)
+    calls = {"n": 0, "die_after": 12}
+    original = CellCrops.__call__
+
+    def counted(self, item):
+        calls["n"] += 1
+        if calls["n"] > calls["die_after"]:
+            raise KeyboardInterrupt
+        return original(self, item)
+
+    monkeypatch.setattr(CellCrops, "__call__", counted)
+    with pytest.raises(KeyboardInterrupt, match="kept 8 of 24"):
+        run_extraction(spec, manifest)
+    calls.update(n=0, die_after=10**6)
+    resumed = run_extraction(spec, manifest)
+    assert calls["n"] == 16  # only the cells of the unfinished chunks
+    whole = run_extraction(extract_spec(compose([*args, f"paths.cache_dir={tmp_path / 'fresh'}"])), manifest)
+    assert calls["n"] == 16 + 24
+    np.testing.assert_array_equal(resumed.load()[0], whole.load()[0])
+    cells_entry = resumed.path.parent / resumed.meta["cells_entry"]
+    assert len(np.load(cells_entry / "embeddings.npy")) == 24
+
+
+def test_opencell_cells_segmented_from_its_nucleus_channel(tmp_path, write_opencell_tree):
+    """data=opencell data.unit=cell: the nucleus is the file's channel 0 (the reader's channel 1); a protein
+    channel full of discs elsewhere must not be segmented instead."""
+    from dinoloc.data.cells import CellCrops, ensure_cells, read_cells, segmentation_file
+    from dinoloc.data.opencell import read_image
+    from dinoloc.data.reader import get_reader
+
+    root, csv = write_opencell_tree(n_targets=4, images_per_target=1, size=40)
+    rng = np.random.default_rng(0)
+    for k, f in enumerate(sorted(root.rglob("*_proj.tif"))):
+        nucleus, _, _ = cell_field(rng, 40, 3 + k % 2, 0)
+        decoy, _, _ = cell_field(rng, 40, 9, 0)  # 9 discs in the protein channel
+        tifffile.imwrite(f, (np.stack([nucleus, decoy]) * 60000).astype(np.uint16))
+    spec = _spec(reader="opencell", root=str(root), annotations=str(csv), out_dir=str(tmp_path / "dd"), min_grade=1,
+                 unit="cell", cell={"segmenter": "skimage", "expand_px": 2, "min_area_px": 20, "crop_px": 16,
+                                    "mask_others": True, "aggregate": "mean"})
+    manifest = get_reader("opencell").manifest(spec)  # 4 targets are too few to split: the cells are listed alone
+    cells = ensure_cells(spec, manifest)
+    assert len(cells) == 3 + 4 + 3 + 4 == len(read_cells(spec.out_dir))
+    # mask_others: in a cell's crop, the other cells' pixels are zero, its own and the background kept
+    image_id = manifest["image_id"].iloc[0]
+    labels = tifffile.imread(segmentation_file(tmp_path / "dd", image_id))
+    first = cells[cells["image_id"] == image_id].iloc[0]
+    item = root / manifest["path"].iloc[0]
+    crop = CellCrops(read_image, 40, True)((item, segmentation_file(tmp_path / "dd", image_id), 20.0, 20.0,
+                                            int(first["cell_id"])))
+    image = read_image(item)
+    other = (labels > 0) & (labels != first["cell_id"])
+    assert (crop[:, other] == 0).all() and (crop[:, labels == first["cell_id"]] == image[:, labels == first["cell_id"]]).all()
