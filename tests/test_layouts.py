@@ -252,6 +252,24 @@ def test_ome_channels_matched_by_name(tmp_path):
         read_folder_image(tmp_path / "d" / m["path"].iloc[0], 3, names=["Hoechst", "actin", "protein"])
 
 
+def read_h5ad(path: Path) -> dict:
+    """X, obs (a DataFrame, categoricals decoded) and uns["dinoloc"] of an .h5ad file, with h5py alone."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        assert h5.attrs["encoding-type"] == "anndata"
+        obs = {}
+        for c in h5["obs"].attrs["column-order"]:
+            node = h5["obs"][c]
+            if isinstance(node, h5py.Group):  # categorical
+                cats = node["categories"].asstr()[:]
+                obs[c] = cats[node["codes"][:]]
+            else:
+                obs[c] = node[:]
+        return {"X": h5["X"][:], "obs": pd.DataFrame(obs, index=h5["obs"]["_index"].asstr()[:]),
+                "uns": h5["uns"]["dinoloc"].asstr()[()]}
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 TINY = ["backbone=timm", "backbone.arch=vit_tiny_patch16_224", "backbone.weights=", "allow_random_weights=true",
         "backbone.in_chans=3", "backbone.channels=[nucleus,protein,er]",
@@ -298,7 +316,6 @@ def test_loaddata_end_to_end_no_plate_crosses_splits(tmp_path):
     import subprocess
     import sys
 
-    import anndata
 
     bin_dir = Path(sys.executable).parent
     args = [f"paths.output_dir={tmp_path / 'out'}", *TINY, "data=loaddata", f"data.root={tmp_path / 'cp'}",
@@ -316,13 +333,23 @@ def test_loaddata_end_to_end_no_plate_crosses_splits(tmp_path):
     entry = lookup(Path(result["cache_path"]).parent, result["cache_key"])
     export_run(extract_spec(compose(args)), entry, manifest, split, "parquet", tmp_path / "out" / "exports")
     exported = tmp_path / "out" / "exports" / "loaddata__vit_tiny_patch16_224__mapping"
-    ad = anndata.read_h5ad(exported.with_suffix(".h5ad"))
-    assert ad.shape == (24, 48) and {"Metadata_Plate", "Metadata_Well", "split", "fold", *CLASSES} <= set(ad.obs)
+    ad = read_h5ad(exported.with_suffix(".h5ad"))
+    assert ad["X"].shape == (24, 48) and {"Metadata_Plate", "Metadata_Well", "split", "fold", *CLASSES} <= set(ad["obs"])
     emb = np.load(Path(result["cache_path"]) / "embeddings.npy")
     index = pd.read_csv(Path(result["cache_path"]) / "index.csv")["image_id"].tolist()
-    np.testing.assert_array_equal(ad.X, emb[[index.index(i) for i in ad.obs["image_id"]]])
+    np.testing.assert_array_equal(ad["X"], emb[[index.index(i) for i in ad["obs"]["image_id"]]])
     pq = pd.read_parquet(exported.with_suffix(".parquet"))
-    assert len(pq) == 24 and pq.columns[-1] == "emb_0047" and (pq["Metadata_Plate"] == ad.obs["Metadata_Plate"].to_numpy()).all()
+    assert len(pq) == 24 and pq.columns[-1] == "emb_0047"
+    assert (pq["Metadata_Plate"].to_numpy() == ad["obs"]["Metadata_Plate"].to_numpy()).all()
+    assert json.loads(ad["uns"])["key"] == result["cache_key"]
+    try:  # scverse's own reader, where installed (it pins pandas < 3, so it is no dependency of dinoloc)
+        import anndata
+    except ImportError:
+        return
+    a = anndata.read_h5ad(exported.with_suffix(".h5ad"))
+    assert a.shape == (24, 48) and list(a.obs.index) == list(ad["obs"]["image_id"])
+    np.testing.assert_array_equal(a.X, ad["X"])
+    assert (a.obs["Metadata_Plate"].astype(str).to_numpy() == ad["obs"]["Metadata_Plate"].to_numpy()).all()
     with pytest.raises(DinolocError, match="export='csv': use one of h5ad, parquet"):
         check_format("csv")
 

@@ -24,6 +24,59 @@ from dinoloc.io import DinolocError, atomic_path
 FORMATS = ("h5ad", "parquet")
 
 
+def _text(values) -> np.ndarray:
+    return np.array([str(v) for v in values], dtype=object)
+
+
+def _put(group, name: str, col: pd.Series) -> None:
+    """One obs column in AnnData's on-disk encoding: numbers and booleans as arrays, text as categoricals."""
+    import h5py
+
+    if pd.api.types.is_bool_dtype(col) or (pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype)):
+        if str(col.dtype) == "Int64":  # the nullable fold: -1 = test / unlabelled
+            col = col.fillna(-1)
+        ds = group.create_dataset(name, data=col.to_numpy(dtype=bool if pd.api.types.is_bool_dtype(col) else None))
+        ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        return
+    cat = pd.Categorical(_text(col))
+    g = group.create_group(name)
+    g.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": False})
+    g.create_dataset("codes", data=cat.codes.astype(np.int32))
+    g.create_dataset("categories", data=_text(cat.categories), dtype=h5py.string_dtype())
+    g["categories"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+
+
+def _frame(h5, name: str, frame: pd.DataFrame, index: np.ndarray) -> None:
+    import h5py
+
+    g = h5.create_group(name)
+    g.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
+    g.attrs.create("column-order", data=_text(frame.columns), dtype=h5py.string_dtype())
+    g.create_dataset("_index", data=index, dtype=h5py.string_dtype())
+    g["_index"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+    for c in frame.columns:
+        _put(g, str(c), frame[c])
+
+
+def write_h5ad(path: str | Path, X: np.ndarray, obs: pd.DataFrame, meta: dict) -> None:
+    """An AnnData (.h5ad) file written with h5py in AnnData's on-disk format (anndata.readthedocs.io, "on-disk
+    format"): X, obs, var (emb_0000, ...), uns["dinoloc"] = the cache record as JSON text. Written directly because
+    anndata pins pandas < 3, which this project does not; `anndata.read_h5ad` and scanpy read it."""
+    import h5py
+
+    index = _text(obs["image_id"].astype(str) + ("#" + obs["cell_id"].astype(str) if "cell_id" in obs else ""))
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        x = h5.create_dataset("X", data=np.asarray(X, dtype=np.float32))
+        x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        _frame(h5, "obs", obs.reset_index(drop=True), index)
+        _frame(h5, "var", pd.DataFrame(index=range(X.shape[1])), _text(f"emb_{i:04d}" for i in range(X.shape[1])))
+        for name in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            h5.create_group(name).attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        d = h5["uns"].create_dataset("dinoloc", data=json.dumps(meta, default=str), dtype=h5py.string_dtype())
+        d.attrs.update({"encoding-type": "string", "encoding-version": "0.2.0"})
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise DinolocError(f"export={fmt!r}: use one of {', '.join(FORMATS)} (or leave export unset)")
@@ -61,21 +114,8 @@ def export(entry: CacheEntry, manifest: pd.DataFrame, split: pd.DataFrame, fmt: 
         with atomic_path(out) as tmp:
             table.to_parquet(tmp, index=False)
         return out
-    import anndata
-
-    obs = obs.copy()
-    index = obs["image_id"].astype(str) + ("#" + obs["cell_id"].astype(str) if "cell_id" in obs else "")
-    obs.index = pd.Index(index.to_numpy(), name="id")
-    for c in obs.columns:  # h5ad stores text, numbers and booleans; the nullable fold becomes -1 = test / none
-        if str(obs[c].dtype) == "Int64":
-            obs[c] = obs[c].fillna(-1).astype(np.int64)
-        elif obs[c].dtype == object:
-            obs[c] = obs[c].astype(str)
-    adata = anndata.AnnData(X=emb.astype(np.float32), obs=obs,
-                            var=pd.DataFrame(index=[f"emb_{i:04d}" for i in range(emb.shape[1])]))
-    adata.uns["dinoloc"] = json.dumps(entry.meta, default=str)  # the entry's record, as JSON text
     with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+        write_h5ad(tmp, emb, obs, entry.meta)
     return out
 
 
