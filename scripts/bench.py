@@ -17,6 +17,8 @@ Sections (each prints its rows; the run ends with a table and a one-line JSON of
   scaling   extraction and classifier time at 1x, 2x, 4x the images: t(2x)/t(1x) and t(4x)/t(1x)   linear: 2, 4
   bf16      the demo's embeddings computed again under bf16 autocast (on CUDA when present, else CPU bf16): relative
             difference to the fp32 cache and the change of the classifier's test macro F1 (needs `make demo` first)
+  cells     data.unit=cell: cell listing and cell-level extraction cells/s beside image-level images/s on the same
+            SYNTHETIC images (tiny ViT, 16 px crops), peak RSS at two sizes (scripts/bench_cells.py)   bounded RSS
   demo      `make demo` stage times from outputs/reports/demo/timings.json (run `make demo` first)  goal <= 300 s
 
     python scripts/bench.py --quick            # CPU: small sizes, a few minutes on 2 cores
@@ -42,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 from dinoloc import CONFIG_DIR  # noqa: E402
 
-SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "bf16", "demo")
+SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "bf16", "cells", "demo")
 # Dense bf16 tensor-core peaks (TFLOP/s, multiply and add counted separately), from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
                     "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.0}
@@ -405,6 +407,10 @@ def summary_rows(res: dict) -> list[tuple[str, str, str]]:
         for row, r in res["bf16"].items():
             rows.append((f"bf16 vs fp32 embeddings ({row}): rel. diff; delta test F1",
                          f"{r['relative_difference']:.1e}; {r['delta_f1']:+.4f}", "small; within noise"))
+    if "cells" in res:
+        for r in res["cells"]["sizes"]:
+            rows.append((f"cells/s (images/s) at {r['cells']} cells; peak RSS", f"{r['cells_per_s']:.0f} "
+                         f"({r['images_per_s']:.1f}); {r['peak_rss_mib']:.0f} MiB", "RSS flat in size"))
     if "demo" in res and "skipped" not in res["demo"]:
         rows.append((f"make demo total (slowest: {res['demo']['slowest']})", f"{res['demo']['total_s']:.0f} s",
                      "<= 300 s"))
@@ -444,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
             res[name] = bench_scaling(args.quick, args.device)
         elif name == "bf16":
             res[name] = bench_bf16(args.quick, args.device)
+        elif name == "cells":
+            res[name] = _script("bench_cells.py", "--sizes", "2000,10000" if args.quick else "10000,100000")
         elif name == "demo":
             res[name] = bench_demo()
         print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -166,8 +166,7 @@ def test_split_never_shares_a_group(tmp_path):
     assert (owner.map(len) == 1).all()  # one split (and one fold) per group
     assert set(s.loc[~m["labeled"].to_numpy(), "split"]) == {"unlabeled"}
     # stored and read back with its class list (not OpenCell's 17)
-    man, sp = prepare_dataset(tmp_path / "d", csv, tmp_path / "out",
-                              builder=lambda: build_folder_manifest(tmp_path / "d", csv, CHANNELS))
+    man, sp = prepare_dataset(build_folder_manifest(tmp_path / "d", csv, CHANNELS), tmp_path / "out")
     from dinoloc.data.split import load_dataset
 
     man2, sp2 = load_dataset(tmp_path / "out")
@@ -190,15 +189,24 @@ def test_channel_roles_and_mapping_plan():
         mapping_plan(["a", "b"], ["a", "b"], ["R", "G", "B"], {"protein": "R"})
     with pytest.raises(DinolocError, match="not in data.channels"):
         channel_roles(CHANNELS, {"RNA": "nucleus"})
-    s = source_setup({"reader": "folder", "channels": CHANNELS, "channel_roles": {"DNA": "nucleus", "actin": None}},
-                     ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping")
+    folder = _spec(reader="folder", channels=tuple(CHANNELS))
+    roles = {"DNA": "nucleus", "actin": None}
+    s = source_setup(folder, ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping", roles)
     assert s["source_channels"] == ["nucleus", "protein"] and s["channel_map"] == {"nucleus": "G", "protein": "R"}
     assert s["left_out"] == ["actin"] and s["fields"]["source_channels"] == ["nucleus", "protein"]
-    r = source_setup({"reader": "folder", "channels": CHANNELS, "channel_roles": {"DNA": "nucleus", "actin": None}},
-                     ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "replication")
+    r = source_setup(folder, ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "replication", roles)
     assert r["source_channels"] == ["nucleus", "actin", "protein"]  # replication: every channel
-    o = source_setup({}, ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping")
+    o = source_setup(_spec(reader="opencell"), ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping")
     assert o["source_channels"] == ["protein", "nucleus"] and o["fields"] == {}  # OpenCell: as before
+
+
+def _spec(**kw):
+    from dinoloc.data.prepare import DataSpec
+
+    base = {"name": "x", "reader": "folder", "root": "/nowhere", "annotations": "/nowhere/labels.csv",
+            "out_dir": "/nowhere/out", "synthetic": False, "test_size": 0.1, "n_folds": 5, "group_by": "target",
+            "seed": 0}
+    return DataSpec(**{**base, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------- end to end

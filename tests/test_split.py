@@ -96,7 +96,7 @@ def test_too_few_targets_refused(write_opencell_tree):
 
 def test_prepare_dataset_writes_and_reuses(tree60, tmp_path):
     out = tmp_path / "data"
-    m, s = prepare_dataset(*tree60, out)
+    m, s = prepare_dataset(build_manifest(*tree60), out)
     files = {n: out / n for n in ("manifest.csv", "split.csv", "split.json")}
     assert all(p.is_file() for p in files.values())
     meta = read_json(files["split.json"])
@@ -107,7 +107,7 @@ def test_prepare_dataset_writes_and_reuses(tree60, tmp_path):
     assert any(line.endswith(",test,") for line in text) and any(line.endswith(",unlabeled,") for line in text)
 
     stamps = {n: os.stat(p).st_mtime_ns for n, p in files.items()}
-    m2, s2 = prepare_dataset(*tree60, out)
+    m2, s2 = prepare_dataset(build_manifest(*tree60), out)
     assert {n: os.stat(p).st_mtime_ns for n, p in files.items()} == stamps  # nothing rewritten
     pd.testing.assert_frame_equal(s2, s)
     lm, ls = load_dataset(out)
@@ -122,18 +122,18 @@ def test_prepare_dataset_writes_and_reuses(tree60, tmp_path):
 def test_changed_manifest_refused_then_resplit(tree60, tmp_path):
     root, csv = tree60
     out = tmp_path / "data"
-    _, s = prepare_dataset(root, csv, out)
+    _, s = prepare_dataset(build_manifest(root, csv), out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     victim = sorted(root.rglob("*_proj.tif"))[0]
     victim.unlink()
     with pytest.raises(DinolocError, match=r"1 image\(s\) removed.*data\.resplit=true"):
-        prepare_dataset(root, csv, out)
+        prepare_dataset(build_manifest(root, csv), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the stored files are untouched
 
     with pytest.raises(DinolocError, match=r"seed: 0 -> 1"):
-        prepare_dataset(root, csv, out, seed=1)
+        prepare_dataset(build_manifest(root, csv), out, seed=1)
 
-    m2, s2 = prepare_dataset(root, csv, out, resplit=True)
+    m2, s2 = prepare_dataset(build_manifest(root, csv), out, resplit=True)
     assert len(s2) == len(s) - 1 and victim.name[: -len("_proj.tif")] not in set(s2["image_id"])
     assert read_json(out / "split.json")["counts"]["train"] + read_json(out / "split.json")["counts"]["test"] == int(
         m2["labeled"].sum()
@@ -143,7 +143,7 @@ def test_changed_manifest_refused_then_resplit(tree60, tmp_path):
 
 def test_load_dataset_detects_mismatch(tree60, tmp_path):
     out = tmp_path / "data"
-    prepare_dataset(*tree60, out)
+    prepare_dataset(build_manifest(*tree60), out)
     mpath = out / "manifest.csv"
     lines = mpath.read_text().splitlines()
     lines[1] = lines[1].replace("True", "False", 1)
@@ -160,5 +160,5 @@ def test_nothing_left_after_error(write_opencell_tree, tmp_path):
     bad.write_bytes(b"")
     out = tmp_path / "data"
     with pytest.raises(DinolocError, match=bad.name):
-        prepare_dataset(root, csv, out)
+        prepare_dataset(build_manifest(root, csv), out)
     assert not out.exists() or list(out.iterdir()) == []

@@ -99,6 +99,10 @@ def data_main(cfg: DictConfig) -> None:
     spec = data_spec(cfg)
     manifest, split = run_data(spec)
     print(("SYNTHETIC DATA\n" if spec.synthetic else "") + summarize(manifest, split))
+    if spec.unit == "cell":
+        from dinoloc.data.cells import cells_summary
+
+        print(cells_summary(spec.out_dir))
     print(f"written: {Path(spec.out_dir) / 'manifest.csv'}, {Path(spec.out_dir) / 'split.csv'}")
 
 
@@ -115,12 +119,20 @@ def extract_main(cfg: DictConfig) -> None:
     setup(str(cfg.device))
     validate(cfg)
     spec = extract_spec(cfg)
-    manifest, _ = run_data(spec.data)
+    if cfg.get("export"):
+        from dinoloc.extract.export import check_format
+
+        check_format(str(cfg.export))  # before any work
+    manifest, split = run_data(spec.data)
     entry = run_extraction(spec, manifest)
     if rank_and_world()[0] == 0:
         meta = entry.meta
         print(f"{'cache hit' if entry.hit else 'extracted'}: {meta['n_images']} x {meta['dim']} -> {entry.path}"
               + ("  [SYNTHETIC]" if meta.get("synthetic") else ""))
+        if cfg.get("export"):
+            from dinoloc.extract.export import export_run
+
+            print(f"exported: {export_run(spec, entry, manifest, split, str(cfg.export), cfg.paths.exports_dir)}")
 
 
 @_console("dinoloc-run")

@@ -43,8 +43,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 def data_spec(cfg: DictConfig) -> DataSpec:
     d, s = cfg.data, cfg.data.split
     reader = str(d.reader)
-    if reader == "folder" and OmegaConf.is_missing(d, "channels"):
-        raise DinolocError("data=folder needs data.channels: the images' channel names in file order, e.g. "
+    if "channels" in d and OmegaConf.is_missing(d, "channels"):
+        raise DinolocError(f"data={d.name} needs data.channels: the images' channel names in file order, e.g. "
                            "'data.channels=[DNA,actin,protein]'")
     labels = d.get("labels")
     classes = labels.classes if labels is not None else d.get("classes")
@@ -55,11 +55,19 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         min_grade=None if labels is None else int(labels.min_grade),
         classes=None if classes is None else tuple(classes),
         ignore=tuple(labels.ignore) if labels is not None else (),
-        channels=tuple(d.channels) if reader == "folder" else (),
+        channels=tuple(d.get("channels") or ()),
+        labels_column=str(_opt(d, "labels_column") or ""), group_column=str(_opt(d, "group_column") or ""),
+        unit=str(d.get("unit") or "image"), masks=str(d.masks) if d.get("masks") else None,
+        cell=plain(d.cell) if d.get("cell") is not None else {},
         synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
         generator=given(d.generator) if d.synthetic else {},
         display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
     )
+
+
+def _opt(node: DictConfig, key: str) -> Any:
+    """A key some data YAMLs have (None when absent or `???`: the reader names what is missing)."""
+    return OmegaConf.select(node, key, throw_on_missing=False)
 
 
 def backbone_spec(bb: DictConfig) -> BackboneSpec:
@@ -86,10 +94,8 @@ def configured_backbone(cfg: DictConfig) -> DictConfig:
         return cfg.backbone
     from dinoloc.data.folder import data_channel_names
 
-    folder = str(cfg.data.reader) == "folder"
-    data = {"reader": str(cfg.data.reader), "channels": list(cfg.data.channels) if folder else None,
-            "channel_roles": plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}}
-    return OmegaConf.create(configure(str(family), plain(cfg.backbone), data_channel_names(data)))
+    roles = plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}
+    return OmegaConf.create(configure(str(family), plain(cfg.backbone), data_channel_names(data_spec(cfg), roles)))
 
 
 def extract_spec(cfg: DictConfig) -> ExtractSpec:

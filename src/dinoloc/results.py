@@ -212,7 +212,8 @@ def image_file(result: dict[str, Any], rel_path: str) -> Path:
     error naming it (the data folder moved or was deleted, not the run folder)."""
     root = Path(str(result["data"]["root"]))
     path = root / str(rel_path)
-    if not path.is_file():
+    # a one-file-per-channel image's path lists its files separated by ';' (dinoloc.data.reader)
+    if not all((root / p).is_file() for p in str(rel_path).split(";")):
         run = Path(str(result.get("run_dir", "?"))) / RESULT_FILE
         raise DinolocError(
             f"image {path} not found (predictions.csv path {rel_path!r} under data.root={root} of {run}); "

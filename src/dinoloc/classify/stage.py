@@ -198,6 +198,9 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
             "channels": list(src["fields"].get("data_channels") or []) or None,
             "channels_used": src["source_channels"],  # after data.channel_roles (mapping: placed ones)
             "channel_roles": dict(ex.channel_roles) or None,
+            "unit": data.unit,  # cell: embeddings per cell, averaged per image (dinoloc.extract.cells)
+            **({"n_cells": meta.get("n_cells"), "cells_per_image": meta.get("cells_per_image")}
+               if data.unit == "cell" else {}),
         },
         "versions": _versions(),
     }

@@ -15,6 +15,7 @@ column per class; `manifest.attrs["classes"]` carries the class list.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -77,15 +78,61 @@ def channel_axis(shape: tuple[int, ...], n_channels: int) -> int | None:
     raise ValueError(f"shape {shape} has {shape[0]} or {shape[-1]} channels")
 
 
-def read_folder_image(path: str | os.PathLike, n_channels: int, keep: Sequence[int] | None = None) -> np.ndarray:
+def ome_channel_names(tf: tifffile.TiffFile) -> list[str] | None:
+    """The channel names in an OME-TIFF's OME-XML (first image), or None (not OME, or channels unnamed)."""
+    if not tf.is_ome or not tf.ome_metadata:
+        return None
+    try:
+        image = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+        image = image[0] if isinstance(image, list) else image
+        chans = image["Pixels"].get("Channel", [])
+        chans = chans if isinstance(chans, list) else [chans]
+        names = [str(c.get("Name", "")).strip() for c in chans]
+    except (KeyError, TypeError, ValueError, AttributeError):  # damaged XML: fall back to position
+        return None
+    return names if names and all(names) and len(set(names)) == len(names) else None
+
+
+def _ome_order(path: Path, file_names: list[str], wanted: Sequence[str]) -> list[int]:
+    missing = [n for n in wanted if n not in file_names]
+    if missing:
+        raise DinolocError(f"{path}: channel(s) {missing} of data.channels not found among the file's OME channel "
+                           f"names {file_names}; fix data.channels (names as in the file) or the file")
+    return [file_names.index(n) for n in wanted]
+
+
+def _read_ome(path: Path, tf: tifffile.TiffFile, file_names: list[str], wanted: Sequence[str]) -> np.ndarray:
+    """An OME-TIFF's channels `wanted`, by name, as (C, H, W)."""
+    order = _ome_order(path, file_names, wanted)
+    series = tf.series[0]
+    arr, axes = np.asarray(series.asarray()), str(series.axes)
+    if "C" not in axes or arr.shape[axes.index("C")] != len(file_names):
+        raise DinolocError(f"{path}: OME-XML names {len(file_names)} channels but the pixels have axes {axes} "
+                           f"{arr.shape}; re-export the file")
+    arr = np.moveaxis(arr, axes.index("C"), 0)
+    arr = arr.reshape([arr.shape[0], *[s for s in arr.shape[1:] if s != 1]])
+    if arr.ndim != 3:
+        raise DinolocError(f"{path}: OME image of shape {arr.shape} is not 2-D per channel (z-stack or time "
+                           "series?); project it to one plane per channel")
+    return arr[order]
+
+
+def read_folder_image(path: str | os.PathLike, n_channels: int, keep: Sequence[int] | None = None,
+                      names: Sequence[str] | None = None) -> np.ndarray:
     """One image as float32 (C, H, W) in data.channels order (values kept: 8/16-bit counts or floats); `keep`
-    selects channels (the mapping strategy's placed channels)."""
+    selects channels (the mapping strategy's placed channels). An OME-TIFF whose OME-XML names its channels is
+    read by `names` (data.channels), whatever the stored order; other files by position."""
     path = Path(path)
     if not path.is_file():
         raise DinolocError(f"{path}: image file not found; check data.root and the labels CSV")
     try:
         if _suffix(path) in TIFF_SUFFIXES:
-            arr = np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tf:
+                file_names = ome_channel_names(tf) if names is not None else None
+                if file_names is not None:
+                    arr = _read_ome(path, tf, file_names, names)
+                else:
+                    arr = np.asarray(tf.series[0].asarray())
             if arr.ndim > 3:
                 arr = arr.reshape([s for s in arr.shape if s != 1])
         else:
@@ -93,6 +140,8 @@ def read_folder_image(path: str | os.PathLike, n_channels: int, keep: Sequence[i
 
             with Image.open(path) as im:
                 arr = np.asarray(im)
+    except DinolocError:
+        raise
     except Exception as err:
         raise DinolocError(f"{path}: unreadable image ({type(err).__name__}: {err}); replace or remove it") from err
     try:
@@ -105,6 +154,23 @@ def read_folder_image(path: str | os.PathLike, n_channels: int, keep: Sequence[i
     if keep is not None:
         arr = arr[list(keep)]
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_ome_names(path: str | os.PathLike, channels: Sequence[str]) -> bool:
+    """True when `path` is an OME-TIFF with channel names (then every data.channels name must be among them;
+    an error lists the file's names); False for any other file (read by position)."""
+    path = Path(path)
+    if _suffix(path) not in TIFF_SUFFIXES:
+        return False
+    try:
+        with tifffile.TiffFile(path) as tf:
+            file_names = ome_channel_names(tf)
+    except Exception as err:
+        raise DinolocError(f"{path}: unreadable image ({type(err).__name__}: {err}); replace or remove it") from err
+    if file_names is None:
+        return False
+    _ome_order(path, file_names, channels)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,10 +237,10 @@ def display_pair(path: str | os.PathLike, channels: Sequence[str],
 # ----------------------------------------------------------------------------------------------------------
 # the labels CSV -> manifest
 # ----------------------------------------------------------------------------------------------------------
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv_text(path: Path, help: str) -> pd.DataFrame:
+    """A CSV as strings (columns stripped); `help` says what it should hold."""
     if not path.is_file():
-        raise DinolocError(f"{path}: labels CSV not found; set data.annotations (default <data.root>/labels.csv) "
-                           f"with {CSV_HELP}")
+        raise DinolocError(f"{path}: CSV not found; set data.annotations to {help}")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -182,7 +248,18 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as err:
-        raise DinolocError(f"{path}: not a readable CSV ({err}); expected {CSV_HELP}") from err
+        raise DinolocError(f"{path}: not a readable CSV ({err}); expected {help}") from err
+    table.columns = [str(c).strip() for c in table.columns]
+    if table.empty:
+        raise DinolocError(f"{path}: header only, no images; add one row per image")
+    return table
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DinolocError(f"{path}: labels CSV not found; set data.annotations (default <data.root>/labels.csv) "
+                           f"with {CSV_HELP}")
+    table = _read_csv_text(path, CSV_HELP)
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in ("image", "labels") if c not in table.columns]
     if missing:
@@ -190,6 +267,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if table.empty:
         raise DinolocError(f"{path}: header only, no images; add one row per image")
     return table
+
+
+def mask_path(root: Path, value: object, where: str) -> str:
+    """A label-image path of the masks column (relative to data.root), checked to exist."""
+    rel = PurePosixPath(str(value).strip().replace("\\", "/")).as_posix()
+    if not str(value).strip() or not (root / rel).is_file():
+        raise DinolocError(f"{where}: mask {str(value).strip() or '(empty)'} not found under data.root={root}; "
+                           "fix the masks column (a label image: 0 = background, 1..n = cells)")
+    return rel
 
 
 def build_folder_manifest(
@@ -200,8 +286,10 @@ def build_folder_manifest(
     *,
     group_by: str = "target",
     validate_images: bool = True,
+    masks: str | None = None,
 ) -> pd.DataFrame:
-    """The manifest of a labels-CSV folder (see the module doc). Every error names the CSV line and the fix."""
+    """The manifest of a labels-CSV folder (see the module doc). Every error names the CSV line and the fix.
+    `masks` (data.masks, data.unit=cell): the CSV column holding each image's label-image path (-> `mask`)."""
     root, path = Path(root), Path(annotations)
     channels = [str(c) for c in channels or []]
     if not channels or len(set(channels)) != len(channels):
@@ -213,6 +301,10 @@ def build_folder_manifest(
         raise DinolocError(f"data.classes={list(classes)}: list each class name once, or null for the sorted "
                            "union of the labels")
     has_group = "group" in table.columns
+    mask_col = None if masks is None else str(masks).strip().lower()
+    if mask_col is not None and mask_col not in table.columns:
+        raise DinolocError(f"{path}: data.masks={masks} but the CSV has no such column (columns: "
+                           f"{list(table.columns)}); add the label-image paths or unset data.masks to segment")
     seen: dict[str, int] = {}
     rows, labels = [], []
     for i, rec in enumerate(table.to_dict("records")):
@@ -229,7 +321,7 @@ def build_folder_manifest(
         file = root / rel
         if not file.is_file():
             raise DinolocError(f"{where}: image {rel} not found under data.root={root}; fix the path or delete the row")
-        if validate_images:
+        if validate_images and not check_ome_names(file, channels):
             try:
                 channel_axis(image_shape(file), len(channels))
             except ValueError as e:
@@ -244,9 +336,20 @@ def build_folder_manifest(
                 raise DinolocError(f"{where}: class(es) {bad} not in data.classes={given}; fix the name or add it "
                                    "to data.classes")
         group = str(rec.get("group", "")).strip() if has_group else ""
-        rows.append({"image_id": rel, "path": rel, "target": group or rel, "labeled": bool(names)})
+        row = {"image_id": rel, "path": rel, "target": group or rel, "labeled": bool(names)}
+        if mask_col is not None:
+            row["mask"] = mask_path(root, rec[mask_col], where)
+        rows.append(row)
         labels.append(names)
-    class_list = given if given is not None else sorted({n for names in labels for n in names})
+    return finish_manifest(rows, labels, given, path, group_by, [seen[r["path"]] for r in rows])
+
+
+def finish_manifest(rows: list[dict], labels: list[list[str]], classes: Sequence[str] | None, path: Path,
+                    group_by: str, lines: list[int]) -> pd.DataFrame:
+    """rows (image_id, path, target, labeled, a reader's own columns) + one 0/1 column per class, sorted by
+    image_id, `attrs["classes"]` set. `classes` None = the sorted union of the labels; `lines`: each row's CSV
+    line (named when a group mixes labelled and unlabelled images)."""
+    class_list = list(classes) if classes is not None else sorted({n for names in labels for n in names})
     if not class_list:
         raise DinolocError(f"{path}: no row has a label; the labels column needs class names for some images")
     index = {c: k for k, c in enumerate(class_list)}
@@ -259,13 +362,15 @@ def build_folder_manifest(
         mixed = mixed[mixed > 1]
         if len(mixed):
             g = mixed.index[0]
-            lines = [seen[p] for p in m.loc[m["target"] == g, "path"]]
+            where = [lines[i] for i in np.flatnonzero((m["target"] == g).to_numpy())]
             raise DinolocError(
-                f"{path}: group {g!r} (lines {lines}) holds labelled and unlabelled images; unlabelled images may "
+                f"{path}: group {g!r} (lines {where}) holds labelled and unlabelled images; unlabelled images may "
                 "be used for pretraining, so a labelled test group would leak. Label all its images, or give the "
                 "unlabelled ones their own group"
             )
-    m = pd.concat([m, pd.DataFrame(y, columns=class_list)], axis=1)
+    base = ["image_id", "path", "target", "labeled"]
+    extra = [c for c in m.columns if c not in base]  # a reader's own columns go after the classes
+    m = pd.concat([m[base], pd.DataFrame(y, columns=class_list), m[extra]], axis=1)
     m = m.sort_values("image_id", kind="stable").reset_index(drop=True)
     m.attrs["classes"] = list(class_list)
     return m
@@ -274,48 +379,47 @@ def build_folder_manifest(
 # ----------------------------------------------------------------------------------------------------------
 # what extraction needs from a dataset config
 # ----------------------------------------------------------------------------------------------------------
-def data_channel_names(data: Mapping) -> list[str]:
-    """Every channel of a dataset by the name the backbones know (OpenCell: protein, nucleus; a folder: its
-    data.channels renamed by data.channel_roles, a left-out channel keeping its own name)."""
-    if str(data.get("reader") or "opencell") == "opencell":
-        from dinoloc.ontology import OPENCELL_CHANNELS
+def data_channel_names(spec, roles: Mapping[str, str | None] | None) -> list[str]:
+    """Every channel of a dataset (a DataSpec) by the name the backbones know: its reader's channels renamed by
+    data.channel_roles, a channel without a role keeping its own name (OpenCell: protein, nucleus)."""
+    from dinoloc.data.reader import get_reader
 
-        return list(OPENCELL_CHANNELS)
-    channels = [str(c) for c in data.get("channels") or []]
-    return [r if r is not None else c for c, r in zip(channels, channel_roles(channels, data.get("channel_roles")),
-                                                      strict=True)]
+    channels = get_reader(spec.reader).channels(spec)
+    return [r if r is not None else c for c, r in zip(channels, channel_roles(channels, roles), strict=True)]
 
 
-def source_setup(data: Mapping, backbone_channels: Sequence[str], channel_map: Mapping[str, str],
-                 strategy: str) -> dict:
-    """How a dataset's images enter a backbone: {read_fn, source_channels (names the strategy sees, in
-    read_fn's channel order), channel_map (for mapping), fields (extra cache-key fields; none for OpenCell)}.
+def source_setup(data, backbone_channels: Sequence[str], channel_map: Mapping[str, str], strategy: str,
+                 roles: Mapping[str, str | None] | None = None) -> dict:
+    """How a dataset's images enter a backbone (its reader's `source`, dinoloc.data.reader): {read_fn,
+    source_channels (names the strategy sees, in read_fn's order), channel_map, fields (extra cache-key fields;
+    none for OpenCell), left_out}. `data`: a DataSpec."""
+    from dinoloc.data.reader import get_reader
 
-    OpenCell: its reader, (protein, nucleus), backbone.channel_map as is. A folder: data.channels renamed by
-    data.channel_roles; mapping reads only the placed channels (`mapping_plan`), replication and native all."""
-    import functools
+    return get_reader(data.reader).source(data, roles, backbone_channels, channel_map, strategy)
 
-    reader = str(data.get("reader") or "opencell")
-    if reader == "opencell":
-        from dinoloc.data.opencell import read_image
-        from dinoloc.ontology import OPENCELL_CHANNELS
 
-        return {"read_fn": read_image, "source_channels": list(OPENCELL_CHANNELS), "channel_map": dict(channel_map),
-                "fields": {}, "left_out": []}
-    if reader != "folder":
-        raise DinolocError(f"data.reader={reader!r} is unknown; use opencell or folder")
-    channels = [str(c) for c in data.get("channels") or []]
-    roles = channel_roles(channels, data.get("channel_roles"))
-    from dinoloc.channel_strategies import strategy_module
+# ----------------------------------------------------------------------------------------------------------
+# the reader interface (dinoloc.data.reader)
+# ----------------------------------------------------------------------------------------------------------
+from dinoloc.data.reader import Reader  # noqa: E402  (the interface imports nothing of this module)
 
-    if not strategy_module(strategy).READS_ALL_CHANNELS:
-        keep, source, cmap = mapping_plan(channels, roles, list(backbone_channels), dict(channel_map))
-    else:  # every channel; a channel left out of mapping (role null) keeps its own name here
-        keep, source, cmap = None, [r if r is not None else c for c, r in zip(channels, roles, strict=True)], dict(channel_map)
-    return {
-        "read_fn": functools.partial(read_folder_image, n_channels=len(channels), keep=keep),
-        "source_channels": source,
-        "channel_map": cmap,
-        "fields": {"data_channels": channels, "source_channels": source},
-        "left_out": [c for i, c in enumerate(channels) if keep is not None and i not in keep],
-    }
+
+class FolderReader(Reader):
+    """A labels CSV over any image folder (one multi-channel file per image)."""
+
+    name = "folder"
+    root_help = "point it at your image folder (with labels.csv: image, group, labels)"
+
+    def manifest(self, spec):
+        return build_folder_manifest(spec.root, spec.annotations, list(spec.channels), self.classes(spec),
+                                     group_by=spec.group_by, masks=spec.masks if spec.unit == "cell" else None)
+
+    def read_fn(self, spec, keep=None):
+        return functools.partial(read_folder_image, n_channels=len(spec.channels), keep=keep,
+                                 names=list(spec.channels))
+
+    def read_names(self, channels):
+        return functools.partial(read_folder_image, n_channels=len(channels), names=list(channels))
+
+
+READER = FolderReader()

@@ -99,13 +99,16 @@ def _read_folder_manifest_csv(path: Path, classes: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DinolocError(f"{path}: manifest not found; run dinoloc-data to build it.")
     cols = ["image_id", "path", "target", "labeled", *classes]
-    df = pd.read_csv(path, dtype={c: str for c in ("image_id", "path", "target")}, keep_default_na=False)
+    head = pd.read_csv(path, nrows=0).columns
+    text = {c: str for c in head if c not in ("labeled", *classes)}
+    df = pd.read_csv(path, dtype=text, keep_default_na=False)
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise DinolocError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with dinoloc-data.")
     df["labeled"] = df["labeled"].map({"True": True, "False": False, True: True, False: False}).astype(bool)
     for col in classes:
         df[col] = df[col].astype(np.int64)
-    df = df[cols]
+    # a reader's own text columns (mask, LoadData's Metadata_*) stay, in file order, as strings
+    # (file order kept: it is the order the reader built them in, so manifest_hash round-trips)
     df.attrs["classes"] = list(classes)
     return df

@@ -304,3 +304,48 @@ def check_label_sets(classes: Sequence[str] | None, ignore: Sequence[str]) -> tu
         what = f"listed twice: {', '.join(repeated)}" if repeated else f"also in labels.classes: {', '.join(both)}"
         raise DinolocError(f"data.labels.ignore: {what}; list each category once, in one of the two lists.")
     return classes, ignore
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reader interface (dinoloc.data.reader)
+# ----------------------------------------------------------------------------------------------------------
+from dinoloc.data.reader import Reader  # noqa: E402  (the interface imports nothing of this module)
+
+
+class OpenCellReader(Reader):
+    """OpenCell's download: channels (protein, nucleus) whatever the file order, the paper's 17 classes."""
+
+    name = "opencell"
+    root_help = ("point it at the OpenCell download (per-target folders of OC-FOV_*_proj.tif), e.g. "
+                 "data.root=/data/opencell, or use data=synthetic for the demo")
+
+    def manifest(self, spec):
+        from dinoloc.data.manifest import build_manifest
+
+        return build_manifest(spec.root, spec.annotations, min_grade=spec.min_grade or 1,
+                              classes=list(spec.classes or ()) or None, ignore=list(spec.ignore))
+
+    def channels(self, spec=None):
+        from dinoloc.ontology import OPENCELL_CHANNELS
+
+        return list(OPENCELL_CHANNELS)
+
+    def classes(self, spec=None):
+        return label_columns()
+
+    def nucleus_channel(self, spec, roles=None) -> int:
+        return self.channels().index("nucleus")
+
+    def read_fn(self, spec, keep=None):
+        return read_image
+
+    def source(self, spec, roles, backbone_channels, channel_map, strategy):
+        # backbone.channel_map as is and no extra cache-key fields: OpenCell's cache keys stay what they were.
+        return {"read_fn": read_image, "source_channels": self.channels(), "channel_map": dict(channel_map),
+                "fields": {}, "left_out": []}
+
+    def display_pair(self, root, rel, channels=(), roles=None):
+        return read_image(self.item(root, rel))
+
+
+READER = OpenCellReader()

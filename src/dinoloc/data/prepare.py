@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,13 @@ from filelock import FileLock
 
 from dinoloc.io import DinolocError
 
-READERS = ("opencell", "folder")
-
 
 @dataclass(frozen=True)
 class DataSpec:
     """What `run_data` needs, as plain values (built from the `data` config group by dinoloc.config)."""
 
     name: str
-    reader: str                      # opencell | folder
+    reader: str                      # a module dinoloc.data.<reader> with a READER (dinoloc.data.reader)
     root: str
     annotations: str
     out_dir: str                     # manifest.csv and split.csv go here
@@ -38,28 +35,29 @@ class DataSpec:
     min_grade: int | None = None     # OpenCell: grades kept (None for a labels-CSV folder)
     classes: tuple[str, ...] | None = None   # OpenCell: the 17; a folder: data.classes (None = sorted union)
     ignore: tuple[str, ...] = ()     # OpenCell: annotation names dropped (data.labels.ignore)
-    channels: tuple[str, ...] = ()   # a folder: its channel names in file order
+    channels: tuple[str, ...] = ()   # named-channel readers: the channels wanted, in order (folder: file order)
+    labels_column: str = ""          # loaddata: the CSV column holding the labels (';'-separated)
+    group_column: str = ""           # loaddata: the CSV column whose value never crosses splits (e.g. a plate)
+    unit: str = "image"              # image | cell (dinoloc.data.cells)
+    masks: str | None = None         # unit=cell: the CSV column with each image's label-image path (None: segment)
+    cell: dict[str, Any] = field(default_factory=dict)  # unit=cell: data.cell (crop_px, expand_px, segmenter, ...)
     synthetic_dir: str | None = None  # the demo data's folder (synthetic only)
     generator: dict[str, Any] = field(default_factory=dict)  # the synthetic generator's sizes (data.generator)
     display_percentiles: tuple[float, ...] = ()  # the contact sheet's stretch (report.display_percentiles)
 
     def __post_init__(self) -> None:
-        if self.reader not in READERS:
-            raise DinolocError(f"data.reader={self.reader!r} is unknown; use one of {', '.join(READERS)}")
+        from dinoloc.data.reader import get_reader
+
+        get_reader(self.reader)  # an unknown reader is named before any work
+        if self.unit not in ("image", "cell"):
+            raise DinolocError(f"data.unit={self.unit!r}: use image (whole fields of view) or cell")
 
 
 def check_root(spec: DataSpec) -> None:
     """The real data's root must exist (the synthetic default is generated on demand)."""
-    if spec.synthetic or Path(spec.root).is_dir():
-        return
-    if spec.reader == "folder":
-        raise DinolocError(
-            f"data.root={spec.root} does not exist. Point it at your image folder (with labels.csv: image, group, labels)"
-        )
-    raise DinolocError(
-        f"data.root={spec.root} does not exist. Point it at the OpenCell download (per-target folders of "
-        "OC-FOV_*_proj.tif), e.g. data.root=/data/opencell, or use data=synthetic for the demo."
-    )
+    from dinoloc.data.reader import get_reader
+
+    get_reader(spec.reader).check_root(spec)
 
 
 def ensure_synthetic(spec: DataSpec) -> None:
@@ -72,23 +70,24 @@ def ensure_synthetic(spec: DataSpec) -> None:
 
 
 def run_data(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Manifest and split for `spec` (built once, then reused; a stale split is refused)."""
+    """Manifest and split for `spec` (built once, then reused; a stale split is refused). With data.unit=cell the
+    cells are listed once beside them (cells.csv, dinoloc.data.cells)."""
+    from dinoloc.data.reader import get_reader
     from dinoloc.data.split import prepare_dataset
 
-    check_root(spec)
+    reader = get_reader(spec.reader)
+    reader.check_root(spec)
     if spec.synthetic:
         ensure_synthetic(spec)
     out_dir = Path(spec.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    split_args = {"test_size": spec.test_size, "n_folds": spec.n_folds, "group_by": spec.group_by,
-                  "seed": spec.seed, "resplit": spec.resplit}
     # Parallel sweep jobs share the data folder: one builds, the others wait and reuse.
     with FileLock(str(out_dir) + ".lock"):
-        if spec.reader == "folder":
-            from dinoloc.data.folder import build_folder_manifest
+        manifest = reader.manifest(spec)
+        out = prepare_dataset(manifest, out_dir, min_grade=spec.min_grade or 1, test_size=spec.test_size,
+                              n_folds=spec.n_folds, group_by=spec.group_by, seed=spec.seed, resplit=spec.resplit)
+        if spec.unit == "cell":
+            from dinoloc.data.cells import ensure_cells
 
-            builder = functools.partial(build_folder_manifest, spec.root, spec.annotations, list(spec.channels),
-                                        None if spec.classes is None else list(spec.classes), group_by=spec.group_by)
-            return prepare_dataset(spec.root, spec.annotations, out_dir, builder=builder, **split_args)
-        return prepare_dataset(spec.root, spec.annotations, out_dir, min_grade=spec.min_grade,
-                               classes=list(spec.classes or ()), ignore=list(spec.ignore), **split_args)
+            ensure_cells(spec, out[0])
+        return out

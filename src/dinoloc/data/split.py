@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
-from dinoloc.data.manifest import build_manifest, class_columns, manifest_hash, read_manifest_csv
+from dinoloc.data.manifest import class_columns, manifest_hash, read_manifest_csv
 from dinoloc.io import DinolocError, frame_sha256, read_json, write_csv, write_json
 
 SPLIT_COLUMNS = ["image_id", "target", "split", "fold"]
@@ -205,8 +204,7 @@ def _describe_change(out_dir: Path, stored: dict[str, Any], params: dict[str, An
 
 
 def prepare_dataset(
-    root: str | os.PathLike,
-    annotations: str | os.PathLike,
+    manifest: pd.DataFrame,
     out_dir: str | os.PathLike,
     *,
     min_grade: int = 1,
@@ -215,22 +213,14 @@ def prepare_dataset(
     group_by: str = "target",
     seed: int = 0,
     resplit: bool = False,
-    classes: Sequence[str] | None = None,
-    ignore: Sequence[str] = (),
-    builder: Callable[[], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Build the manifest and the split once; reuse the stored split while the data and parameters match.
-
-    `classes` / `ignore` are data.labels.classes / data.labels.ignore (see `read_annotations`); the returned
-    manifest's `attrs["label_notes"]` says which ignored categories were dropped.
+    """Split `manifest` (any reader's, dinoloc.data.reader) once; reuse the stored split while the data and
+    parameters match. `min_grade` is recorded with the parameters (OpenCell's label cut-off).
 
     Writes out_dir/manifest.csv, split.csv and split.json (last: its presence marks a complete set).
     """
     _check_params(test_size, n_folds, group_by, seed)
     out_dir = Path(out_dir)
-    # `builder`: another reader's manifest (data=folder); the default is OpenCell's.
-    manifest = builder() if builder is not None else build_manifest(
-        root, annotations, min_grade=min_grade, classes=classes, ignore=ignore)
     m_hash = manifest_hash(manifest)
     params = {"min_grade": int(min_grade), "test_size": float(test_size), "n_folds": int(n_folds),
               "group_by": group_by, "seed": int(seed)}

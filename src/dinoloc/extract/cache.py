@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from dinoloc import __version__
-from dinoloc.io import DinolocError, read_json, text_sha256, write_csv, write_json, write_npy
+from dinoloc.io import DinolocError, atomic_path, read_json, text_sha256, write_csv, write_json
 
 CACHE_VERSION = 1
 
@@ -64,12 +64,15 @@ def images_fingerprint(manifest: pd.DataFrame, data_root: str | os.PathLike) -> 
     root = Path(data_root).resolve()
     rows = []
     for image_id, rel in zip(manifest["image_id"], manifest["path"], strict=True):
-        p = root / rel
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise DinolocError(f"image {p} (manifest row {image_id}) is missing; restore it or rebuild the manifest") from None
-        rows.append(f"{image_id}\t{rel}\t{st.st_size}\t{st.st_mtime_ns}")
+        sizes = []
+        for part in str(rel).split(";"):  # a one-file-per-channel image: its files (dinoloc.data.reader)
+            p = root / part
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                raise DinolocError(f"image {p} (manifest row {image_id}) is missing; restore it or rebuild the manifest") from None
+            sizes.append(f"{st.st_size}\t{st.st_mtime_ns}")
+        rows.append(f"{image_id}\t{rel}\t" + "\t".join(sizes))
     return text_sha256(f"{root}\n" + "\n".join(rows))
 
 
@@ -102,28 +105,36 @@ def merge(folder: Path, image_ids: list[str], chunk_size: int, meta: dict[str, A
     missing = [c for c in range(n_chunks) if not chunk_path(chunks_dir, c).exists()]
     if missing:
         raise DinolocError(f"cache {folder}: chunks {missing[:10]} were not written by any rank; rerun to resume")
-    parts = [np.load(chunk_path(chunks_dir, c)) for c in range(n_chunks)]
-    sizes = [p.shape[0] for p in parts]
+    # Streamed chunk by chunk into the final file (memory: one chunk, whatever the number of images or cells).
+    sizes = [np.load(chunk_path(chunks_dir, c), mmap_mode="r").shape[0] for c in range(n_chunks)]
     expected = [min(n, (c + 1) * chunk_size) - c * chunk_size for c in range(n_chunks)]
     if sizes != expected:
         raise DinolocError(f"cache {folder}: chunk sizes {sizes} do not cover the {n} images exactly once")
-    emb = np.concatenate(parts).astype(np.float32, copy=False)
-    bad = ~np.isfinite(emb).all(axis=1)
-    if bad.any():
-        ids = [image_ids[i] for i in np.flatnonzero(bad)[:10]]
-        shutil.rmtree(chunks_dir, ignore_errors=True)
-        raise DinolocError(
-            f"{int(bad.sum())} embeddings are NaN or infinite (e.g. {ids}); nothing was cached. "
-            "On GPU this is usually an fp16 overflow: rerun with extract.amp=false."
-        )
-    write_npy(folder / "embeddings.npy", emb)
+    dim = int(np.load(chunk_path(chunks_dir, 0), mmap_mode="r").shape[1])
+    bad: list[int] = []
+    with atomic_path(folder / "embeddings.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        for c in range(n_chunks):
+            part = np.load(chunk_path(chunks_dir, c)).astype(np.float32, copy=False)
+            bad += [c * chunk_size + int(i) for i in np.flatnonzero(~np.isfinite(part).all(axis=1))]
+            out[c * chunk_size:c * chunk_size + len(part)] = part
+        out.flush()
+        del out
+        if bad:
+            ids = [image_ids[i] for i in bad[:10]]
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+            raise DinolocError(
+                f"{len(bad)} embeddings are NaN or infinite (e.g. {ids}); nothing was cached. "
+                "On GPU this is usually an fp16 overflow: rerun with extract.amp=false."
+            )
+    emb = np.load(folder / "embeddings.npy", mmap_mode="r")
     write_csv(folder / "index.csv", pd.DataFrame({"image_id": image_ids}))
     from dinoloc.stats import embedding_health
 
     meta = meta | {
         "n_images": n,
         "dim": int(emb.shape[1]),
-        "embedding_health": embedding_health(emb),
+        "embedding_health": embedding_health(emb[:20000]),  # its own cap, applied before any copy
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dinoloc_version": __version__,
         "torch_version": _torch_version(),

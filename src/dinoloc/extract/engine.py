@@ -86,7 +86,9 @@ def extract(
         entry = lookup(cache_dir, key)
         if entry is None:
             model_info = _compute_chunks_or_report(
-                paths=[Path(p) for p in paths], read_fn=read_fn, model_factory=model_factory, embed_fn=embed_fn,
+                # a tuple = one image's channel files (dinoloc.data.reader)
+                paths=[p if isinstance(p, tuple) else Path(p) for p in paths], read_fn=read_fn,
+                model_factory=model_factory, embed_fn=embed_fn,
                 chunks_dir=folder / "chunks", resize_to=resize_to, batch_size=batch_size, num_workers=num_workers,
                 chunk_size=chunk_size, device=torch.device(device), amp=amp, progress=progress and rank == 0,
                 rank=rank, world=world,

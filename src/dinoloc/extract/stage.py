@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -66,12 +65,11 @@ class ExtractSpec:
 
 
 def source(spec: ExtractSpec) -> dict[str, Any]:
-    """How the data's images enter the backbone under the strategy (dinoloc.data.folder.source_setup)."""
-    from dinoloc.data.folder import source_setup
+    """How the data's images enter the backbone under the strategy (the data reader's `source`)."""
+    from dinoloc.data.reader import get_reader
 
-    data = {"reader": spec.data.reader, "channels": list(spec.data.channels) or None,
-            "channel_roles": dict(spec.channel_roles)}
-    return source_setup(data, list(spec.backbone.channels), dict(spec.backbone.channel_map or {}), spec.strategy)
+    return get_reader(spec.data.reader).source(spec.data, dict(spec.channel_roles), list(spec.backbone.channels),
+                                               dict(spec.backbone.channel_map), spec.strategy)
 
 
 def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
@@ -103,7 +101,14 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
         # crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move.
         "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
         "images": images_fingerprint(manifest, spec.data.root),
+        **(_cell_fields(spec) if spec.data.unit == "cell" else {}),  # image-level keys unchanged
     }
+
+
+def _cell_fields(spec: ExtractSpec) -> dict[str, Any]:
+    from dinoloc.extract.cells import cell_fields
+
+    return cell_fields(spec)
 
 
 def key_of(spec: ExtractSpec, manifest: pd.DataFrame) -> str:
@@ -132,8 +137,6 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
     from dinoloc.backbones import build_backbone
     from dinoloc.backbones.families import channel_traits
-    from dinoloc.device import resolve_device
-    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     bb, pp = spec.backbone, spec.backbone.preprocess
@@ -160,15 +163,34 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
         empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]), **channel_traits(bb.family),
     )
-    root = Path(spec.data.root)
+    from dinoloc.data.reader import get_reader
+
+    reader = get_reader(spec.data.reader)
+    engine = functools.partial(
+        _engine, model_factory=model_factory, embed_fn=embed_fn, spec=spec)
+    if spec.data.unit == "cell":
+        from dinoloc.extract.cells import extract_cells
+
+        return extract_cells(spec, manifest, fields, meta | {"_read_fn": src["read_fn"]}, engine)
+    return engine([str(i) for i in manifest["image_id"]], [reader.item(spec.data.root, p) for p in manifest["path"]],
+                  src["read_fn"], cache_key(fields), meta)
+
+
+def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta: dict[str, Any], *,
+            model_factory: Any, embed_fn: Any, spec: ExtractSpec) -> CacheEntry:
+    """The extraction engine with the stage's model, strategy and settings."""
+    from dinoloc.device import resolve_device
+    from dinoloc.extract.engine import extract
+
+    pp = spec.backbone.preprocess
     return extract(
-        image_ids=manifest["image_id"].tolist(),
-        paths=[root / p for p in manifest["path"]],
-        read_fn=src["read_fn"],
+        image_ids=image_ids,
+        paths=items,
+        read_fn=read_fn,
         model_factory=model_factory,
         embed_fn=embed_fn,
         cache_dir=spec.cache_dir,
-        key=cache_key(fields),
+        key=key,
         meta=meta,
         resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
         batch_size=spec.batch_size,
@@ -183,14 +205,18 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
 def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, Any], key: str) -> CacheEntry:
     """backbone=classical through the same engine (chunks, resume, lock, atomic cache): the 'model' measures."""
     from dinoloc.backbones.classical import ClassicalFeatures, classical_embed
+    from dinoloc.data.reader import get_reader
     from dinoloc.extract.engine import extract
 
     bb, pp = spec.backbone, spec.backbone.preprocess
+    if spec.data.unit != "image":
+        raise DinolocError(f"backbone={bb.name} measures whole images; data.unit={spec.data.unit} is not offered "
+                           "for it: run the classical row with data.unit=image")
     src = source(spec)
-    root = Path(spec.data.root)
+    reader = get_reader(spec.data.reader)
     return extract(
         image_ids=manifest["image_id"].tolist(),
-        paths=[root / p for p in manifest["path"]],
+        paths=[reader.item(spec.data.root, p) for p in manifest["path"]],
         read_fn=src["read_fn"],
         model_factory=functools.partial(ClassicalFeatures, src["source_channels"], **bb.model_kwargs),
         embed_fn=functools.partial(classical_embed, img_size=int(pp["img_size"]), intensity=str(pp["intensity"]),

@@ -233,7 +233,6 @@ def plot_figure2(
     stretched by `display_percentiles` (config report.display_percentiles, dinoloc.viz.stretch). Writes out_png
     and a PDF beside it. Returns the image ids shown. The images are read from predictions.csv `path` under the
     run's data.root (dinoloc.results.image_file), so the run folder may move."""
-    from dinoloc.data.opencell import read_image
     from dinoloc.viz import composite, stretch
 
     plt = _pyplot()
@@ -264,10 +263,12 @@ def plot_figure2(
     picked = labelled.iloc[chosen[:n_images]]
 
     data = result["data"]
-    if data.get("reader") == "folder":  # a labels-CSV folder: its protein / nucleus roles, else last / first channel
-        from dinoloc.data.folder import display_pair
+    # the reader's protein / nucleus (a named-channel dataset: by data.channel_roles, else last / first channel)
+    from dinoloc.data.reader import get_reader
 
-        read_image = functools.partial(display_pair, channels=data["channels"], roles=data.get("channel_roles"))
+    reader = get_reader(data.get("reader") or "opencell")
+    read_image = functools.partial(reader.display_pair, Path(str(data["root"])), channels=data.get("channels") or (),
+                                   roles=data.get("channel_roles"))
 
     synthetic = bool(result.get("synthetic", False))
     fig, axes = plt.subplots(
@@ -278,7 +279,8 @@ def plot_figure2(
                "Ground truth vs prediction\n(blue: agree, orange: disagree)"]
     for row_i, (row_axes, (_, r)) in enumerate(zip(axes, picked.iterrows(), strict=True)):
         image_id = str(r["image_id"])
-        image = read_image(image_file(result, r["path"]))
+        image_file(result, r["path"])  # a missing file is named
+        image = read_image(str(r["path"]))
         protein, nucleus = image[0], image[1]
         rgb = composite(protein, nucleus, scheme=colors, percentiles=display_percentiles)
         panels = [(rgb, None), (stretch(protein, display_percentiles), "gray"),

@@ -143,6 +143,14 @@ def table_notes(
             f"Annotation names outside the 17 classes were dropped (data.labels.ignore), targets carrying each: "
             f"{counts}. {only} target(s) carried only such names and count as labelled with no positive class."
         )
+    cells = next((r["data"] for r in results or [] if r.get("data", {}).get("cells_per_image")), None)
+    if cells:
+        c = cells["cells_per_image"]
+        lines.append(
+            f"Single cells (data.unit=cell): {cells.get('n_cells')} cells, per image median {c['median']:g}, min "
+            f"{c['min']}, max {c['max']}; {c['no_cell']} image(s) without a cell kept with a zero embedding. Each "
+            "image's embedding is the mean of its cells' (data.cell.aggregate), so folds and scores stay per image."
+        )
     if results:
         lines += ["", provenance.choices_note(results)]
         mismatches = provenance.epoch_mismatches(results)
