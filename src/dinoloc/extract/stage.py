@@ -17,6 +17,7 @@ from dinoloc.backbones.classical import FEATURES_VERSION as CLASSICAL_VERSION
 from dinoloc.backbones.classical import is_classical
 from dinoloc.data.prepare import DataSpec
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
+from dinoloc.io import DinolocError
 
 log = logging.getLogger("dinoloc")
 EMPTY_CHANNELS_DEFAULT = "zero_before_norm"
