@@ -52,9 +52,9 @@ def _grades(csv_path: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
-    """The default 80 targets (at 96 px to stay fast): what label statistics and patterns are tested on."""
+    """80 targets of 4-6 images at 96 px (the earlier default; small and fast): label statistics and patterns."""
     root = tmp_path_factory.mktemp("synth_big") / "opencell"
-    _opencell(root, n_targets=80, image_size=96, seed=0)
+    _opencell(root, n_targets=80, image_size=96, seed=0, images_per_target=(4, 6))
     return root
 
 
