@@ -85,7 +85,7 @@ def test_opencell_on_disk_format(tmp_path):
         gene, ensg = folder.name.split("_")
         assert re.fullmatch(r"SYN\d{3}", gene) and re.fullmatch(r"ENSG\d{11}", ensg)
         files = sorted(folder.iterdir())
-        assert 4 <= len(files) <= 6
+        assert DEFAULTS.images_per_target[0] <= len(files) <= DEFAULTS.images_per_target[1]
         for f in files:
             m = FOV_RE.match(f.name)
             assert m, f.name
