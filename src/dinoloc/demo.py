@@ -78,7 +78,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"==> [{i}/{len(steps)}] {title}: {' '.join(Path(cmd[0]).name if j == 0 else c for j, c in enumerate(cmd))}",
               flush=True)
         t0, c0 = time.perf_counter(), _children_cpu()
-        rc = subprocess.call(cmd)
+        env = None
+        if title.startswith("Table III sweep") and "OMP_NUM_THREADS" not in os.environ:
+            # The sweep runs rows in parallel processes (hydra launcher n_jobs): one torch thread each, or the
+            # 2 cores are oversubscribed. Measured on the shared machine: the sweep in 246 s one-threaded vs
+            # 1,219 s with two threads per process (docs/demo.md).
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        rc = subprocess.call(cmd, env=env)
         timings[title] = round(time.perf_counter() - t0, 1)
         cpu[title] = round(_children_cpu() - c0, 1)
         if rc != 0:
