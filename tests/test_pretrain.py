@@ -49,7 +49,7 @@ from dinoloc.pretrain import (
 from dinoloc.pretrain import step as step_mod
 from dinoloc.pretrain import train as train_mod
 from dinoloc.pretrain.augment import cell_warp, remove_channel
-from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys
+from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys, weight_change
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = "vit_tiny_patch16_224"
@@ -220,11 +220,11 @@ def test_params_from_dict_validates_and_ignores_data_keys():
             PretrainParams.from_dict({k: v for k, v in base.items() if k != key})
 
 
-@pytest.mark.parametrize("name", ["opencell", "demo", "hpa_demo", "imagenet_demo"])
+@pytest.mark.parametrize("name", ["opencell", "small", "demo", "hpa_demo", "imagenet_demo"])
 def test_config_files_parse(name):
     d = recipe(name)
     p = PretrainParams.from_dict(d)
-    assert d["source"] == ("opencell" if name in ("opencell", "demo") else "folder")
+    assert d["source"] == ("opencell" if name in ("opencell", "small", "demo") else "folder")
     if name == "opencell":  # the values the code's defaults used to contradict (0.04, 4, 64)
         assert (p.epochs, p.out_dim, p.global_crop_size, p.local_crop_size, p.local_crops_number) == (
             300, 65536, 224, 96, 8)
@@ -335,6 +335,22 @@ def test_checkpoint_format_logs_and_frozen_last_layer(tmp_path):
     assert np.isfinite(log.drop(columns="epoch").to_numpy()).all()
     assert 0 < log["teacher_entropy"].iloc[0] <= math.log(64) + 1e-6
     assert pd.read_csv(tmp_path / "run" / "pretrain_images.csv")["image_id"].tolist() == list(images)
+    # dinoloc_info: the init seed and how far the teacher's backbone moved from that init (the health notes)
+    info = state["dinoloc_info"]
+    assert info["init_seed"] == 0
+    init_bb = {k.removeprefix("backbone."): v for k, v in init.items() if k.startswith("backbone.")}
+    now_bb = {k.removeprefix("backbone."): v for k, v in state["teacher"].items() if k.startswith("backbone.")}
+    assert info["weight_change_from_init"] == pytest.approx(weight_change(init_bb, now_bb))
+    assert 0 < info["weight_change_from_init"] < 1
+
+
+def test_weight_change_is_the_median_relative_change():
+    init = {"a": torch.ones(4), "b": torch.ones(2, 2), "c": torch.ones(3), "n": torch.tensor([5]), "s": torch.ones(1)}
+    now = {"a": torch.ones(4) * 1.1, "b": torch.ones(2, 2) * 1.5, "c": torch.ones(3) * 3.0, "n": torch.tensor([9]),
+           "s": torch.ones(1) * 7.0}
+    # a, b, c count (0.1, 0.5, 2.0 relative change); integer and one-element tensors do not
+    assert weight_change(init, now) == pytest.approx(0.5)
+    assert weight_change(init, init) == 0.0
 
 
 def test_last_layer_moves_when_not_frozen(tmp_path):
@@ -540,14 +556,14 @@ def _compose_with_choices(*overrides, config_dir: Path | None = None):
 
 @pytest.mark.parametrize("key", ["teacher_temp", "num_workers", "batch_size_per_gpu", "global_crops_scale", "source"])
 def test_key_missing_from_the_pretrain_yaml_is_refused_naming_it(tmp_path, key):
-    """A YAML that forgets a key (here a copy of demo.yaml without it) fails in the spec builder, naming the key
+    """A YAML that forgets a key (here a copy of small.yaml without it) fails in the spec builder, naming the key
     and the YAML, instead of silently training with a value from code."""
     from dinoloc import CONFIG_DIR
     from dinoloc.config import pretrain_spec
 
     mine = tmp_path / "configs" / "pretrain"
     mine.mkdir(parents=True)
-    text = (CONFIG_DIR / "pretrain" / "demo.yaml").read_text()
+    text = (CONFIG_DIR / "pretrain" / "small.yaml").read_text()  # a recipe that sets every key itself
     kept = [line for line in text.splitlines() if not line.startswith(f"{key}:")]
     assert len(kept) == len(text.splitlines()) - 1
     (mine / "mine.yaml").write_text("\n".join(kept))

@@ -118,6 +118,14 @@ def checkpoint_state(epoch: int, student: torch.nn.Module, teacher: torch.nn.Mod
     }
 
 
+def weight_change(init: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> float:
+    """Median over the backbone's weight tensors (more than one element) of ||now - init|| / ||init||: how far
+    pretraining moved the network from its random start (0 = never trained; the health notes read it)."""
+    rel = [float((now[k].float() - v.float()).norm() / v.float().norm().clamp_min(1e-12))
+           for k, v in init.items() if v.is_floating_point() and v.numel() > 1]
+    return float(torch.tensor(rel).median()) if rel else 0.0
+
+
 def write_log(out_dir: Path, log_rows: list[dict[str, Any]]) -> None:
     write_csv(out_dir / LOG_NAME, pd.DataFrame(log_rows, columns=LOG_COLUMNS))
 

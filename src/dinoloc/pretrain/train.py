@@ -33,6 +33,7 @@ from dinoloc.pretrain.checkpoint import (
     read_resume,
     restore,
     save_checkpoint,
+    weight_change,
     write_images_list,
     write_log,
 )
@@ -131,6 +132,8 @@ def _train(r: _Run) -> Path:
     niter = _iterations_per_epoch(len(r.images), p.batch_size_per_gpu, d)
 
     trainer = build_trainer(r.arch, r.model_kwargs, r.in_chans, p, d)
+    # The seeded init (rebuilt identically on resume), so each checkpoint can say how far its weights moved.
+    init_backbone = {k: v.detach().clone() for k, v in trainer.teacher.backbone.state_dict().items()}
     log_rows: list[dict[str, Any]] = []
     if resume is not None:
         log_rows = restore(resume, r.ckpt_path, trainer.student, trainer.teacher, trainer.optimizer,
@@ -156,10 +159,13 @@ def _train(r: _Run) -> Path:
         dataset.epoch = epoch
         log_rows.append(_train_epoch(trainer, loader, epoch, niter, schedules, total_batch, p, d))
         if d.rank == 0:
-            save_checkpoint(r.ckpt_path, checkpoint_state(
+            state = checkpoint_state(
                 epoch + 1, trainer.student, trainer.teacher, trainer.optimizer, trainer.dino_loss, trainer.scaler,
                 args, r.images, log_rows,
-            ))
+            )
+            state["dinoloc_info"] = {"init_seed": p.seed, "weight_change_from_init": weight_change(
+                init_backbone, trainer.teacher.backbone.state_dict())}
+            save_checkpoint(r.ckpt_path, state)
             write_log(r.out_dir, log_rows)
             row = log_rows[-1]
             print(f"epoch {epoch + 1}/{p.epochs}: loss {row['loss']:.4f}, teacher entropy "
