@@ -329,3 +329,15 @@ def test_parallel_local_jobs_share_the_cores():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_sweep_jobs_are_the_product_of_each_keys_values_in_order():
+    from omegaconf import OmegaConf
+
+    from dinoloc.sweep import sweep_jobs
+
+    config = OmegaConf.create({"hydra": {"overrides": {"task": ["strategy=mapping,native", "seed=1", "seed=2"]},
+                                         "sweeper": {"params": {"row": "a,b", "strategy": "replication"}}}})
+    # preset params first (a key the command line also sets is the command line's), a repeated key keeps its last
+    assert sweep_jobs(config) == [["row=a", "strategy=mapping", "seed=2"], ["row=a", "strategy=native", "seed=2"],
+                                  ["row=b", "strategy=mapping", "seed=2"], ["row=b", "strategy=native", "seed=2"]]

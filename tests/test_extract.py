@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dinoloc.extract import CACHE_VERSION, cache_key, extract, images_fingerprint, lookup
+from dinoloc.extract.cache import finished_chunks
 from dinoloc.io import DinolocError, read_json, write_json
 
 WORKER = str(Path(__file__).with_name("_extract_worker.py"))
@@ -83,6 +84,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     chunks = sorted(p.name for p in (tmp_path / "a" / "k" / "chunks").iterdir())
     assert chunks == ["chunk_000000.npy"]  # only finished chunks are visible, under final names
     assert lookup(tmp_path / "a", "k") is None
+    assert finished_chunks(tmp_path / "a", "k") == 1 and finished_chunks(tmp_path / "a", "other") == 0
     seen = []
 
     def counting_read(p):

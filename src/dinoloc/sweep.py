@@ -8,6 +8,7 @@ Jobs may run in other processes (joblib) or on other machines (SLURM), so the st
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -112,16 +113,21 @@ def summary(sweep_dir: str | os.PathLike) -> tuple[str, bool]:
 # ----------------------------------------------------------------------------------------------------------
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The override list of every job of the multirun `config` would launch (sweeper params + command line)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     task_overrides = list(config.hydra.overrides.task)
     sweep_params = config.hydra.sweeper.get("params") or {}
     overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
     overrides += task_overrides
-    parser = OverridesParser.create()
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
-    return [list(j) for b in batches for j in b]
+    # Hydra's basic sweeper: the cartesian product of each key's values, a key given twice keeping its last value
+    choices: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override() and not o.is_discrete_sweep():
+            raise DinolocError(f"{key}: only a list of values can be swept (got {o.input_line})")
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices[key] = [f"{key}={v}" for v in values]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 class ValidateSweep(Callback):
@@ -198,6 +204,7 @@ def describe_job(spec: Any) -> str:
     from dinoloc.classify.stage import finished_result, run_dir, run_name
     from dinoloc.data.split import load_dataset
     from dinoloc.extract import key_of, lookup
+    from dinoloc.extract.cache import finished_chunks
     from dinoloc.io import DinolocError
 
     ex = spec.extract
@@ -214,8 +221,7 @@ def describe_job(spec: Any) -> str:
     if lookup(ex.cache_dir, key) is not None:
         parts.append(f"| embeddings: reuse cache/{key}")
     else:
-        chunks = Path(ex.cache_dir) / key / "chunks"
-        n_chunks = len(list(chunks.glob("chunk_*.npy"))) if chunks.is_dir() else 0
+        n_chunks = finished_chunks(ex.cache_dir, key)
         resume = f" (resume after {n_chunks} finished chunks)" if n_chunks else ""
         parts.append(f"| embeddings: compute {len(manifest)} images{resume} -> cache/{key}")
     if finished_result(spec, manifest, split) is not None:

@@ -95,6 +95,12 @@ def chunk_path(chunks_dir: Path, c: int) -> Path:
     return chunks_dir / f"chunk_{c:06d}.npy"
 
 
+def finished_chunks(cache_dir: str | os.PathLike, key: str) -> int:
+    """How many chunks an unfinished extraction of `key` has saved (what a rerun resumes after)."""
+    chunks = Path(cache_dir) / key / "chunks"
+    return len(list(chunks.glob("chunk_*.npy"))) if chunks.is_dir() else 0
+
+
 def merge(folder: Path, image_ids: list[str], chunk_size: int, meta: dict[str, Any]) -> None:
     n = len(image_ids)
     n_chunks = (n + chunk_size - 1) // chunk_size
