@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import validate
+from dinoloc.config import expected_rows, validate
 from dinoloc.io import DinolocError
+from dinoloc.sweep import expected_runs
 
 CONFIG_PATH = str(CONFIG_DIR)
 
@@ -53,7 +54,7 @@ def test_table3_preset_sweeps_the_papers_five_rows_and_the_floor():
     for r in rows:
         c = _compose("experiment=table3", f"row={r}", "data.root=/x")
         pairs.append(f"{c.backbone.name}__{c.strategy.name}")
-    assert pairs == list(cfg.expected_rows)
+    assert pairs == list(expected_runs(cfg.hydra)) == list(expected_rows(cfg))  # the report's, from the sweep
 
 
 def test_demo_rows_are_synthetic_standins():
@@ -166,7 +167,17 @@ def test_demo_has_the_floor_row():
     rows = cfg.hydra.sweeper.params.row.split(",")
     floor = _compose("experiment=demo", f"row={rows[-1]}")
     assert floor.allow_random_weights and not floor.backbone.weights and floor.backbone.name == "random_demo"
-    assert "random_demo__mapping" in cfg.expected_rows
+    assert "random_demo__mapping" in expected_runs(cfg.hydra)
+
+
+def test_probe_presets_expect_every_row_with_every_head_and_a_given_list_wins():
+    rows = expected_runs(_compose("experiment=demo", hydra=True).hydra)
+    probes = expected_runs(_compose("experiment=demo_probes", hydra=True).hydra)
+    assert probes == tuple(f"{r}{h}" for r in rows for h in ("", "__knn", "__linear"))
+    sens = expected_runs(_compose("experiment=demo_sensitivity", "row=hpa_demo_mapping", hydra=True).hydra)
+    assert sens[0] == "hpa_demo__mapping" and "hpa_demo__mapping__crop600" in sens and len(sens) == 7
+    assert expected_rows(_compose("experiment=demo", "expected_rows=[a__b]", hydra=True)) == ("a__b",)
+    assert expected_runs(_compose("row=hpa_demo_mapping", hydra=True).hydra) == ()  # no sweep: nothing expected
 
 
 @pytest.mark.parametrize("preset", ["table3_sensitivity", "demo_sensitivity"])

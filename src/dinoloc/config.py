@@ -105,8 +105,20 @@ def report_spec(cfg: DictConfig):
         runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
-        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.expected_rows or ()),
+        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=expected_rows(cfg),
     )
+
+
+def expected_rows(cfg: DictConfig) -> tuple[str, ...]:
+    """The run names the report expects: `expected_rows` when given, else the ones the preset's sweep makes."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from dinoloc.sweep import expected_runs
+
+    if cfg.get("expected_rows"):
+        return tuple(cfg.expected_rows)
+    hydra_node = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
+    return () if hydra_node is None else expected_runs(hydra_node)
 
 
 def pretrain_spec(cfg: DictConfig):

@@ -111,12 +111,13 @@ def summary(sweep_dir: str | os.PathLike) -> tuple[str, bool]:
 # ----------------------------------------------------------------------------------------------------------
 # the launcher callback: every job composed and validated before the first starts
 # ----------------------------------------------------------------------------------------------------------
-def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override list of every job of the multirun `config` would launch (sweeper params + command line)."""
+def sweep_jobs(hydra_node: Any) -> list[list[str]]:
+    """The override list of every job a multirun would launch (the preset's sweeper params + the command line),
+    from the config's `hydra` node."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    task_overrides = list(config.hydra.overrides.task)
-    sweep_params = config.hydra.sweeper.get("params") or {}
+    task_overrides = list(hydra_node.overrides.task)
+    sweep_params = hydra_node.sweeper.get("params") or {}
     overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
     overrides += task_overrides
     # Hydra's basic sweeper: the cartesian product of each key's values, a key given twice keeping its last value
@@ -130,26 +131,51 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices.values())]
 
 
+def compose_job(job: list[str], hydra_node: Any) -> DictConfig:
+    """One job's composed config, seeing the user's config directories (hydra.searchpath) too."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    searchpath = list(hydra_node.get("searchpath") or [])
+    overrides = job + ([f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else [])
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app
+        return compose(config_name="config", overrides=overrides)
+    from dinoloc.config import compose as compose_outside_an_app
+
+    return compose_outside_an_app(overrides)
+
+
+def expected_runs(hydra_node: Any) -> tuple[str, ...]:
+    """The run folders a preset's sweep makes, one per job in sweep order (what dinoloc-report expects): the
+    preset lists what it sweeps (rows, heads, variants) and the names follow from it. () without a sweep."""
+    from dinoloc.classify.params import head_name
+    from dinoloc.results import run_dir_name
+
+    if not hydra_node.sweeper.get("params"):
+        return ()
+    names = []
+    for job in sweep_jobs(hydra_node):
+        cfg = compose_job(job, hydra_node)
+        head = head_name(OmegaConf.to_container(cfg.classifier))
+        names.append(run_dir_name(str(cfg.backbone.name), str(cfg.strategy.name), head, str(cfg.get("variant") or "baseline")))
+    return tuple(dict.fromkeys(names))
+
+
 class ValidateSweep(Callback):
     """Compose every job of a multirun up front and validate it (pairs, values, weights files), so a bad
     job fails before any work; `dry_run=true` lists the jobs and exits. While the sweep runs: job i of n,
     elapsed and remaining time; a failed job is recorded, the others run, and the sweep exits 1 at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra import compose
-
         from dinoloc.config import classify_spec, validate
         from dinoloc.console import error_line
 
-        jobs = sweep_jobs(config)
-        # The user's config directories (hydra.searchpath) must be seen by this compose too.
-        searchpath = list(config.hydra.get("searchpath") or [])
-        extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+        jobs = sweep_jobs(config.hydra)
         bad, composed = [], []
         for job in jobs:
             # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
             try:
-                cfg = compose(config_name="config", overrides=job + extra)
+                cfg = compose_job(job, config.hydra)
                 composed.append(cfg)
                 validate(cfg, classifier=True)
             except DinolocError as e:
