@@ -339,5 +339,5 @@ def test_sweep_jobs_are_the_product_of_each_keys_values_in_order():
     config = OmegaConf.create({"hydra": {"overrides": {"task": ["strategy=mapping,native", "seed=1", "seed=2"]},
                                          "sweeper": {"params": {"row": "a,b", "strategy": "replication"}}}})
     # preset params first (a key the command line also sets is the command line's), a repeated key keeps its last
-    assert sweep_jobs(config) == [["row=a", "strategy=mapping", "seed=2"], ["row=a", "strategy=native", "seed=2"],
+    assert sweep_jobs(config.hydra) == [["row=a", "strategy=mapping", "seed=2"], ["row=a", "strategy=native", "seed=2"],
                                   ["row=b", "strategy=mapping", "seed=2"], ["row=b", "strategy=native", "seed=2"]]
