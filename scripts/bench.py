@@ -41,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 from dinoloc import CONFIG_DIR  # noqa: E402
+from dinoloc.rules import typed  # noqa: E402
 
 SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "bf16", "demo")
 # Dense bf16 tensor-core peaks (TFLOP/s, multiply and add counted separately), from the vendors' data sheets.
@@ -137,7 +138,7 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     cfg = OmegaConf.to_container(compose_config([f"pretrain={recipe}"]).pretrain, resolve=True)
     cfg = {k: v for k, v in cfg.items() if k not in DATA_KEYS} | overrides
     cfg["num_workers"] = min(cfg["num_workers"], os.cpu_count() or 1) if cuda else cfg["num_workers"]
-    p = PretrainParams.from_dict(cfg)
+    p = typed(PretrainParams, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "img").mkdir()
@@ -270,7 +271,7 @@ def bench_scaling(quick: bool, device: str) -> dict:
     cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
     cfg["epochs"] = 20 if quick else 100
-    params = ClassifierParams.from_dict(cfg)
+    params = typed(ClassifierParams, cfg)
     times: dict[str, list[float]] = {"extract": [], "classify": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -312,6 +313,7 @@ def bench_bf16(quick: bool, device: str) -> dict:
     from dinoloc.data.opencell import read_image
     from dinoloc.data.prepare import run_data
     from dinoloc.extract import run_extraction
+    from dinoloc.extract.cache import embedding_rows
     from dinoloc.ontology import CATEGORIES
     from dinoloc.strategies import embed_batch
 
@@ -345,13 +347,12 @@ def bench_bf16(quick: bool, device: str) -> dict:
                 rows16.append(embed(model, x.to(dev)).float().cpu().numpy())
         emb16 = np.concatenate(rows16)
         rel = float(np.linalg.norm(emb16 - emb32) / np.linalg.norm(emb32))
-        pos = {i: k for k, i in enumerate(ids)}
         lab = split["split"].isin(["train", "test"]).to_numpy()
-        order = np.array([pos[i] for i in split["image_id"]])[lab]
+        order = embedding_rows(ids, split["image_id"], "the bf16 check's embeddings")[lab]
         y = manifest.set_index("image_id").loc[split["image_id"], list(CATEGORIES)].to_numpy()[lab]
         args = (y, split["split"].to_numpy()[lab], split["fold"].fillna(-1).astype(int).to_numpy()[lab],
                 split["image_id"].to_numpy()[lab], split["target"].to_numpy()[lab])
-        params = ClassifierParams.from_dict(plain(cfg.classifier))
+        params = typed(ClassifierParams, plain(cfg.classifier))
         f1 = [cross_validate(e[order], *args, params, device=device, progress=False).summary["test_macro_f1_mean"]
               for e in (emb32, emb16)]
         out[row] = {"relative_difference": round(rel, 5), "f1_fp32": round(f1[0], 4), "f1_bf16": round(f1[1], 4),

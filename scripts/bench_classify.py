@@ -32,6 +32,7 @@ from dinoloc.classify import (
 )
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import N_CLASSES
+from dinoloc.rules import typed
 
 
 def make_features(n: int, dim: int, seed: int = 0, test_fraction: float = 0.2):
@@ -123,13 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg["epochs"] = args.epochs
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
-    params = ClassifierParams.from_dict(cfg)
+    params = typed(ClassifierParams, cfg)
     X, Y, split, fold, ids, targets = make_features(args.n, args.dim)
     print(f"data: N={args.n} D={args.dim} targets={len(set(targets))} test={int((split == 'test').sum())} "
           f"epochs={params.epochs} batch={params.batch_size} device={args.device}")
 
     # Warm-up (not timed): lazy torch imports, CUDA context and kernels would otherwise bill whichever runs first.
-    warm = ClassifierParams.from_dict({**cfg, "epochs": 1})
+    warm = typed(ClassifierParams, {**cfg, "epochs": 1})
     cross_validate(X, Y, split, fold, ids, targets, warm, device=args.device, progress=False)
     if not args.skip_baseline:
         baseline(X, Y, split, fold, warm, args.device)

@@ -57,6 +57,7 @@ import yaml  # noqa: E402
 
 from dinoloc import CONFIG_DIR
 from dinoloc.io import write_text  # noqa: E402
+from dinoloc.rules import typed  # noqa: E402
 
 if TYPE_CHECKING:
     from dinoloc.pretrain import PretrainParams
@@ -444,7 +445,7 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
     cfg = OmegaConf.to_container(compose_config(["pretrain=opencell"]).pretrain, resolve=True)  # the paper's recipe
     cfg |= {"local_crops_number": run.local_crops, "global_crop_size": s.global_px, "local_crop_size": s.local_px,
             **s.head}
-    p = PretrainParams.from_dict(cfg)
+    p = typed(PretrainParams, cfg)
     cuda = run.device.type == "cuda"  # the training loop runs fp32 on the CPU, as here
     out.update(model=s.label, arch=s.arch, dtype=DTYPE_NAMES[autocast_dtype(run.device)] if cuda else "fp32",
                crops=f"2 × {p.global_crop_size} + {p.local_crops_number} × {p.local_crop_size}")
@@ -475,14 +476,14 @@ def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
 
     cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
-    params = ClassifierParams.from_dict({**cfg, "epochs": s.clf_epochs})
+    params = typed(ClassifierParams, {**cfg, "epochs": s.clf_epochs})
     X, Y, split, fold, ids, targets = make_features(s.clf_n, s.clf_dim, test_fraction=0.1)
     folds = sorted(int(k) for k in np.unique(fold[split == "train"]))
     train_rows = [int(((split == "train") & (fold != k)).sum()) for k in folds]
     out.update(n=s.clf_n, dim=s.clf_dim, epochs=params.epochs, batch=params.batch_size, folds=len(folds),
                train_rows_per_fold=round(float(np.mean(train_rows))))
 
-    warm = ClassifierParams.from_dict({**cfg, "epochs": 1})  # CUDA context, kernels, lazy imports: not timed
+    warm = typed(ClassifierParams, {**cfg, "epochs": 1})  # CUDA context, kernels, lazy imports: not timed
     cross_validate(X, Y, split, fold, ids, targets, warm, device=dev, progress=False)
     baseline(X, Y, split, fold, warm, dev, folds=folds[:1])
     sync(run.device)

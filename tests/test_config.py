@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import expected_rows, validate
+from dinoloc.config import checked_spec, expected_rows
 from dinoloc.io import DinolocError
+from dinoloc.rules import typed
 from dinoloc.sweep import expected_runs
 
 CONFIG_PATH = str(CONFIG_DIR)
@@ -112,7 +113,7 @@ def test_paper_classifier_values_live_in_one_yaml():
     assert set(full) - {"name"} == {f.name for f in dataclasses.fields(ClassifierParams)}
     for key in full.keys() - {"name"}:
         with pytest.raises(DinolocError, match=f"classifier.{key}"):
-            ClassifierParams.from_dict({k: v for k, v in full.items() if k != key})
+            typed(ClassifierParams, {k: v for k, v in full.items() if k != key})
 
 
 def test_the_paper_classifier_test_sees_a_second_setter(tmp_path):
@@ -128,25 +129,25 @@ def test_the_paper_classifier_test_sees_a_second_setter(tmp_path):
 
 def test_invalid_pair_refused_naming_the_key():
     with pytest.raises(DinolocError, match="native"):
-        validate(_compose("backbone=imagenet_demo", "strategy=native"))
+        checked_spec(_compose("backbone=imagenet_demo", "strategy=native"))
 
 
 def test_bad_classifier_values_refused_naming_the_key():
     with pytest.raises(DinolocError, match="classifier.epochs"):
-        validate(_compose("classifier.epochs=0"), classifier=True)
+        checked_spec(_compose("classifier.epochs=0"))
     with pytest.raises(DinolocError, match="classifier.lr"):
-        validate(_compose("classifier.lr=-1"), classifier=True)
+        checked_spec(_compose("classifier.lr=-1"))
 
 
 def test_missing_data_root_refused():
     with pytest.raises(DinolocError, match="data.root"):
-        validate(_compose("data=opencell", "data.root=/does/not/exist"))
+        checked_spec(_compose("data=opencell", "data.root=/does/not/exist"))
 
 
 def test_random_weights_need_explicit_flag():
     with pytest.raises(DinolocError, match="allow_random_weights"):
-        validate(_compose("backbone.weights="))
-    validate(_compose("backbone.weights=", "allow_random_weights=true"))
+        checked_spec(_compose("backbone.weights="))
+    checked_spec(_compose("backbone.weights=", "allow_random_weights=true"))
 
 
 def test_launchers_compose():

@@ -20,6 +20,7 @@ from dinoloc.classify import (
 )
 from dinoloc.io import DinolocError
 from dinoloc.ontology import N_CLASSES
+from dinoloc.rules import typed
 from test_classify import P_COLS, _collect_hook, _reference, make_data, small_params, yaml_dict
 
 
@@ -32,8 +33,8 @@ def run(data, params, **kw):
 def test_linear_lr_scaling_at_batch_512_one_process_is_2e4():
     d = yaml_dict()
     assert (d["lr"], d["batch_size"], d["lr_scaling"]) == (1e-4, 512, "none")  # the paper's values, unscaled
-    assert ClassifierParams.from_dict(d).effective_lr() == pytest.approx(1e-4)
-    assert ClassifierParams.from_dict({**d, "lr_scaling": "linear"}).effective_lr() == pytest.approx(2e-4)
+    assert typed(ClassifierParams, d).effective_lr() == pytest.approx(1e-4)
+    assert typed(ClassifierParams, {**d, "lr_scaling": "linear"}).effective_lr() == pytest.approx(2e-4)
     # result.json (the summary) records the lr training actually used
     data = make_data(n_targets=40, dim=4)
     res = run(data, small_params(epochs=1, batch_size=512, lr=1e-4, lr_scaling="linear"))
@@ -54,7 +55,7 @@ def test_bad_option_values_refused_naming_the_key():
     d = yaml_dict()
     for key in ("lr_scaling", "schedule_step", "sampler"):
         with pytest.raises(DinolocError, match=f"classifier.{key}"):
-            ClassifierParams.from_dict({**d, key: "bogus"})
+            typed(ClassifierParams, {**d, key: "bogus"})
 
 
 # ---------------------------------------------------------------------------------------------------- per-step cosine
@@ -244,7 +245,7 @@ def _pretrain_params(*overrides):
     from dinoloc.pretrain import PretrainParams
 
     pt = compose_config(["pretrain=demo", *(f"pretrain.{o}" for o in overrides)]).pretrain
-    return PretrainParams.from_dict(OmegaConf.to_container(pt, resolve=True))
+    return typed(PretrainParams, OmegaConf.to_container(pt, resolve=True))
 
 
 def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
@@ -354,4 +355,7 @@ def test_hpa_channel_order_check_measures_collapse_and_knn():
     y[np.arange(60), np.arange(60) % 3] = 1
     group = np.arange(60) % 5
     informative = y[:, :3] * 5.0 + 0.1 * rng.normal(size=(60, 3))
-    assert mod.knn_macro_f1(informative, y, group) > 0.9 > mod.knn_macro_f1(rng.normal(size=(60, 3)), y, group)
+    from dinoloc.classify.params import params_from_config
+
+    knn = params_from_config({"name": "knn", "k": 20, "temperature": 0.07, "threshold": 0.5, "standardize": False})
+    assert mod.knn_macro_f1(informative, y, group, knn) > 0.9 > mod.knn_macro_f1(rng.normal(size=(60, 3)), y, group, knn)

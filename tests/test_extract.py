@@ -166,3 +166,11 @@ def test_torchrun_two_ranks_merge(tmp_path):
     emb = np.load(tmp_path / "cache" / "k" / "embeddings.npy")
     np.testing.assert_array_equal(emb[:, 0], np.arange(11, dtype=np.float32))
     assert pd.read_csv(tmp_path / "cache" / "k" / "index.csv")["image_id"].tolist() == [f"img{i:03d}" for i in range(11)]
+
+
+def test_embedding_rows_line_a_cache_up_with_a_split_and_name_the_cache_when_short(tmp_path):
+    from dinoloc.extract.cache import embedding_rows
+
+    assert embedding_rows(["a", "b", "c"], ["c", "a"], tmp_path).tolist() == [2, 0]
+    with pytest.raises(DinolocError, match=rf"cache {tmp_path} lacks 1 .*'z'"):
+        embedding_rows(["a", "b"], ["a", "z"], tmp_path)

@@ -16,7 +16,7 @@ import tifffile
 from PIL import Image
 
 from dinoloc.classify import run_classification
-from dinoloc.config import classify_spec, compose, report_spec, validate
+from dinoloc.config import checked_spec, classify_spec, compose, report_spec
 from dinoloc.data.folder import (
     build_folder_manifest,
     channel_roles,
@@ -229,7 +229,7 @@ def test_folder_dataset_end_to_end(tmp_path, capsys):
     for strategy in ("mapping", "replication", "native"):
         for head in ("mlp", "knn", "linear"):
             cfg = compose([*common, f"strategy={strategy}", f"classifier={head}"])
-            validate(cfg, classifier=True)
+            checked_spec(cfg)
             run_classification(classify_spec(cfg))
     paths = run_report(report_spec(compose(common)))
     out = tmp_path / "out"

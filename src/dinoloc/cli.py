@@ -13,13 +13,13 @@ from omegaconf import DictConfig
 
 from dinoloc import CONFIG_DIR
 from dinoloc.config import (
-    classify_spec,
+    check_data_root,
+    checked_spec,
     data_spec,
     extract_spec,
     pretrain_spec,
     report_spec,
     validate,
-    validate_root,
 )
 from dinoloc.console import friendly, run_console
 from dinoloc.io import DinolocError
@@ -78,8 +78,8 @@ def data_main(cfg: DictConfig) -> None:
     from dinoloc.data.prepare import run_data
     from dinoloc.data.split import summarize
 
-    validate_root(cfg)
     spec = data_spec(cfg)
+    check_data_root(spec)
     manifest, split = run_data(spec)
     print(("SYNTHETIC DATA\n" if spec.synthetic else "") + summarize(manifest, split))
     print(f"written: {Path(spec.out_dir) / 'manifest.csv'}, {Path(spec.out_dir) / 'split.csv'}")
@@ -94,8 +94,8 @@ def extract_main(cfg: DictConfig) -> None:
 
     _refuse_sweep_without_multirun("dinoloc-extract")
     setup(str(cfg.device))
-    validate(cfg)
     spec = extract_spec(cfg)
+    validate(cfg, spec)
     manifest, _ = run_data(spec.data)
     entry = run_extraction(spec, manifest)
     if rank_and_world()[0] == 0:
@@ -110,8 +110,7 @@ def run_main(cfg: DictConfig) -> None:
     from dinoloc.classify.stage import run_classification
 
     _refuse_sweep_without_multirun("dinoloc-run")
-    validate(cfg, classifier=True)
-    spec = classify_spec(cfg)
+    spec = checked_spec(cfg)
     if cfg.get("dry_run"):
         from dinoloc.sweep import describe_job
 

@@ -9,10 +9,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
+from dinoloc.classify.params import head_name, params_from_config
+from dinoloc.classify.stage import ClassifySpec
 from dinoloc.data.prepare import DataSpec, check_root
 from dinoloc.extract import BackboneSpec, ExtractSpec
 from dinoloc.extract.stage import source
 from dinoloc.io import DinolocError
+from dinoloc.report.spec import ReportSpec
+from dinoloc.rules import typed
+from dinoloc.synthetic.generate import GeneratorSpec
 
 
 def plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -57,7 +62,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         ignore=tuple(labels.ignore) if labels is not None else (),
         channels=tuple(d.channels) if reader == "folder" else (),
         synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
-        generator=given(d.generator) if d.synthetic else {},
+        generator=typed(GeneratorSpec, given(d.generator)) if d.synthetic else None,
         display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
     )
 
@@ -89,17 +94,14 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
     )
 
 
-def classify_spec(cfg: DictConfig):
-    from dinoloc.classify.stage import ClassifySpec
+def classify_spec(cfg: DictConfig) -> ClassifySpec:
+    classifier = given(cfg.classifier)
+    return ClassifySpec(extract=extract_spec(cfg), head=head_name(classifier), classifier=params_from_config(classifier),
+                        runs_dir=str(cfg.paths.runs_dir), experiment=str(cfg.experiment_name),
+                        variant=str(cfg.get("variant") or "baseline"), force=bool(cfg.force))
 
-    return ClassifySpec(extract=extract_spec(cfg), classifier=given(cfg.classifier), runs_dir=str(cfg.paths.runs_dir),
-                        experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
-                        force=bool(cfg.force))
 
-
-def report_spec(cfg: DictConfig):
-    from dinoloc.report import ReportSpec
-
+def report_spec(cfg: DictConfig) -> ReportSpec:
     rep = cfg.report
     return ReportSpec(
         runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
@@ -139,7 +141,7 @@ def pretrain_spec(cfg: DictConfig):
         choice = HydraConfig.get().runtime.choices.get("pretrain")
     origin = f"configs/pretrain/{choice or '<name>'}.yaml"
     given = {k: v for k, v in plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
-    params = PretrainParams.from_dict(given, origin=origin)
+    params = typed(PretrainParams, given, where=origin)
     for key in DATA_KEYS:
         if key not in given:
             raise missing_key(key, origin)
@@ -154,7 +156,7 @@ def pretrain_spec(cfg: DictConfig):
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
         data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
-    validate_root(cfg)
+    check_data_root(spec.data if spec.data is not None else data_spec(cfg))
     return spec
 
 
@@ -171,28 +173,31 @@ def _weights_are_default() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # checks before any heavy work
 # ----------------------------------------------------------------------------------------------------------
-def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
-    """Refuse a bad config before any heavy work, naming the offending key."""
+def checked_spec(cfg: DictConfig) -> ClassifySpec:
+    """dinoloc-run's spec, built once (each value checked on the way) and checked as a whole (`validate`)."""
+    spec = classify_spec(cfg)
+    validate(cfg, spec.extract)
+    return spec
+
+
+def validate(cfg: DictConfig, spec: ExtractSpec) -> None:
+    """Refuse a bad config before any heavy work, naming the offending key (the spec's own values were checked
+    when it was built; this checks how they fit together and what they point at)."""
     from dinoloc.strategies import check_strategy
 
-    bb = cfg.backbone
+    bb = spec.backbone
     if len(bb.channels) != bb.in_chans:
         raise DinolocError(
             f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
         )
-    spec = extract_spec(cfg)
     src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
     check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"])
-    if not bb.weights and not cfg.allow_random_weights:
+    if not bb.weights and not spec.allow_random_weights:
         raise DinolocError(
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
-    if classifier:
-        from dinoloc.classify import params_from_config
-
-        params_from_config(given(cfg.classifier))
-    validate_root(cfg)
+    check_data_root(spec.data)
     problem = missing_weights(cfg)
     if problem:
         raise DinolocError(problem)
@@ -214,15 +219,15 @@ def missing_weights(cfg: DictConfig) -> str | None:
     return f"backbone={bb.name}: weights file {weights} does not exist; to get it: {how}"
 
 
-def validate_root(cfg: DictConfig) -> None:
+def check_data_root(spec: DataSpec) -> None:
     """The real data's root must exist; data.root given under the synthetic default is refused."""
-    if cfg.data.synthetic:
-        expected = Path(str(cfg.paths.synthetic_dir)) / "opencell"
-        if Path(str(cfg.data.root)).resolve() != expected.resolve():
+    if spec.synthetic:
+        expected = Path(str(spec.synthetic_dir)) / "opencell"
+        if Path(spec.root).resolve() != expected.resolve():
             # Reading a user's real-format folder under the synthetic config would label it SYNTHETIC.
             raise DinolocError(
-                f"data.root={cfg.data.root} is set but data=synthetic (the default) is selected; add data=opencell "
-                f"to read your OpenCell-format folder, e.g. data=opencell data.root={cfg.data.root}"
+                f"data.root={spec.root} is set but data=synthetic (the default) is selected; add data=opencell "
+                f"to read your OpenCell-format folder, e.g. data=opencell data.root={spec.root}"
             )
         return
-    check_root(data_spec(cfg))
+    check_root(spec)

@@ -167,17 +167,15 @@ class ValidateSweep(Callback):
     elapsed and remaining time; a failed job is recorded, the others run, and the sweep exits 1 at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from dinoloc.config import classify_spec, validate
+        from dinoloc.config import checked_spec
         from dinoloc.console import error_line
 
         jobs = sweep_jobs(config.hydra)
-        bad, composed = [], []
+        bad, specs = [], []
         for job in jobs:
             # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
             try:
-                cfg = compose_job(job, config.hydra)
-                composed.append(cfg)
-                validate(cfg, classifier=True)
+                specs.append(checked_spec(compose_job(job, config.hydra)))  # each job's spec, built once
             except DinolocError as e:
                 bad.append(f"  {' '.join(job)}: {e}")
             except Exception as e:
@@ -191,8 +189,8 @@ class ValidateSweep(Callback):
             sys.exit(2)
         if config.get("dry_run"):
             print(f"{len(jobs)} jobs (dry_run=true: nothing is run):")
-            for i, (job, cfg) in enumerate(zip(jobs, composed, strict=True), 1):
-                print(f"  {i}. {' '.join(job)}\n     {describe_job(classify_spec(cfg))}")
+            for i, (job, spec) in enumerate(zip(jobs, specs, strict=True), 1):
+                print(f"  {i}. {' '.join(job)}\n     {describe_job(spec)}")
             sys.exit(0)
         start(config.hydra.sweep.dir, jobs)
 
@@ -227,6 +225,7 @@ def describe_job(spec: Any) -> str:
     Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
     """
     from dinoloc.backbones import cached_weights_path, is_url
+    from dinoloc.classify.params import KNNParams
     from dinoloc.classify.stage import finished_result, run_dir, run_name
     from dinoloc.data.split import load_dataset
     from dinoloc.extract import key_of, lookup
@@ -254,6 +253,6 @@ def describe_job(spec: Any) -> str:
         parts.append("| classifier: reuse result.json (skip)")
     else:
         c = spec.classifier
-        what = "fit the k-NN" if c.get("name") == "knn" else f"train {ex.data.n_folds} folds x {c['epochs']} epochs"
+        what = "fit the k-NN" if isinstance(c, KNNParams) else f"train {ex.data.n_folds} folds x {c.epochs} epochs"
         parts.append(f"| classifier: {what}")
     return " ".join(parts)

@@ -43,7 +43,6 @@ _WHERE = {
     "params_from_config": "params",
     "predict_proba": "trainer",
     "rarest_label_weights": "trainer",
-    "refuse_unknown_keys": "params",
     "run_classification": "stage",
     "run_name": "stage",
     "train_folds": "trainer",

@@ -18,22 +18,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dinoloc.classify.params import ClassifierParams, KNNParams
 from dinoloc.data.manifest import class_columns
 from dinoloc.data.prepare import run_data
 from dinoloc.extract import CacheEntry, ExtractSpec, key_of, run_extraction
+from dinoloc.extract.cache import embedding_rows
 from dinoloc.extract.stage import source
-from dinoloc.io import DinolocError, frame_sha256
+from dinoloc.io import frame_sha256
 
 log = logging.getLogger("dinoloc")
 
 
 @dataclass(frozen=True)
 class ClassifySpec:
-    """One Table III cell: `extract`'s embeddings, the `classifier` config group (plain values), and where
-    the run folder goes."""
+    """One Table III cell: `extract`'s embeddings, the head and its parameters (the `classifier` config group),
+    and where the run folder goes."""
 
     extract: ExtractSpec
-    classifier: dict[str, Any]
+    head: str                                 # mlp | knn | linear (dinoloc.results.HEADS)
+    classifier: ClassifierParams | KNNParams
     runs_dir: str
     experiment: str
     variant: str = "baseline"   # a sensitivity variant (configs/variant/)
@@ -42,11 +45,10 @@ class ClassifySpec:
 
 def run_name(spec: ClassifySpec) -> str:
     """`<backbone>__<strategy>`, plus `__<head>` for a probe head and `__<variant>` for a variant."""
-    from dinoloc.classify import head_name
     from dinoloc.results import run_dir_name
 
     ex = spec.extract
-    return run_dir_name(ex.backbone.name, ex.strategy, head_name(spec.classifier), spec.variant)
+    return run_dir_name(ex.backbone.name, ex.strategy, spec.head, spec.variant)
 
 
 def run_dir(spec: ClassifySpec) -> Path:
@@ -56,7 +58,7 @@ def run_dir(spec: ClassifySpec) -> Path:
 def run_fingerprint(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any]:
     """What, besides the embeddings, decides a run's result: a finished run with the same is reused."""
     return {
-        "classifier": dict(spec.classifier),
+        "classifier": {"name": spec.head, **spec.classifier.to_dict()},
         "split_sha256": frame_sha256(split),
         "labels_sha256": frame_sha256(manifest[["image_id", *class_columns(manifest)]]),
     }
@@ -77,11 +79,11 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify import cross_validate_seeds, params_from_config
+    from dinoloc.classify.cv import cross_validate_seeds
     from dinoloc.device import resolve_device
     from dinoloc.results import add_image_paths, write_run
 
-    params = params_from_config(dict(spec.classifier))
+    params = spec.classifier
     manifest, split = run_data(spec.extract.data)
     previous = finished_result(spec, manifest, split)
     if previous is not None:
@@ -109,13 +111,10 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
 def _aligned(entry: CacheEntry, manifest: pd.DataFrame, split: pd.DataFrame):
     """The cache's embeddings in split order, restricted to labelled images: (all embeddings, X, Y, split rows)."""
     emb, ids = entry.load()
-    pos = {i: k for k, i in enumerate(ids)}
-    missing = [i for i in split["image_id"] if i not in pos]
-    if missing:
-        raise DinolocError(f"cache {entry.path} lacks {len(missing)} manifest images (e.g. {missing[:5]}); delete it")
+    embedding_rows(ids, split["image_id"], entry.path)  # every split image, labelled or not, is in the cache
     labeled = split["split"].isin(["train", "test"]).to_numpy()
     s = split[labeled].assign(fold=split["fold"].fillna(-1).astype(int)[labeled])
-    rows = np.array([pos[i] for i in s["image_id"]])
+    rows = embedding_rows(ids, s["image_id"], entry.path)
     Y = manifest.set_index("image_id").loc[s["image_id"], class_columns(manifest)].to_numpy().astype(int)
     return emb, emb[rows], Y, s.reset_index(drop=True)
 
@@ -124,7 +123,6 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
                     split: pd.DataFrame, params: Any) -> dict[str, Any]:
     """result.json's description of the run: what was loaded (from the cache's record), what was configured,
     and the data it saw. The classifier's numbers are added by the caller."""
-    from dinoloc.classify import head_name
     from dinoloc.provenance import weights_record
     from dinoloc.stats import embedding_health
 
@@ -151,7 +149,7 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
         "model_label": f"{bb.arch.split('_patch')[0]}/{patch}",
         "model_kwargs": dict(bb.model_kwargs),
         "strategy": ex.strategy,
-        "head": head_name(spec.classifier),
+        "head": spec.head,
         # The checkpoint's own count wins; the config's value only where the file records none.
         "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
         "dino_epochs_config": bb.dino_epochs,

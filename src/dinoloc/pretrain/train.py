@@ -53,7 +53,6 @@ def check_inputs(images: Sequence[tuple[str, str]], channels: Sequence[str], in_
         raise DinolocError(f"backbone.channels {list(channels)} has {len(channels)} names, in_chans={in_chans}")
     if intensity not in INTENSITY_MODES:
         raise DinolocError(f"backbone.preprocess.intensity={intensity!r}: use one of {INTENSITY_MODES}")
-    params.validate()
     if params.zscore == "crop" and intensity != "zscore":
         raise DinolocError(
             f"pretrain.zscore=crop z-scores each crop, but backbone.preprocess.intensity={intensity!r}; use it with "
