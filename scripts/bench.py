@@ -83,7 +83,7 @@ def bench_gpu(quick: bool, peak_override: float | None, compile_model: bool) -> 
         return {"skipped": "no CUDA device"}
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dinoloc.backbones import create_vit
+    from dinoloc.backbones.vit import create_vit
 
     device = torch.device("cuda")
     model = create_vit("vit_base_patch8_224", in_chans=3, img_size=224).to(device).eval()
@@ -125,7 +125,10 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     from bench_extract import write_images  # type: ignore[import-not-found]
     from dinoloc.config import compose as compose_config
     from dinoloc.data.opencell import read_image
-    from dinoloc.pretrain import DATA_KEYS, DINOLoss, PretrainParams, build_dino_model, train_dino
+    from dinoloc.pretrain.loss import DINOLoss
+    from dinoloc.pretrain.params import DATA_KEYS, PretrainParams
+    from dinoloc.pretrain.step import build_dino_model
+    from dinoloc.pretrain.train import train_dino
 
     cuda = device.startswith("cuda")
     if cuda:  # the paper's OpenCell run: ViT-B/8, official multi-crop
@@ -190,7 +193,7 @@ def bench_cache(quick: bool) -> dict:
     """The demo sweep twice, in-process, counting backbone forward passes through build_backbone."""
     from hydra import compose, initialize_config_dir
 
-    import dinoloc.backbones as backbones
+    import dinoloc.backbones.build as backbones  # run_extraction looks build_backbone up here at each call
     from dinoloc.classify.stage import run_classification
     from dinoloc.config import classify_spec, data_spec
     from dinoloc.data.prepare import run_data
@@ -254,10 +257,11 @@ def bench_scaling(quick: bool, device: str) -> dict:
 
     from bench_classify import make_features  # type: ignore[import-not-found]
     from bench_extract import write_images  # type: ignore[import-not-found]
-    from dinoloc.backbones import create_vit
-    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.backbones.vit import create_vit
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import ClassifierParams
     from dinoloc.data.opencell import read_image
-    from dinoloc.extract import extract
+    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     base_n = 256 if quick else 1024
@@ -307,13 +311,14 @@ def bench_bf16(quick: bool, device: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from dinoloc.backbones import build_backbone
-    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.backbones.build import build_backbone
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import ClassifierParams
     from dinoloc.config import data_spec, extract_spec
     from dinoloc.data.opencell import read_image
     from dinoloc.data.prepare import run_data
-    from dinoloc.extract import run_extraction
     from dinoloc.extract.cache import embedding_rows
+    from dinoloc.extract.stage import run_extraction
     from dinoloc.ontology import CATEGORIES
     from dinoloc.strategies import embed_batch
 

@@ -24,12 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from dinoloc.classify import (
-    ClassifierParams,
-    cross_validate,
-    fit_standardizer,
-    rarest_label_weights,
-)
+from dinoloc.classify.cv import cross_validate, fit_standardizer
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.classify.trainer import rarest_label_weights
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import N_CLASSES
 from dinoloc.rules import typed

@@ -60,7 +60,7 @@ from dinoloc.io import write_text  # noqa: E402
 from dinoloc.rules import typed  # noqa: E402
 
 if TYPE_CHECKING:
-    from dinoloc.pretrain import PretrainParams
+    from dinoloc.pretrain.params import PretrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # bench_classify's features and baseline loop
@@ -257,7 +257,7 @@ def tiffs(run: Run, out: dict[str, Any]) -> list[Path]:
 def section_vit(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dinoloc.backbones import create_vit
+    from dinoloc.backbones.vit import create_vit
 
     s, dev = run.sizes, run.device
     dtype = autocast_dtype(dev)
@@ -311,9 +311,9 @@ def section_vit(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # 2. end-to-end extraction from 16-bit TIFFs vs the device work alone
 def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
-    from dinoloc.backbones import create_vit
+    from dinoloc.backbones.vit import create_vit
     from dinoloc.data.opencell import read_image
-    from dinoloc.extract import extract
+    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     s, dev = run.sizes, run.device
@@ -416,7 +416,8 @@ def measure_multicrop_loader(run: Run, p: PretrainParams, out: dict[str, Any], b
     from torch.utils.data import DataLoader
 
     from dinoloc.data.opencell import read_image
-    from dinoloc.pretrain import MultiCropAugment, PretrainDataset
+    from dinoloc.pretrain.augment import MultiCropAugment
+    from dinoloc.pretrain.data import PretrainDataset
 
     paths = tiffs(run, out)
     dataset = PretrainDataset([(q.stem, str(q)) for q in paths], read_image, 2, "zscore",
@@ -439,7 +440,7 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from omegaconf import OmegaConf
 
     from dinoloc.config import compose as compose_config
-    from dinoloc.pretrain import PretrainParams
+    from dinoloc.pretrain.params import PretrainParams
 
     s = run.sizes
     cfg = OmegaConf.to_container(compose_config(["pretrain=opencell"]).pretrain, resolve=True)  # the paper's recipe
@@ -469,7 +470,8 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # 4. the classifier at paper scale: batched 5-fold trainer vs a plain DataLoader loop
 def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from bench_classify import baseline, make_features  # type: ignore[import-not-found]
-    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import ClassifierParams
 
     s, dev = run.sizes, str(run.device)
     from dinoloc.config import compose, plain

@@ -27,8 +27,8 @@ from dinoloc.classify.cv import knn_leave_group_out
 from dinoloc.classify.params import KNNParams, params_from_config
 from dinoloc.config import data_spec, extract_spec, given
 from dinoloc.data.prepare import run_data
-from dinoloc.extract import run_extraction
 from dinoloc.extract.cache import embedding_rows
+from dinoloc.extract.stage import run_extraction
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoloc.pretrain import PretrainParams, train_dino
+from dinoloc.pretrain.params import PretrainParams
+from dinoloc.pretrain.train import train_dino
 from dinoloc.rules import typed
 
 

@@ -12,13 +12,9 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from dinoloc.classify import (
-    ClassifierParams,
-    cross_validate,
-    fit_standardizer,
-    init_mlp,
-    rarest_label_weights,
-)
+from dinoloc.classify.cv import cross_validate, fit_standardizer
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.classify.trainer import init_mlp, rarest_label_weights
 from dinoloc.io import DinolocError
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES, N_CLASSES
@@ -242,7 +238,7 @@ def test_summary_f1_equals_sklearn_from_predictions_and_excluded_classes():
 def _reference(X, Y, events, params, k_index, per_step: bool = False):
     """One fold trained alone: nn.Sequential + torch.optim.AdamW + CosineAnnealingLR, replaying the stream.
     per_step: T_max = epochs x batches, stepped every batch (Dino4Cells' run_end_to_end.py); else per epoch."""
-    from dinoloc.classify import fold_seed
+    from dinoloc.classify.trainer import fold_seed
 
     fold_k = list(events["folds"])[k_index]
     tr = events["folds"][fold_k]["train"]
@@ -335,7 +331,7 @@ def test_bad_inputs_raise_or_warn():
 
 
 def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():
-    from dinoloc.classify import cross_validate_seeds
+    from dinoloc.classify.cv import cross_validate_seeds
 
     data = make_data(n_targets=60, dim=8)
     two = cross_validate_seeds(*data, small_params(n_seeds=2, seed=3), progress=False)

@@ -18,7 +18,7 @@ import torch
 
 from dinoloc import CONFIG_DIR, cli, config, sweep
 from dinoloc.console import EXIT_INTERRUPTED, format_warning, run_console
-from dinoloc.extract import ExtractionInterrupted, extract
+from dinoloc.extract.engine import ExtractionInterrupted, extract
 
 BIN = Path(sys.executable).parent
 

@@ -99,7 +99,7 @@ def test_paper_classifier_values_live_in_one_yaml():
     without it is refused by name."""
     import dataclasses
 
-    from dinoloc.classify import ClassifierParams
+    from dinoloc.classify.params import ClassifierParams
 
     cfg = _compose()
     assert {k: OmegaConf.to_container(cfg.classifier)[k] for k in PAPER_CLASSIFIER} == PAPER_CLASSIFIER

@@ -13,11 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.classify import (
-    ClassifierParams,
-    class_uniform_weights,
-    cross_validate,
-)
+from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.classify.trainer import class_uniform_weights
 from dinoloc.io import DinolocError
 from dinoloc.ontology import N_CLASSES
 from dinoloc.rules import typed
@@ -122,7 +120,7 @@ def test_class_uniform_sampler_draw_frequencies_match_its_definition():
         sd = math.sqrt(exp * (1 - exp) / len(drawn))
         assert counts[pos].sum() / len(drawn) == pytest.approx(exp, abs=5 * sd), c
     # and it differs from the rarest-label draw on the same data
-    from dinoloc.classify import rarest_label_weights
+    from dinoloc.classify.trainer import rarest_label_weights
 
     w, _ = rarest_label_weights(Y[tr], 0.0)
     assert not np.allclose(w / w.sum(), expected)
@@ -184,7 +182,8 @@ class _OfficialStyleViT(torch.nn.Module):
 
 @pytest.mark.parametrize("size", [24, 56, 40])  # grid 3 (shrinks), 7 (grows), 5 vs the checkpoint's 4
 def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, size):
-    from dinoloc.backbones import build_backbone, create_vit
+    from dinoloc.backbones.build import build_backbone
+    from dinoloc.backbones.vit import create_vit
     from dinoloc.strategies import embed_batch
 
     torch.manual_seed(0)
@@ -242,7 +241,7 @@ def _pretrain_params(*overrides):
     from omegaconf import OmegaConf
 
     from dinoloc.config import compose as compose_config
-    from dinoloc.pretrain import PretrainParams
+    from dinoloc.pretrain.params import PretrainParams
 
     pt = compose_config(["pretrain=demo", *(f"pretrain.{o}" for o in overrides)]).pretrain
     return typed(PretrainParams, OmegaConf.to_container(pt, resolve=True))
@@ -275,7 +274,7 @@ def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
 
 
 def test_crop_zscore_refused_for_non_zscored_backbone(tmp_path):
-    from dinoloc.pretrain import train_dino
+    from dinoloc.pretrain.train import train_dino
 
     params = _pretrain_params("zscore=crop", "epochs=1")
     with pytest.raises(DinolocError, match="pretrain.zscore=crop"):

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.extract import CACHE_VERSION, cache_key, extract, images_fingerprint, lookup
-from dinoloc.extract.cache import finished_chunks
+from dinoloc.extract.cache import CACHE_VERSION, cache_key, finished_chunks, images_fingerprint, lookup
+from dinoloc.extract.engine import extract
 from dinoloc.io import DinolocError, read_json, write_json
 
 WORKER = str(Path(__file__).with_name("_extract_worker.py"))

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dinoloc.classify import run_classification
+from dinoloc.classify.stage import run_classification
 from dinoloc.config import checked_spec, classify_spec, compose, report_spec
 from dinoloc.data.folder import (
     build_folder_manifest,
@@ -26,7 +26,7 @@ from dinoloc.data.folder import (
 )
 from dinoloc.data.split import make_split, prepare_dataset
 from dinoloc.io import DinolocError
-from dinoloc.report import run_report
+from dinoloc.report.stage import run_report
 
 CHANNELS = ["DNA", "actin", "protein"]
 CLASSES = ["cytosol", "membrane", "nucleus", "vesicles"]

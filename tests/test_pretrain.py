@@ -22,34 +22,27 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from dinoloc.backbones import create_vit
+from dinoloc.backbones.vit import create_vit
 from dinoloc.config import compose as compose_config
 from dinoloc.io import DinolocError
-from dinoloc.pretrain import (
-    CropSpec,
-    DINOHead,
-    DINOLoss,
-    MultiCropAugment,
-    MultiCropWrapper,
-    PretrainParams,
-    PretrainSpec,
+from dinoloc.pretrain import step as step_mod
+from dinoloc.pretrain import train as train_mod
+from dinoloc.pretrain.augment import MultiCropAugment, cell_warp, remove_channel, sample_generator
+from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys
+from dinoloc.pretrain.data import select_pretrain_images
+from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
+from dinoloc.pretrain.loss import DINOLoss
+from dinoloc.pretrain.params import CropSpec, PretrainParams
+from dinoloc.pretrain.schedules import cosine_scheduler, teacher_temp_schedule
+from dinoloc.pretrain.stage import PretrainSpec, pretrain_images, run_pretrain
+from dinoloc.pretrain.step import (
     build_dino_model,
     cancel_gradients_last_layer,
     clip_gradients,
-    cosine_scheduler,
     ema_update,
     param_groups,
-    pretrain_images,
-    run_pretrain,
-    sample_generator,
-    select_pretrain_images,
-    teacher_temp_schedule,
-    train_dino,
 )
-from dinoloc.pretrain import step as step_mod
-from dinoloc.pretrain import train as train_mod
-from dinoloc.pretrain.augment import cell_warp, remove_channel
-from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys
+from dinoloc.pretrain.train import train_dino
 from dinoloc.rules import typed
 
 ROOT = Path(__file__).resolve().parents[1]

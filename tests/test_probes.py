@@ -12,17 +12,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dinoloc import CONFIG_DIR, report
-from dinoloc.classify import (
-    ClassifierParams,
-    KNNParams,
-    cross_validate,
-    knn_vote,
-    params_from_config,
-    train_folds,
-)
+from dinoloc import CONFIG_DIR
+from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.params import ClassifierParams, KNNParams, params_from_config
+from dinoloc.classify.probes import knn_vote
+from dinoloc.classify.trainer import train_folds
 from dinoloc.io import DinolocError
 from dinoloc.report.notes import ranking_notes
+from dinoloc.report.runs import collect_runs
+from dinoloc.report.tables import build_table, markdown_table
 from dinoloc.results import run_dir_name
 from dinoloc.rules import typed
 
@@ -157,12 +155,12 @@ def test_report_has_a_head_column(tmp_path):
         (d / "result.json").write_text(json.dumps(res))
         d.rename(runs / f"{bb}__mapping__knn")
     (runs / "tmp").rmdir()
-    table, missing = report.build_table(report.collect_runs(runs), expected=["hpa__mapping__knn"], n_boot=50,
+    table, missing = build_table(collect_runs(runs), expected=["hpa__mapping__knn"], n_boot=50,
                                           seed=0, level=0.95, method="percentile")
     assert missing == []
     assert list(table["run"]) == ["imagenet__mapping", "imagenet__mapping__knn", "hpa__mapping", "hpa__mapping__knn"]
     assert list(table["head"]) == ["mlp", "knn", "mlp", "knn"]
-    md = report.markdown_table(table, missing, synthetic=False)
+    md = markdown_table(table, missing, synthetic=False)
     assert "| Head |" in md and "| knn |" in md
     assert "Ranking: knn ranks the rows differently from mlp" in md
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dinoloc import provenance, stats
-from dinoloc.backbones import checkpoint_facts
+from dinoloc.backbones.checkpoint import checkpoint_facts
 
 
 def _resolved(**over) -> dict:

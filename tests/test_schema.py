@@ -73,8 +73,8 @@ def test_a_misspelt_key_in_a_yaml_is_refused_naming_it_and_the_file(tmp_path):
 @pytest.mark.parametrize("node", sorted(CHOICES))
 def test_schema_keys_are_the_consumers_fields_and_every_yaml_sets_them(node):
     """One list of keys: the schema's are the consuming dataclass's; no YAML of the group leaves one `???`."""
-    from dinoloc.classify import ClassifierParams, KNNParams
-    from dinoloc.report import ReportSpec
+    from dinoloc.classify.params import ClassifierParams, KNNParams
+    from dinoloc.report.spec import ReportSpec
     from dinoloc.schema import SCHEMAS
     from dinoloc.synthetic.generate import GeneratorSpec
 

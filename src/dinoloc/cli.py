@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dinoloc import CONFIG_DIR
@@ -29,8 +31,6 @@ CONFIG_PATH = str(CONFIG_DIR)
 
 def refuse_sweep_without_multirun(hydra_cfg: Any, command: str) -> None:
     """A preset that defines a sweep (experiment=table3) run without -m would run one default job instead."""
-    from hydra.types import RunMode
-
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return
     params = hydra_cfg.sweeper.get("params") or {}
@@ -45,7 +45,6 @@ def refuse_sweep_without_multirun(hydra_cfg: Any, command: str) -> None:
 
 def _console(command: str):
     """Turn a task function into console script `command` (a Hydra app; errors as one line, exit 2)."""
-
     def decorate(task):
         task = friendly(task)
         hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")(task)
@@ -62,8 +61,6 @@ def _console(command: str):
 
 
 def _hydra_cfg() -> Any:
-    from hydra.core.hydra_config import HydraConfig
-
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
@@ -90,7 +87,7 @@ def extract_main(cfg: DictConfig) -> None:
     """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
     from dinoloc.data.prepare import run_data
     from dinoloc.device import rank_and_world, setup
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.stage import run_extraction
 
     _refuse_sweep_without_multirun("dinoloc-extract")
     setup(str(cfg.device))
@@ -123,7 +120,7 @@ def run_main(cfg: DictConfig) -> None:
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
     from dinoloc.device import rank_and_world, setup
-    from dinoloc.pretrain import run_pretrain
+    from dinoloc.pretrain.stage import run_pretrain
 
     setup(str(cfg.device))
     spec = pretrain_spec(cfg)  # every config value is checked before the (possibly long) manifest and image scan
@@ -135,7 +132,7 @@ def pretrain_main(cfg: DictConfig) -> None:
 @_console("dinoloc-report")
 def report_main(cfg: DictConfig) -> None:
     """dinoloc-report: aggregate the experiment's run folders into Table III and Figures 1 and 2."""
-    from dinoloc.report import run_report
+    from dinoloc.report.stage import run_report
 
     paths = run_report(report_spec(cfg))
     print(Path(paths["table3.md"]).read_text())

@@ -6,17 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
+from dinoloc import CONFIG_DIR
+from dinoloc.backbones.weights import TIMM_PREFIX, display_name, is_url
 from dinoloc.classify.params import head_name, params_from_config
-from dinoloc.classify.stage import ClassifySpec
+from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.prepare import DataSpec, check_root
-from dinoloc.extract import BackboneSpec, ExtractSpec
-from dinoloc.extract.stage import source
+from dinoloc.extract.stage import BackboneSpec, ExtractSpec, source
 from dinoloc.io import DinolocError
+from dinoloc.pretrain.params import DATA_KEYS, PretrainParams, missing_key
 from dinoloc.report.spec import ReportSpec
 from dinoloc.rules import typed
+from dinoloc.sweep import expected_runs
 from dinoloc.synthetic.generate import GeneratorSpec
 
 
@@ -33,11 +39,6 @@ def given(node: DictConfig) -> dict[str, Any]:
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The composed config for `overrides` outside a Hydra app (scripts and tests)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from dinoloc import CONFIG_DIR
-
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
@@ -69,8 +70,6 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 
 def backbone_spec(bb: DictConfig) -> BackboneSpec:
     """The `backbone` config node as a spec."""
-    from dinoloc.backbones import display_name
-
     return BackboneSpec(
         name=str(bb.name), display=display_name(bb.get("display_name"), bb.get("label"), str(bb.arch), bb.weights or None),
         arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs), in_chans=int(bb.in_chans),
@@ -113,10 +112,6 @@ def report_spec(cfg: DictConfig) -> ReportSpec:
 
 def expected_rows(cfg: DictConfig) -> tuple[str, ...]:
     """The run names the report expects: `expected_rows` when given, else the ones the preset's sweep makes."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from dinoloc.sweep import expected_runs
-
     if cfg.get("expected_rows"):
         return tuple(cfg.expected_rows)
     hydra_node = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
@@ -126,10 +121,7 @@ def expected_rows(cfg: DictConfig) -> tuple[str, ...]:
 def pretrain_spec(cfg: DictConfig):
     """cfg.pretrain + cfg.backbone -> the pretraining stage's PretrainSpec. Every recipe key is checked here
     (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from dinoloc.pretrain import DATA_KEYS, PretrainParams, PretrainSpec
-    from dinoloc.pretrain.params import missing_key
+    from dinoloc.pretrain.stage import PretrainSpec
 
     bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
     if not bb.weights:
@@ -162,8 +154,6 @@ def pretrain_spec(cfg: DictConfig):
 
 def _weights_are_default() -> bool:
     """False when backbone.weights was overridden on the command line (the user's own weights)."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():  # composed outside a Hydra app (scripts, tests)
         return True
     overrides = list(HydraConfig.get().overrides.task)
@@ -206,8 +196,6 @@ def validate(cfg: DictConfig, spec: ExtractSpec) -> None:
 def missing_weights(cfg: DictConfig) -> str | None:
     """A local weights file that does not exist, with the command (or download) that makes it; else None.
     URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
-    from dinoloc.backbones import TIMM_PREFIX, is_url
-
     bb = cfg.backbone
     weights = str(bb.weights or "")
     if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():

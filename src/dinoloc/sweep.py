@@ -16,10 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dinoloc.backbones.weights import cached_weights_path, is_url
+from dinoloc.classify.params import KNNParams, head_name
+from dinoloc.extract.cache import finished_chunks, lookup
+from dinoloc.extract.stage import key_of
 from dinoloc.io import DinolocError, write_json
+from dinoloc.results import run_dir_name
 
 STATE_DIR = ".dinoloc"
 
@@ -114,8 +123,6 @@ def summary(sweep_dir: str | os.PathLike) -> tuple[str, bool]:
 def sweep_jobs(hydra_node: Any) -> list[list[str]]:
     """The override list of every job a multirun would launch (the preset's sweeper params + the command line),
     from the config's `hydra` node."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     task_overrides = list(hydra_node.overrides.task)
     sweep_params = hydra_node.sweeper.get("params") or {}
     overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
@@ -133,9 +140,6 @@ def sweep_jobs(hydra_node: Any) -> list[list[str]]:
 
 def compose_job(job: list[str], hydra_node: Any) -> DictConfig:
     """One job's composed config, seeing the user's config directories (hydra.searchpath) too."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-
     searchpath = list(hydra_node.get("searchpath") or [])
     overrides = job + ([f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else [])
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app
@@ -148,9 +152,6 @@ def compose_job(job: list[str], hydra_node: Any) -> DictConfig:
 def expected_runs(hydra_node: Any) -> tuple[str, ...]:
     """The run folders a preset's sweep makes, one per job in sweep order (what dinoloc-report expects): the
     preset lists what it sweeps (rows, heads, variants) and the names follow from it. () without a sweep."""
-    from dinoloc.classify.params import head_name
-    from dinoloc.results import run_dir_name
-
     if not hydra_node.sweeper.get("params"):
         return ()
     names = []
@@ -210,8 +211,6 @@ class ValidateSweep(Callback):
 
 
 def _is_multirun(config: DictConfig) -> bool:
-    from hydra.types import RunMode
-
     return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
 
 
@@ -224,13 +223,8 @@ def describe_job(spec: Any) -> str:
 
     Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
     """
-    from dinoloc.backbones import cached_weights_path, is_url
-    from dinoloc.classify.params import KNNParams
     from dinoloc.classify.stage import finished_result, run_dir, run_name
     from dinoloc.data.split import load_dataset
-    from dinoloc.extract import key_of, lookup
-    from dinoloc.extract.cache import finished_chunks
-    from dinoloc.io import DinolocError
 
     ex = spec.extract
     parts = [f"{run_name(spec)} -> {run_dir(spec)}"]

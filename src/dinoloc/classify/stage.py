@@ -11,42 +11,33 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
+import timm
+import torch
 
-from dinoloc.classify.params import ClassifierParams, KNNParams
+from dinoloc import __version__
+from dinoloc.classify.cv import cross_validate_seeds
+from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.manifest import class_columns
 from dinoloc.data.prepare import run_data
-from dinoloc.extract import CacheEntry, ExtractSpec, key_of, run_extraction
-from dinoloc.extract.cache import embedding_rows
-from dinoloc.extract.stage import source
+from dinoloc.device import resolve_device
+from dinoloc.extract.cache import CacheEntry, embedding_rows
+from dinoloc.extract.stage import key_of, run_extraction, source
 from dinoloc.io import frame_sha256
+from dinoloc.provenance import weights_record
+from dinoloc.results import add_image_paths, load_result, run_dir_name, write_run
+from dinoloc.stats import embedding_health
 
 log = logging.getLogger("dinoloc")
 
 
-@dataclass(frozen=True)
-class ClassifySpec:
-    """One Table III cell: `extract`'s embeddings, the head and its parameters (the `classifier` config group),
-    and where the run folder goes."""
-
-    extract: ExtractSpec
-    head: str                                 # mlp | knn | linear (dinoloc.results.HEADS)
-    classifier: ClassifierParams | KNNParams
-    runs_dir: str
-    experiment: str
-    variant: str = "baseline"   # a sensitivity variant (configs/variant/)
-    force: bool = False         # redo a finished run
-
-
 def run_name(spec: ClassifySpec) -> str:
     """`<backbone>__<strategy>`, plus `__<head>` for a probe head and `__<variant>` for a variant."""
-    from dinoloc.results import run_dir_name
-
     ex = spec.extract
     return run_dir_name(ex.backbone.name, ex.strategy, spec.head, spec.variant)
 
@@ -66,8 +57,6 @@ def run_fingerprint(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any] | None:
     """The stored result.json when it was made with this cache key and these settings (and force is off)."""
-    from dinoloc.results import load_result
-
     previous = load_result(run_dir(spec))
     if previous is None or spec.force:
         return None
@@ -79,10 +68,6 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify.cv import cross_validate_seeds
-    from dinoloc.device import resolve_device
-    from dinoloc.results import add_image_paths, write_run
-
     params = spec.classifier
     manifest, split = run_data(spec.extract.data)
     previous = finished_result(spec, manifest, split)
@@ -123,8 +108,6 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
                     split: pd.DataFrame, params: Any) -> dict[str, Any]:
     """result.json's description of the run: what was loaded (from the cache's record), what was configured,
     and the data it saw. The classifier's numbers are added by the caller."""
-    from dinoloc.provenance import weights_record
-    from dinoloc.stats import embedding_health
 
     ex, bb, data = spec.extract, spec.extract.backbone, spec.extract.data
     meta = entry.meta
@@ -195,11 +178,5 @@ def _sha_of(fingerprint: Any) -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    import sklearn
-    import timm
-    import torch
-
-    from dinoloc import __version__
-
     return {"dinoloc": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": np.__version__, "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}

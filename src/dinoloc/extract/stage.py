@@ -72,7 +72,7 @@ def source(spec: ExtractSpec) -> dict[str, Any]:
 
 def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
     """Everything that determines the embeddings: the cache key is a hash of this."""
-    from dinoloc.backbones import weights_fingerprint
+    from dinoloc.backbones.weights import weights_fingerprint
 
     bb, pp = spec.backbone, spec.backbone.preprocess
     src = source(spec)
@@ -104,7 +104,7 @@ def _empty_channels(spec: ExtractSpec) -> str:
 
 def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
-    from dinoloc.backbones import build_backbone
+    from dinoloc.backbones.build import build_backbone
     from dinoloc.device import resolve_device
     from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
