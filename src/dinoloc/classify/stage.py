@@ -16,16 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
-import timm
-import torch
 
 from dinoloc import __version__
-from dinoloc.classify.cv import cross_validate_seeds
 from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.manifest import class_columns
 from dinoloc.data.prepare import run_data
-from dinoloc.device import resolve_device
 from dinoloc.extract.cache import CacheEntry, embedding_rows
 from dinoloc.extract.stage import key_of, run_extraction, source
 from dinoloc.io import frame_sha256
@@ -68,6 +63,9 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
+    from dinoloc.classify.cv import cross_validate_seeds  # torch: only once the checks have passed
+    from dinoloc.device import resolve_device
+
     params = spec.classifier
     manifest, split = run_data(spec.extract.data)
     previous = finished_result(spec, manifest, split)
@@ -178,5 +176,9 @@ def _sha_of(fingerprint: Any) -> str | None:
 
 
 def _versions() -> dict[str, str]:
+    import sklearn
+    import timm
+    import torch
+
     return {"dinoloc": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": np.__version__, "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}
