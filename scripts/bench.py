@@ -43,6 +43,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 from dinoloc import CONFIG_DIR  # noqa: E402
+from dinoloc.rules import typed  # noqa: E402
 
 SECTIONS = ("extract", "gpu", "pretrain", "cache", "classify", "scaling", "bf16", "cells", "demo")
 # Dense bf16 tensor-core peaks (TFLOP/s, multiply and add counted separately), from the vendors' data sheets.
@@ -84,7 +85,7 @@ def bench_gpu(quick: bool, peak_override: float | None, compile_model: bool) -> 
         return {"skipped": "no CUDA device"}
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dinoloc.backbones import create_vit
+    from dinoloc.backbones.vit import create_vit
 
     device = torch.device("cuda")
     model = create_vit("vit_base_patch8_224", in_chans=3, img_size=224).to(device).eval()
@@ -126,7 +127,10 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     from bench_extract import write_images  # type: ignore[import-not-found]
     from dinoloc.config import compose as compose_config
     from dinoloc.data.opencell import read_image
-    from dinoloc.pretrain import DATA_KEYS, DINOLoss, PretrainParams, build_dino_model, train_dino
+    from dinoloc.pretrain.loss import DINOLoss
+    from dinoloc.pretrain.params import DATA_KEYS, PretrainParams
+    from dinoloc.pretrain.step import build_dino_model
+    from dinoloc.pretrain.train import train_dino
 
     cuda = device.startswith("cuda")
     if cuda:  # the paper's OpenCell run: ViT-B/8, official multi-crop
@@ -139,7 +143,7 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     cfg = OmegaConf.to_container(compose_config([f"pretrain={recipe}"]).pretrain, resolve=True)
     cfg = {k: v for k, v in cfg.items() if k not in DATA_KEYS} | overrides
     cfg["num_workers"] = min(cfg["num_workers"], os.cpu_count() or 1) if cuda else cfg["num_workers"]
-    p = PretrainParams.from_dict(cfg)
+    p = typed(PretrainParams, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "img").mkdir()
@@ -191,7 +195,7 @@ def bench_cache(quick: bool) -> dict:
     """The demo sweep twice, in-process, counting backbone forward passes through build_backbone."""
     from hydra import compose, initialize_config_dir
 
-    import dinoloc.backbones as backbones
+    import dinoloc.backbones.build as backbones  # run_extraction looks build_backbone up here at each call
     from dinoloc.classify.stage import run_classification
     from dinoloc.config import classify_spec, data_spec
     from dinoloc.data.prepare import run_data
@@ -255,10 +259,11 @@ def bench_scaling(quick: bool, device: str) -> dict:
 
     from bench_classify import make_features  # type: ignore[import-not-found]
     from bench_extract import write_images  # type: ignore[import-not-found]
-    from dinoloc.backbones import create_vit
-    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.backbones.vit import create_vit
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import ClassifierParams
     from dinoloc.data.opencell import read_image
-    from dinoloc.extract import extract
+    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     base_n = 256 if quick else 1024
@@ -272,7 +277,7 @@ def bench_scaling(quick: bool, device: str) -> dict:
     cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
     cfg["epochs"] = 20 if quick else 100
-    params = ClassifierParams.from_dict(cfg)
+    params = typed(ClassifierParams, cfg)
     times: dict[str, list[float]] = {"extract": [], "classify": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -308,12 +313,14 @@ def bench_bf16(quick: bool, device: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from dinoloc.backbones import build_backbone
-    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.backbones.build import build_backbone
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import ClassifierParams
     from dinoloc.config import data_spec, extract_spec
     from dinoloc.data.opencell import read_image
     from dinoloc.data.prepare import run_data
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.cache import embedding_rows
+    from dinoloc.extract.stage import run_extraction
     from dinoloc.ontology import CATEGORIES
     from dinoloc.strategies import embed_batch
 
@@ -347,13 +354,12 @@ def bench_bf16(quick: bool, device: str) -> dict:
                 rows16.append(embed(model, x.to(dev)).float().cpu().numpy())
         emb16 = np.concatenate(rows16)
         rel = float(np.linalg.norm(emb16 - emb32) / np.linalg.norm(emb32))
-        pos = {i: k for k, i in enumerate(ids)}
         lab = split["split"].isin(["train", "test"]).to_numpy()
-        order = np.array([pos[i] for i in split["image_id"]])[lab]
+        order = embedding_rows(ids, split["image_id"], "the bf16 check's embeddings")[lab]
         y = manifest.set_index("image_id").loc[split["image_id"], list(CATEGORIES)].to_numpy()[lab]
         args = (y, split["split"].to_numpy()[lab], split["fold"].fillna(-1).astype(int).to_numpy()[lab],
                 split["image_id"].to_numpy()[lab], split["target"].to_numpy()[lab])
-        params = ClassifierParams.from_dict(plain(cfg.classifier))
+        params = typed(ClassifierParams, plain(cfg.classifier))
         f1 = [cross_validate(e[order], *args, params, device=device, progress=False).summary["test_macro_f1_mean"]
               for e in (emb32, emb16)]
         out[row] = {"relative_difference": round(rel, 5), "f1_fp32": round(f1[0], 4), "f1_bf16": round(f1[1], 4),

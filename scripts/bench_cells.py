@@ -59,7 +59,7 @@ def child(root: str, out: str, crop: int, chunk: int) -> dict:
     """One size, in this process: cell listing, cell-level and image-level extraction; peak RSS at the end."""
     from dinoloc.config import compose, extract_spec
     from dinoloc.data.prepare import run_data
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.stage import run_extraction
 
     common = [f"paths.output_dir={out}", f"data.root={root}", *TINY, f"backbone.preprocess.img_size={crop}",
               f"extract.chunk_size={chunk}", "extract.batch_size=256"]

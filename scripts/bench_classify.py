@@ -24,14 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from dinoloc.classify import (
-    ClassifierParams,
-    cross_validate,
-    fit_standardizer,
-    rarest_label_weights,
-)
+from dinoloc.classify.cv import cross_validate, fit_standardizer
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.classify.trainer import rarest_label_weights
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import N_CLASSES
+from dinoloc.rules import typed
 
 
 def make_features(n: int, dim: int, seed: int = 0, test_fraction: float = 0.2):
@@ -123,13 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg["epochs"] = args.epochs
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
-    params = ClassifierParams.from_dict(cfg)
+    params = typed(ClassifierParams, cfg)
     X, Y, split, fold, ids, targets = make_features(args.n, args.dim)
     print(f"data: N={args.n} D={args.dim} targets={len(set(targets))} test={int((split == 'test').sum())} "
           f"epochs={params.epochs} batch={params.batch_size} device={args.device}")
 
     # Warm-up (not timed): lazy torch imports, CUDA context and kernels would otherwise bill whichever runs first.
-    warm = ClassifierParams.from_dict({**cfg, "epochs": 1})
+    warm = typed(ClassifierParams, {**cfg, "epochs": 1})
     cross_validate(X, Y, split, fold, ids, targets, warm, device=args.device, progress=False)
     if not args.skip_baseline:
         baseline(X, Y, split, fold, warm, args.device)

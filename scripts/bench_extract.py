@@ -21,9 +21,9 @@ import numpy as np
 import tifffile
 import torch
 
-from dinoloc.backbones import create_vit
+from dinoloc.backbones.vit import create_vit
 from dinoloc.data.opencell import read_image
-from dinoloc.extract import extract
+from dinoloc.extract.engine import extract
 from dinoloc.strategies import embed_batch
 
 

@@ -57,9 +57,10 @@ import yaml  # noqa: E402
 
 from dinoloc import CONFIG_DIR
 from dinoloc.io import write_text  # noqa: E402
+from dinoloc.rules import typed  # noqa: E402
 
 if TYPE_CHECKING:
-    from dinoloc.pretrain import PretrainParams
+    from dinoloc.pretrain.params import PretrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # bench_classify's features and baseline loop
@@ -256,7 +257,7 @@ def tiffs(run: Run, out: dict[str, Any]) -> list[Path]:
 def section_vit(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dinoloc.backbones import create_vit
+    from dinoloc.backbones.vit import create_vit
 
     s, dev = run.sizes, run.device
     dtype = autocast_dtype(dev)
@@ -310,9 +311,9 @@ def section_vit(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # 2. end-to-end extraction from 16-bit TIFFs vs the device work alone
 def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
-    from dinoloc.backbones import create_vit
+    from dinoloc.backbones.vit import create_vit
     from dinoloc.data.opencell import read_image
-    from dinoloc.extract import extract
+    from dinoloc.extract.engine import extract
     from dinoloc.strategies import embed_batch
 
     s, dev = run.sizes, run.device
@@ -415,7 +416,8 @@ def measure_multicrop_loader(run: Run, p: PretrainParams, out: dict[str, Any], b
     from torch.utils.data import DataLoader
 
     from dinoloc.data.opencell import read_image
-    from dinoloc.pretrain import MultiCropAugment, PretrainDataset
+    from dinoloc.pretrain.augment import MultiCropAugment
+    from dinoloc.pretrain.data import PretrainDataset
 
     paths = tiffs(run, out)
     dataset = PretrainDataset([(q.stem, str(q)) for q in paths], read_image, 2, "zscore",
@@ -438,13 +440,13 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from omegaconf import OmegaConf
 
     from dinoloc.config import compose as compose_config
-    from dinoloc.pretrain import PretrainParams
+    from dinoloc.pretrain.params import PretrainParams
 
     s = run.sizes
     cfg = OmegaConf.to_container(compose_config(["pretrain=opencell"]).pretrain, resolve=True)  # the paper's recipe
     cfg |= {"local_crops_number": run.local_crops, "global_crop_size": s.global_px, "local_crop_size": s.local_px,
             **s.head}
-    p = PretrainParams.from_dict(cfg)
+    p = typed(PretrainParams, cfg)
     cuda = run.device.type == "cuda"  # the training loop runs fp32 on the CPU, as here
     out.update(model=s.label, arch=s.arch, dtype=DTYPE_NAMES[autocast_dtype(run.device)] if cuda else "fp32",
                crops=f"2 × {p.global_crop_size} + {p.local_crops_number} × {p.local_crop_size}")
@@ -468,21 +470,22 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # 4. the classifier at paper scale: batched 5-fold trainer vs a plain DataLoader loop
 def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from bench_classify import baseline, make_features  # type: ignore[import-not-found]
-    from dinoloc.classify import ClassifierParams, cross_validate
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import ClassifierParams
 
     s, dev = run.sizes, str(run.device)
     from dinoloc.config import compose, plain
 
     cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
     cfg.pop("name", None)
-    params = ClassifierParams.from_dict({**cfg, "epochs": s.clf_epochs})
+    params = typed(ClassifierParams, {**cfg, "epochs": s.clf_epochs})
     X, Y, split, fold, ids, targets = make_features(s.clf_n, s.clf_dim, test_fraction=0.1)
     folds = sorted(int(k) for k in np.unique(fold[split == "train"]))
     train_rows = [int(((split == "train") & (fold != k)).sum()) for k in folds]
     out.update(n=s.clf_n, dim=s.clf_dim, epochs=params.epochs, batch=params.batch_size, folds=len(folds),
                train_rows_per_fold=round(float(np.mean(train_rows))))
 
-    warm = ClassifierParams.from_dict({**cfg, "epochs": 1})  # CUDA context, kernels, lazy imports: not timed
+    warm = typed(ClassifierParams, {**cfg, "epochs": 1})  # CUDA context, kernels, lazy imports: not timed
     cross_validate(X, Y, split, fold, ids, targets, warm, device=dev, progress=False)
     baseline(X, Y, split, fold, warm, dev, folds=folds[:1])
     sync(run.device)

@@ -3,7 +3,8 @@
 For each stand-in backbone (pretrained by `make demo` / dinoloc-pretrain) the synthetic OpenCell images are embedded
 twice, with the pretrained teacher and with random weights of the same architecture, and two cheap probes are scored by macro F1
 (the classifier stage's definition):
-a cosine kNN (k = 5) and a one-vs-rest logistic regression on standardised features, each fitted 5 times
+the package's k-NN (classifier=knn, configs/classifier/knn.yaml) and a one-vs-rest logistic regression on
+standardised features, each fitted 5 times
 (leave one of the split's 5 target-grouped train folds out) and scored on the pooled held-out predictions.
 The test split is never used: it stays untouched for Table III. Ends with a one-line JSON.
 
@@ -19,38 +20,38 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import data_spec, extract_spec
+from dinoloc.classify.cv import knn_leave_group_out
+from dinoloc.classify.params import KNNParams, params_from_config
+from dinoloc.config import data_spec, extract_spec, given
 from dinoloc.data.prepare import run_data
-from dinoloc.extract import run_extraction
+from dinoloc.extract.cache import embedding_rows
+from dinoloc.extract.stage import run_extraction
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES
 
 ROWS = [("imagenet_demo", "mapping"), ("hpa_demo", "mapping"), ("opencell_demo", "native")]
 
 
-def _fit_predict(emb: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
+def _linear_predict(emb: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     scaler = StandardScaler().fit(emb[train])
     xtr, xte = scaler.transform(emb[train]), scaler.transform(emb[test])
-    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(xtr, y[train])
     keep = y[train].sum(0) > 0  # a class absent from training cannot be fitted by a linear probe
     lin = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=0.1)).fit(xtr, y[train][:, keep])
     pred_lin = np.zeros_like(y[test])
     pred_lin[:, keep] = lin.predict(xte)
-    return {"knn": knn.predict(xte), "linear": pred_lin}
+    return pred_lin
 
 
-def probes(emb: np.ndarray, y: np.ndarray, group: np.ndarray) -> dict[str, float]:
+def probes(emb: np.ndarray, y: np.ndarray, group: np.ndarray, knn: KNNParams) -> dict[str, float]:
     """Macro F1 of predictions pooled over the grouped folds: every image is predicted once by a probe that
     never saw its target. Pass training rows only (see `probe_rows`)."""
-    pred = {"knn": np.zeros_like(y), "linear": np.zeros_like(y)}
+    pred = {"knn": knn_leave_group_out(emb, y, group, knn), "linear": np.zeros_like(y)}
     for g in np.unique(group):
         held = group == g
-        for name, p in _fit_predict(emb, y, ~held, held).items():
-            pred[name][held] = p
+        pred["linear"][held] = _linear_predict(emb, y, ~held, held)
     return {name: macro_f1(y, p)[0] for name, p in pred.items()}
 def probe_rows(split_col: np.ndarray, fold_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mask, group): the rows the probes may use (the train split only; test rows are kept out, as every
@@ -68,14 +69,15 @@ def main(argv: list[str]) -> None:
         for backbone, strategy in selected:
             for init in ("pretrained", "random"):
                 extra = ["backbone.weights=", "allow_random_weights=true"] if init == "random" else []
-                cfg = compose("config", overrides=[f"backbone={backbone}", f"strategy={strategy}", *extra, *overrides])
+                cfg = compose("config", overrides=[f"backbone={backbone}", f"strategy={strategy}", "classifier=knn",
+                                                   *extra, *overrides])
                 manifest, split = run_data(data_spec(cfg))
-                emb, ids = run_extraction(extract_spec(cfg), manifest).load()
-                pos = {i: k for k, i in enumerate(ids)}
-                rows = np.array([pos[i] for i in split["image_id"]])
+                entry = run_extraction(extract_spec(cfg), manifest)
+                emb, ids = entry.load()
+                rows = embedding_rows(ids, split["image_id"], entry.path)
                 y = manifest.set_index("image_id").loc[split["image_id"], list(CATEGORIES)].to_numpy().astype(int)
                 lab, group = probe_rows(split["split"].to_numpy(), split["fold"].fillna(-1).astype(int).to_numpy())
-                r = probes(emb[rows][lab], y[lab], group)
+                r = probes(emb[rows][lab], y[lab], group, params_from_config(given(cfg.classifier)))
                 results.append({"backbone": backbone, "strategy": strategy, "init": init, **r})
                 print(f"{backbone:14s} {strategy:12s} {init:10s} kNN F1 {r['knn']:.3f}  linear F1 {r['linear']:.3f}",
                       flush=True)

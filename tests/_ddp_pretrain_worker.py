@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoloc.pretrain import PretrainParams, train_dino
+from dinoloc.pretrain.params import PretrainParams
+from dinoloc.pretrain.train import train_dino
+from dinoloc.rules import typed
 
 
 def main(data_dir: str, out_dir: str, params_json: str) -> None:
     images = [(p.stem, str(p)) for p in sorted(Path(data_dir).glob("*.npy"))]
-    params = PretrainParams.from_dict(json.loads(params_json))
+    params = typed(PretrainParams, json.loads(params_json))
     ckpt = train_dino(
         images, functools.partial(np.load, allow_pickle=False), ["protein", "nucleus"], out_dir,
         arch="vit_tiny_patch16_224", model_kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3},

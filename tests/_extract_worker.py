@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinoloc.extract import extract
+from dinoloc.extract.engine import extract
 
 
 def main() -> None:

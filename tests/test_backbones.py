@@ -11,8 +11,9 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from dinoloc import backbones
-from dinoloc.backbones import build_backbone, cached_weights_path, create_vit, weights_fingerprint
+from dinoloc.backbones.build import build_backbone
+from dinoloc.backbones.vit import create_vit, dino_interpolate_pos_encoding
+from dinoloc.backbones.weights import cached_weights_path, weights_fingerprint
 from dinoloc.io import DinolocError, file_sha256
 
 ARCH = "vit_tiny_patch16_224"
@@ -134,7 +135,7 @@ def test_pos_embed_kept_at_checkpoint_grid_and_interpolated_officially(tmp_path)
     assert torch.equal(model.pos_embed, ref.pos_embed)
     # ... and a 48 px input (grid 6x6) gets official DINO's interpolation, not timm's antialiased resize
     official = _official_dino_interpolate(ref.pos_embed.detach(), 48, 48, patch_size=8)
-    assert torch.equal(backbones.dino_interpolate_pos_encoding(ref.pos_embed.detach(), 6, 6), official)
+    assert torch.equal(dino_interpolate_pos_encoding(ref.pos_embed.detach(), 6, 6), official)
     timm_way = resample_abs_pos_embed(ref.pos_embed.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)
     assert torch.equal(official[:, 0], ref.pos_embed[:, 0])  # class token kept
     assert not torch.allclose(official, timm_way)

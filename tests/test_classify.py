@@ -12,17 +12,14 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from dinoloc.classify import (
-    ClassifierParams,
-    cross_validate,
-    fit_standardizer,
-    init_mlp,
-    rarest_label_weights,
-)
+from dinoloc.classify.cv import cross_validate, fit_standardizer
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.classify.trainer import init_mlp, rarest_label_weights
 from dinoloc.io import DinolocError
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES, N_CLASSES
 from dinoloc.results import label_columns, prob_columns
+from dinoloc.rules import typed
 
 Y_COLS = label_columns(CATEGORIES)
 P_COLS = prob_columns(CATEGORIES)
@@ -43,7 +40,7 @@ def yaml_dict() -> dict:
 def small_params(**over) -> ClassifierParams:
     d = yaml_dict()
     d.update({"hidden": [16, 8], "epochs": 5, "batch_size": 32, "lr": 1e-2}, **over)
-    return ClassifierParams.from_dict(d)
+    return typed(ClassifierParams, d)
 
 
 def make_data(n_targets: int = 100, per_target: int = 2, dim: int = 16, seed: int = 0,
@@ -76,20 +73,20 @@ def run(data, params, **kw):
 # ---------------------------------------------------------------------------------------------------- params
 def test_params_from_yaml_and_validation():
     d = yaml_dict()
-    p = ClassifierParams.from_dict(d)
+    p = typed(ClassifierParams, d)
     assert p.epochs == d["epochs"] and p.hidden == tuple(d["hidden"]) and p.betas == tuple(d["betas"])
-    assert ClassifierParams.from_dict(p.to_dict()) == p
+    assert typed(ClassifierParams, p.to_dict()) == p
     with pytest.raises(DinolocError, match="classifier.bogus"):
-        ClassifierParams.from_dict({**d, "bogus": 1})
+        typed(ClassifierParams, {**d, "bogus": 1})
     without = dict(d)
     del without["lr"]
     with pytest.raises(DinolocError, match="classifier.lr"):
-        ClassifierParams.from_dict(without)
+        typed(ClassifierParams, without)
     for key, value in [("epochs", 0), ("lr", 0.0), ("lr", -1), ("batch_size", 0), ("dropout", 1.0),
                        ("dropout", -0.1), ("weight_decay", -0.01), ("threshold", 0.0), ("threshold", 1.0),
                        ("epochs", 2.5), ("resample", "bogus"), ("hidden", "512")]:
         with pytest.raises(DinolocError, match=f"classifier.{key}"):
-            ClassifierParams.from_dict({**d, key: value})
+            typed(ClassifierParams, {**d, key: value})
 
 
 # ---------------------------------------------------------------------------------------------------- pieces
@@ -241,7 +238,7 @@ def test_summary_f1_equals_sklearn_from_predictions_and_excluded_classes():
 def _reference(X, Y, events, params, k_index, per_step: bool = False):
     """One fold trained alone: nn.Sequential + torch.optim.AdamW + CosineAnnealingLR, replaying the stream.
     per_step: T_max = epochs x batches, stepped every batch (Dino4Cells' run_end_to_end.py); else per epoch."""
-    from dinoloc.classify import fold_seed
+    from dinoloc.classify.trainer import fold_seed
 
     fold_k = list(events["folds"])[k_index]
     tr = events["folds"][fold_k]["train"]
@@ -334,7 +331,7 @@ def test_bad_inputs_raise_or_warn():
 
 
 def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():
-    from dinoloc.classify import cross_validate_seeds
+    from dinoloc.classify.cv import cross_validate_seeds
 
     data = make_data(n_targets=60, dim=8)
     two = cross_validate_seeds(*data, small_params(n_seeds=2, seed=3), progress=False)

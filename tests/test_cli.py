@@ -18,7 +18,7 @@ import torch
 
 from dinoloc import CONFIG_DIR, cli, config, sweep
 from dinoloc.console import EXIT_INTERRUPTED, format_warning, run_console
-from dinoloc.extract import ExtractionInterrupted, extract
+from dinoloc.extract.engine import ExtractionInterrupted, extract
 
 BIN = Path(sys.executable).parent
 
@@ -343,3 +343,45 @@ def test_parallel_local_jobs_share_the_cores():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_sweep_jobs_are_the_product_of_each_keys_values_in_order():
+    from omegaconf import OmegaConf
+
+    from dinoloc.sweep import sweep_jobs
+
+    config = OmegaConf.create({"hydra": {"overrides": {"task": ["strategy=mapping,native", "seed=1", "seed=2"]},
+                                         "sweeper": {"params": {"row": "a,b", "strategy": "replication"}}}})
+    # preset params first (a key the command line also sets is the command line's), a repeated key keeps its last
+    assert sweep_jobs(config.hydra) == [["row=a", "strategy=mapping", "seed=2"], ["row=a", "strategy=native", "seed=2"],
+                                  ["row=b", "strategy=mapping", "seed=2"], ["row=b", "strategy=native", "seed=2"]]
+
+
+def test_one_dinoloc_run_builds_each_spec_once_and_hands_it_to_the_runner(tmp_path, capsys, monkeypatch):
+    """The composed config becomes one typed spec, once: every spec class is constructed once per dinoloc-run,
+    and the stage's runner receives that spec (nothing climbs back to the config)."""
+    import collections
+
+    from dinoloc.classify import stage
+    from dinoloc.classify.params import ClassifierParams
+    from dinoloc.data.prepare import DataSpec
+    from dinoloc.extract.stage import BackboneSpec, ExtractSpec
+    from dinoloc.synthetic.generate import GeneratorSpec
+
+    built: collections.Counter[str] = collections.Counter()
+    for cls in (DataSpec, GeneratorSpec, BackboneSpec, ExtractSpec, ClassifierParams, stage.ClassifySpec):
+        def counting(self, *args, _init=cls.__init__, _name=cls.__name__, **kwargs):
+            built[_name] += 1
+            _init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    received = []
+    monkeypatch.setattr(stage, "run_classification", received.append)
+    code, _, err = _console(cli.run_main, ["debug=tiny", f"paths.output_dir={tmp_path}", "backbone.weights=",
+                                           "allow_random_weights=true"], capsys, monkeypatch)
+    assert code == 0, err
+    assert dict(built) == {"DataSpec": 1, "GeneratorSpec": 1, "BackboneSpec": 1, "ExtractSpec": 1,
+                           "ClassifierParams": 1, "ClassifySpec": 1}
+    (spec,) = received
+    assert isinstance(spec, stage.ClassifySpec) and isinstance(spec.classifier, ClassifierParams)
+    assert spec.extract.data.generator is not None and spec.head == "mlp"

@@ -9,8 +9,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import validate
+from dinoloc.config import checked_spec, expected_rows
 from dinoloc.io import DinolocError
+from dinoloc.rules import typed
+from dinoloc.sweep import expected_runs
 
 CONFIG_PATH = str(CONFIG_DIR)
 
@@ -55,7 +57,7 @@ def test_table3_preset_sweeps_the_papers_five_rows_and_the_references():
         c = _compose("experiment=table3", f"row={r}", "data.root=/x")
         head = "" if c.classifier.name == "mlp" else f"__{c.classifier.name}"
         pairs.append(f"{c.backbone.name}__{c.strategy.name}{head}")
-    assert pairs == list(cfg.expected_rows)
+    assert pairs == list(expected_runs(cfg.hydra)) == list(expected_rows(cfg))  # the report's, from the sweep
     assert pairs[-2:] == ["classical__native", "classical__native__constant"]
 
 
@@ -102,7 +104,7 @@ def test_paper_classifier_values_live_in_one_yaml():
     without it is refused by name."""
     import dataclasses
 
-    from dinoloc.classify import ClassifierParams
+    from dinoloc.classify.params import ClassifierParams
 
     cfg = _compose()
     assert {k: OmegaConf.to_container(cfg.classifier)[k] for k in PAPER_CLASSIFIER} == PAPER_CLASSIFIER
@@ -116,7 +118,7 @@ def test_paper_classifier_values_live_in_one_yaml():
     assert set(full) - {"name"} == {f.name for f in dataclasses.fields(ClassifierParams)}
     for key in full.keys() - {"name"}:
         with pytest.raises(DinolocError, match=f"classifier.{key}"):
-            ClassifierParams.from_dict({k: v for k, v in full.items() if k != key})
+            typed(ClassifierParams, {k: v for k, v in full.items() if k != key})
 
 
 def test_the_paper_classifier_test_sees_a_second_setter(tmp_path):
@@ -132,25 +134,25 @@ def test_the_paper_classifier_test_sees_a_second_setter(tmp_path):
 
 def test_invalid_pair_refused_naming_the_key():
     with pytest.raises(DinolocError, match="native"):
-        validate(_compose("backbone=imagenet_demo", "strategy=native"))
+        checked_spec(_compose("backbone=imagenet_demo", "strategy=native"))
 
 
 def test_bad_classifier_values_refused_naming_the_key():
     with pytest.raises(DinolocError, match="classifier.epochs"):
-        validate(_compose("classifier.epochs=0"), classifier=True)
+        checked_spec(_compose("classifier.epochs=0"))
     with pytest.raises(DinolocError, match="classifier.lr"):
-        validate(_compose("classifier.lr=-1"), classifier=True)
+        checked_spec(_compose("classifier.lr=-1"))
 
 
 def test_missing_data_root_refused():
     with pytest.raises(DinolocError, match="data.root"):
-        validate(_compose("data=opencell", "data.root=/does/not/exist"))
+        checked_spec(_compose("data=opencell", "data.root=/does/not/exist"))
 
 
 def test_random_weights_need_explicit_flag():
     with pytest.raises(DinolocError, match="allow_random_weights"):
-        validate(_compose("backbone.weights="))
-    validate(_compose("backbone.weights=", "allow_random_weights=true"))
+        checked_spec(_compose("backbone.weights="))
+    checked_spec(_compose("backbone.weights=", "allow_random_weights=true"))
 
 
 def test_launchers_compose():
@@ -175,7 +177,20 @@ def test_demo_has_the_floor_row():
     assert rows[-3:] == ["random_demo_mapping", "classical_demo_native", "trivial_demo"]
     floor = _compose("experiment=demo", f"row={rows[-3]}")
     assert floor.allow_random_weights and not floor.backbone.weights and floor.backbone.name == "random_demo"
-    assert "random_demo__mapping" in cfg.expected_rows
+    assert "random_demo__mapping" in expected_runs(cfg.hydra)
+
+
+def test_probe_presets_expect_every_row_with_every_head_and_a_given_list_wins():
+    rows = expected_runs(_compose("experiment=demo", hydra=True).hydra)
+    probes = expected_runs(_compose("experiment=demo_probes", hydra=True).hydra)
+    # the trivial row keeps its constant head under every classifier choice: its three jobs are one run
+    assert probes == tuple(dict.fromkeys(r if r.endswith("__constant") else f"{r}{h}"
+                                         for r in rows for h in ("", "__knn", "__linear")))
+    assert rows[-1] == "classical_demo__native__constant" and probes.count(rows[-1]) == 1
+    sens = expected_runs(_compose("experiment=demo_sensitivity", "row=hpa_demo_mapping", hydra=True).hydra)
+    assert sens[0] == "hpa_demo__mapping" and "hpa_demo__mapping__crop600" in sens and len(sens) == 7
+    assert expected_rows(_compose("experiment=demo", "expected_rows=[a__b]", hydra=True)) == ("a__b",)
+    assert expected_runs(_compose("row=hpa_demo_mapping", hydra=True).hydra) == ()  # no sweep: nothing expected
 
 
 @pytest.mark.parametrize("preset", ["table3_sensitivity", "demo_sensitivity"])

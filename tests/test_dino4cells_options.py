@@ -13,13 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.classify import (
-    ClassifierParams,
-    class_uniform_weights,
-    cross_validate,
-)
+from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.classify.trainer import class_uniform_weights
 from dinoloc.io import DinolocError
 from dinoloc.ontology import N_CLASSES
+from dinoloc.rules import typed
 from test_classify import P_COLS, _collect_hook, _reference, make_data, small_params, yaml_dict
 
 
@@ -32,8 +31,8 @@ def run(data, params, **kw):
 def test_linear_lr_scaling_at_batch_512_one_process_is_2e4():
     d = yaml_dict()
     assert (d["lr"], d["batch_size"], d["lr_scaling"]) == (1e-4, 512, "none")  # the paper's values, unscaled
-    assert ClassifierParams.from_dict(d).effective_lr() == pytest.approx(1e-4)
-    assert ClassifierParams.from_dict({**d, "lr_scaling": "linear"}).effective_lr() == pytest.approx(2e-4)
+    assert typed(ClassifierParams, d).effective_lr() == pytest.approx(1e-4)
+    assert typed(ClassifierParams, {**d, "lr_scaling": "linear"}).effective_lr() == pytest.approx(2e-4)
     # result.json (the summary) records the lr training actually used
     data = make_data(n_targets=40, dim=4)
     res = run(data, small_params(epochs=1, batch_size=512, lr=1e-4, lr_scaling="linear"))
@@ -54,7 +53,7 @@ def test_bad_option_values_refused_naming_the_key():
     d = yaml_dict()
     for key in ("lr_scaling", "schedule_step", "sampler"):
         with pytest.raises(DinolocError, match=f"classifier.{key}"):
-            ClassifierParams.from_dict({**d, key: "bogus"})
+            typed(ClassifierParams, {**d, key: "bogus"})
 
 
 # ---------------------------------------------------------------------------------------------------- per-step cosine
@@ -121,7 +120,7 @@ def test_class_uniform_sampler_draw_frequencies_match_its_definition():
         sd = math.sqrt(exp * (1 - exp) / len(drawn))
         assert counts[pos].sum() / len(drawn) == pytest.approx(exp, abs=5 * sd), c
     # and it differs from the rarest-label draw on the same data
-    from dinoloc.classify import rarest_label_weights
+    from dinoloc.classify.trainer import rarest_label_weights
 
     w, _ = rarest_label_weights(Y[tr], 0.0)
     assert not np.allclose(w / w.sum(), expected)
@@ -183,7 +182,8 @@ class _OfficialStyleViT(torch.nn.Module):
 
 @pytest.mark.parametrize("size", [24, 56, 40])  # grid 3 (shrinks), 7 (grows), 5 vs the checkpoint's 4
 def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, size):
-    from dinoloc.backbones import build_backbone, create_vit
+    from dinoloc.backbones.build import build_backbone
+    from dinoloc.backbones.vit import create_vit
     from dinoloc.strategies import embed_batch
 
     torch.manual_seed(0)
@@ -241,10 +241,10 @@ def _pretrain_params(*overrides):
     from omegaconf import OmegaConf
 
     from dinoloc.config import compose as compose_config
-    from dinoloc.pretrain import PretrainParams
+    from dinoloc.pretrain.params import PretrainParams
 
     pt = compose_config(["pretrain=demo", *(f"pretrain.{o}" for o in overrides)]).pretrain
-    return PretrainParams.from_dict(OmegaConf.to_container(pt, resolve=True))
+    return typed(PretrainParams, OmegaConf.to_container(pt, resolve=True))
 
 
 def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
@@ -274,7 +274,7 @@ def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
 
 
 def test_crop_zscore_refused_for_non_zscored_backbone(tmp_path):
-    from dinoloc.pretrain import train_dino
+    from dinoloc.pretrain.train import train_dino
 
     params = _pretrain_params("zscore=crop", "epochs=1")
     with pytest.raises(DinolocError, match="pretrain.zscore=crop"):
@@ -354,4 +354,7 @@ def test_hpa_channel_order_check_measures_collapse_and_knn():
     y[np.arange(60), np.arange(60) % 3] = 1
     group = np.arange(60) % 5
     informative = y[:, :3] * 5.0 + 0.1 * rng.normal(size=(60, 3))
-    assert mod.knn_macro_f1(informative, y, group) > 0.9 > mod.knn_macro_f1(rng.normal(size=(60, 3)), y, group)
+    from dinoloc.classify.params import params_from_config
+
+    knn = params_from_config({"name": "knn", "k": 20, "temperature": 0.07, "threshold": 0.5, "standardize": False})
+    assert mod.knn_macro_f1(informative, y, group, knn) > 0.9 > mod.knn_macro_f1(rng.normal(size=(60, 3)), y, group, knn)

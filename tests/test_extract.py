@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.extract import CACHE_VERSION, cache_key, extract, images_fingerprint, lookup
+from dinoloc.extract.cache import CACHE_VERSION, cache_key, finished_chunks, images_fingerprint, lookup
+from dinoloc.extract.engine import extract
 from dinoloc.io import DinolocError, read_json, write_json
 
 WORKER = str(Path(__file__).with_name("_extract_worker.py"))
@@ -83,6 +84,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     chunks = sorted(p.name for p in (tmp_path / "a" / "k" / "chunks").iterdir())
     assert chunks == ["chunk_000000.npy"]  # only finished chunks are visible, under final names
     assert lookup(tmp_path / "a", "k") is None
+    assert finished_chunks(tmp_path / "a", "k") == 1 and finished_chunks(tmp_path / "a", "other") == 0
     seen = []
 
     def counting_read(p):
@@ -164,3 +166,11 @@ def test_torchrun_two_ranks_merge(tmp_path):
     emb = np.load(tmp_path / "cache" / "k" / "embeddings.npy")
     np.testing.assert_array_equal(emb[:, 0], np.arange(11, dtype=np.float32))
     assert pd.read_csv(tmp_path / "cache" / "k" / "index.csv")["image_id"].tolist() == [f"img{i:03d}" for i in range(11)]
+
+
+def test_embedding_rows_line_a_cache_up_with_a_split_and_name_the_cache_when_short(tmp_path):
+    from dinoloc.extract.cache import embedding_rows
+
+    assert embedding_rows(["a", "b", "c"], ["c", "a"], tmp_path).tolist() == [2, 0]
+    with pytest.raises(DinolocError, match=rf"cache {tmp_path} lacks 1 .*'z'"):
+        embedding_rows(["a", "b"], ["a", "z"], tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from dinoloc.backbones import build_backbone
+from dinoloc.backbones.build import build_backbone
 from dinoloc.backbones.families import configure, load_family
 from dinoloc.io import DinolocError
 
@@ -284,12 +284,13 @@ PRIOR_HEAD = '''
 """A lab's own head: every class's training prevalence of the fold, for every row."""
 import numpy as np
 from dinoloc.classify.params import KNNParams
+from dinoloc.rules import typed
 
 ORDER, HATCH = 5, "xx"
 
 
 def params(cfg):
-    return KNNParams.from_dict(cfg)
+    return typed(KNNParams, cfg)
 
 
 def predict_proba(X, Y, train_rows, means, stds, params, *, progress=True, hook=None, single_label=False):
@@ -331,7 +332,8 @@ def approach(ctx):
 def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     import numpy as np
 
-    from dinoloc.classify import cross_validate, params_from_config
+    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.params import params_from_config
     from dinoloc.heads import head_order
     from dinoloc.strategies import apply_strategy, approach, n_views
     from test_classify import make_data

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dinoloc.classify import run_classification
-from dinoloc.config import classify_spec, compose, data_spec, extract_spec, report_spec, validate
+from dinoloc.classify.stage import run_classification
+from dinoloc.config import checked_spec, compose, data_spec, extract_spec, report_spec, validate
 from dinoloc.data.prepare import run_data
-from dinoloc.extract import run_extraction
+from dinoloc.extract.stage import run_extraction
 from dinoloc.io import DinolocError
-from dinoloc.report import run_report
+from dinoloc.report.stage import run_report
 from test_folder_data import write_folder_dataset
 
 # the folder's channels DNA, actin, protein named by role: nucleus, microtubules (stand-in), protein
@@ -64,9 +64,9 @@ def test_preset_extracts_under_every_strategy_it_supports(preset, folder, tmp_pa
         cfg = compose([*_common(folder, tmp_path / "out"), f"backbone={preset}", f"strategy={strategy}", *TINY[preset]])
         if n_features is None:
             with pytest.raises(DinolocError, match="strategy=native"):
-                validate(cfg)
+                validate(cfg, extract_spec(cfg))
             continue
-        validate(cfg)
+        validate(cfg, extract_spec(cfg))
         spec = extract_spec(cfg)
         manifest, _ = run_data(data_spec(cfg))
         entry = run_extraction(spec, manifest)
@@ -98,7 +98,7 @@ def test_channelvit_native_matches_channels_by_name(folder, tmp_path):
     cfg = compose([*_common(folder, tmp_path / "out"), "backbone=channelvit", "strategy=native", *TINY["channelvit"],
                    f"backbone.channels={names}", f"backbone.model_kwargs.channels={names}",
                    "backbone.channel_map={protein: protein, nucleus: nucleus}"])
-    validate(cfg)
+    validate(cfg, extract_spec(cfg))
     manifest, _ = run_data(data_spec(cfg))
     entry = run_extraction(extract_spec(cfg), manifest)
     assert entry.load()[0].shape == (len(manifest), 32)
@@ -161,8 +161,7 @@ def test_a_labs_own_family_runs_through_the_pipeline(folder, tmp_path, monkeypat
               "classifier.epochs=3", "experiment_name=lab", "report.embedding_maps=none"]
     for strategy in ("mapping", "replication", "native"):
         cfg = compose([*common, f"strategy={strategy}"])
-        validate(cfg, classifier=True)
-        run_classification(classify_spec(cfg))
+        run_classification(checked_spec(cfg))
     run_report(report_spec(compose(common)))
     table = pd.read_csv(tmp_path / "out" / "reports" / "lab" / "table3.csv")
     assert len(table) == 3 and set(table["family"]) == {"mylab_toy_family"}

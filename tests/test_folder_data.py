@@ -15,8 +15,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dinoloc.classify import run_classification
-from dinoloc.config import classify_spec, compose, report_spec, validate
+from dinoloc.classify.stage import run_classification
+from dinoloc.config import checked_spec, classify_spec, compose, report_spec
 from dinoloc.data.folder import (
     build_folder_manifest,
     channel_roles,
@@ -26,7 +26,7 @@ from dinoloc.data.folder import (
 )
 from dinoloc.data.split import make_split, prepare_dataset
 from dinoloc.io import DinolocError
-from dinoloc.report import run_report
+from dinoloc.report.stage import run_report
 
 CHANNELS = ["DNA", "actin", "protein"]
 CLASSES = ["cytosol", "membrane", "nucleus", "vesicles"]
@@ -237,7 +237,7 @@ def test_folder_dataset_end_to_end(tmp_path, capsys):
     for strategy in ("mapping", "replication", "native"):
         for head in ("mlp", "knn", "linear"):
             cfg = compose([*common, f"strategy={strategy}", f"classifier={head}"])
-            validate(cfg, classifier=True)
+            checked_spec(cfg)
             run_classification(classify_spec(cfg))
     paths = run_report(report_spec(compose(common)))
     out = tmp_path / "out"

@@ -283,15 +283,14 @@ TINY = ["backbone=timm", "backbone.arch=vit_tiny_patch16_224", "backbone.weights
 
 def run_layout(tmp_path: Path, data: list[str]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """dinoloc-data, extraction + the MLP (one row) and the report, through the stage runners."""
-    from dinoloc.classify import run_classification
-    from dinoloc.config import classify_spec, compose, report_spec, validate
+    from dinoloc.classify.stage import run_classification
+    from dinoloc.config import checked_spec, compose, report_spec
     from dinoloc.data.prepare import run_data
-    from dinoloc.report import run_report
+    from dinoloc.report.stage import run_report
 
     common = [f"paths.output_dir={tmp_path / 'out'}", *TINY, *data]
     cfg = compose(common)
-    validate(cfg, classifier=True)
-    spec = classify_spec(cfg)
+    spec = checked_spec(cfg)
     manifest, split = run_data(spec.extract.data)
     result = run_classification(spec)
     run_report(report_spec(cfg))
@@ -460,7 +459,7 @@ def test_cell_extraction_resumes_after_a_kill(tmp_path, monkeypatch):
     from dinoloc.config import compose, extract_spec
     from dinoloc.data.cells import CellCrops
     from dinoloc.data.prepare import run_data
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.stage import run_extraction
 
     write_mask_folder(tmp_path / "m", n_groups=3)  # 6 images, 24 cells
     args = [f"paths.output_dir={tmp_path / 'out'}", *TINY, "data=folder", f"data.root={tmp_path / 'm'}",

@@ -13,7 +13,7 @@ import torch
 
 from dinoloc import provenance
 from dinoloc.config import compose, extract_spec, plain
-from dinoloc.extract import key_of
+from dinoloc.extract.stage import key_of
 from dinoloc.metrics import decide
 
 # official DINO (facebookresearch/dino eval_linear.py / eval_knn.py transforms) and torchvision: RGB order

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dinoloc.classify import run_classification
+from dinoloc.classify.stage import run_classification
 from dinoloc.config import classify_spec, compose
 
 BIN = Path(sys.executable).parent

@@ -22,34 +22,28 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from dinoloc.backbones import create_vit
+from dinoloc.backbones.vit import create_vit
 from dinoloc.config import compose as compose_config
 from dinoloc.io import DinolocError
-from dinoloc.pretrain import (
-    CropSpec,
-    DINOHead,
-    DINOLoss,
-    MultiCropAugment,
-    MultiCropWrapper,
-    PretrainParams,
-    PretrainSpec,
+from dinoloc.pretrain import step as step_mod
+from dinoloc.pretrain import train as train_mod
+from dinoloc.pretrain.augment import MultiCropAugment, cell_warp, remove_channel, sample_generator
+from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys, weight_change
+from dinoloc.pretrain.data import select_pretrain_images
+from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
+from dinoloc.pretrain.loss import DINOLoss
+from dinoloc.pretrain.params import CropSpec, PretrainParams
+from dinoloc.pretrain.schedules import cosine_scheduler, teacher_temp_schedule
+from dinoloc.pretrain.stage import PretrainSpec, pretrain_images, run_pretrain
+from dinoloc.pretrain.step import (
     build_dino_model,
     cancel_gradients_last_layer,
     clip_gradients,
-    cosine_scheduler,
     ema_update,
     param_groups,
-    pretrain_images,
-    run_pretrain,
-    sample_generator,
-    select_pretrain_images,
-    teacher_temp_schedule,
-    train_dino,
 )
-from dinoloc.pretrain import step as step_mod
-from dinoloc.pretrain import train as train_mod
-from dinoloc.pretrain.augment import cell_warp, remove_channel
-from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys, weight_change
+from dinoloc.pretrain.train import train_dino
+from dinoloc.rules import typed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = "vit_tiny_patch16_224"
@@ -70,7 +64,7 @@ def recipe(name: str = "opencell") -> dict:
 
 
 def tiny_params(**overrides) -> PretrainParams:
-    return PretrainParams.from_dict({**recipe("opencell"), **TINY, **overrides})
+    return typed(PretrainParams, {**recipe("opencell"), **TINY, **overrides})
 
 
 def tiny_images(n: int = 8, size: int = 40, channels: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -204,26 +198,26 @@ def test_clip_gradients_per_parameter():
 
 
 # ------------------------------------------------------------------------------------------------- params
-def test_params_from_dict_validates_and_ignores_data_keys():
+def test_typed_params_validate_and_ignore_data_keys():
     base = recipe()
-    p = PretrainParams.from_dict({**base, "epochs": 3, "global_crops_scale": [0.5, 1], "source": "folder",
+    p = typed(PretrainParams, {**base, "epochs": 3, "global_crops_scale": [0.5, 1], "source": "folder",
                                   "image_dir": "x"})
     assert p.epochs == 3 and p.global_crops_scale == (0.5, 1.0)
     with pytest.raises(DinolocError, match="pretrain.epochz"):
-        PretrainParams.from_dict({**base, "epochz": 3})
+        typed(PretrainParams, {**base, "epochz": 3})
     for key, value in (("epochs", 0), ("lr", 0.0), ("batch_size_per_gpu", 0), ("warp_prob", 1.5),
                        ("local_crops_scale", [0.5, 0.2]), ("amp", "fp8"), ("epochs", 2.5), ("norm_last_layer", 1)):
         with pytest.raises(DinolocError, match=f"pretrain.{key}"):
-            PretrainParams.from_dict({**base, key: value})
+            typed(PretrainParams, {**base, key: value})
     for key in ("teacher_temp", "num_workers", "batch_size_per_gpu", "zscore"):
         with pytest.raises(DinolocError, match=f"pretrain.{key} is missing from the pretrain config"):
-            PretrainParams.from_dict({k: v for k, v in base.items() if k != key})
+            typed(PretrainParams, {k: v for k, v in base.items() if k != key})
 
 
 @pytest.mark.parametrize("name", ["opencell", "small", "demo", "hpa_demo", "imagenet_demo"])
 def test_config_files_parse(name):
     d = recipe(name)
-    p = PretrainParams.from_dict(d)
+    p = typed(PretrainParams, d)
     assert d["source"] == ("opencell" if name in ("opencell", "small", "demo") else "folder")
     if name == "opencell":  # the values the code's defaults used to contradict (0.04, 4, 64)
         assert (p.epochs, p.out_dim, p.global_crop_size, p.local_crop_size, p.local_crops_number) == (
@@ -259,7 +253,7 @@ def test_select_pretrain_images_never_returns_test():
 
 # ------------------------------------------------------------------------------------------- augmentation
 def test_multicrop_shapes_determinism_and_any_channel_count():
-    spec = dataclasses.replace(PretrainParams.from_dict(recipe("opencell")).crop_spec(), global_crop_size=24,
+    spec = dataclasses.replace(typed(PretrainParams, recipe("opencell")).crop_spec(), global_crop_size=24,
                                local_crop_size=12, local_crops_number=3, warp_prob=1.0)
     x = torch.rand(4, 50, 40)
     aug = MultiCropAugment(spec, ["nucleus", "protein", "microtubules", "er"])

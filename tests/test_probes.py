@@ -12,18 +12,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dinoloc import CONFIG_DIR, report
-from dinoloc.classify import (
-    ClassifierParams,
-    KNNParams,
-    cross_validate,
-    knn_vote,
-    params_from_config,
-    train_folds,
-)
+from dinoloc import CONFIG_DIR
+from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.params import ClassifierParams, KNNParams, params_from_config
+from dinoloc.classify.probes import knn_vote
+from dinoloc.classify.trainer import train_folds
 from dinoloc.io import DinolocError
 from dinoloc.report.notes import ranking_notes
+from dinoloc.report.runs import collect_runs
+from dinoloc.report.tables import build_table, markdown_table
 from dinoloc.results import run_dir_name
+from dinoloc.rules import typed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,11 +54,11 @@ def test_knn_params_from_yaml_are_dinos():
     assert isinstance(p, KNNParams) and (p.k, p.temperature, p.threshold) == (20, 0.07, 0.5)
     assert p.standardize is False  # DINO only L2-normalises
     with pytest.raises(DinolocError, match="classifier.k="):
-        KNNParams.from_dict({**d, "k": 0})
+        typed(KNNParams, {**d, "k": 0})
     with pytest.raises(DinolocError, match="classifier.temperature"):
-        KNNParams.from_dict({**d, "temperature": -1})
+        typed(KNNParams, {**d, "temperature": -1})
     with pytest.raises(DinolocError, match="classifier.bogus"):
-        KNNParams.from_dict({**d, "bogus": 1})
+        typed(KNNParams, {**d, "bogus": 1})
     # the demo preset sets the MLP's batch size for every head of its sweep: harmless for the k-NN
     assert params_from_config(compose_classifier("knn", "experiment=demo_probes")) == p
 
@@ -118,7 +117,7 @@ def test_linear_head_is_one_layer_with_the_mlp_recipe():
     assert all(lin[k] == mlp[k] for k in same)
     X = torch.randn(50, 6)
     Y = (torch.rand(50, 3) < 0.3).float()
-    small = ClassifierParams.from_dict({**lin, "epochs": 2, "batch_size": 16})
+    small = typed(ClassifierParams, {**lin, "epochs": 2, "batch_size": 16})
     w, b = train_folds(X, Y, [np.arange(40), np.arange(10, 50)], torch.zeros(2, 6), torch.ones(2, 6), small)
     assert [tuple(t.shape) for t in w] == [(2, 6, 3)] and [tuple(t.shape) for t in b] == [(2, 1, 3)]
 
@@ -156,11 +155,29 @@ def test_report_has_a_head_column(tmp_path):
         (d / "result.json").write_text(json.dumps(res))
         d.rename(runs / f"{bb}__mapping__knn")
     (runs / "tmp").rmdir()
-    table, missing = report.build_table(report.collect_runs(runs), expected=["hpa__mapping__knn"], n_boot=50,
+    table, missing = build_table(collect_runs(runs), expected=["hpa__mapping__knn"], n_boot=50,
                                           seed=0, level=0.95, method="percentile")
     assert missing == []
     assert list(table["run"]) == ["imagenet__mapping", "imagenet__mapping__knn", "hpa__mapping", "hpa__mapping__knn"]
     assert list(table["head"]) == ["mlp", "knn", "mlp", "knn"]
-    md = report.markdown_table(table, missing, synthetic=False)
+    md = markdown_table(table, missing, synthetic=False)
     assert "| Head |" in md and "| knn |" in md
     assert "Ranking: knn ranks the rows differently from mlp" in md
+
+
+def test_knn_leave_group_out_predicts_each_group_from_the_others_only():
+    from dinoloc.classify.cv import knn_leave_group_out
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 0.1, (20, 4)) + 3, rng.normal(0, 0.1, (20, 4)) - 3])
+    Y = np.zeros((40, 2), dtype=int)
+    Y[:20, 0] = Y[20:, 1] = 1
+    group = np.repeat([0, 1, 2, 3], 10)  # groups 0-1 hold cluster A, 2-3 cluster B
+    params = KNNParams(k=5, temperature=0.07, threshold=0.5, standardize=True)
+    np.testing.assert_array_equal(knn_leave_group_out(X, Y, group, params), Y)
+    Y2 = Y.copy()
+    Y2[:10, 0] = 0  # group 0's own class-0 labels are gone; its neighbours (group 1) still carry them
+    Y2[10:20, 0] = 0
+    Y2[:10, 1] = 1  # group 0 is the only carrier of class 1 in cluster A: no other group can vote it in
+    pred = knn_leave_group_out(X, Y2, group, params)
+    assert pred[:10, 1].sum() == 0 and pred[10:20, 1].sum() == 10  # group 1 sees group 0's class 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dinoloc import provenance, stats
-from dinoloc.backbones import checkpoint_facts
+from dinoloc.backbones.checkpoint import checkpoint_facts
 
 
 def _resolved(**over) -> dict:
@@ -57,7 +57,7 @@ def _used(**classifier_over) -> dict:
     """classify/stage.py used_values for the shipped MLP recipe with `classifier_over` applied."""
     from types import SimpleNamespace
 
-    from dinoloc.classify import params_from_config
+    from dinoloc.classify.params import params_from_config
     from dinoloc.classify.stage import used_values
     from dinoloc.config import compose, plain
 

@@ -14,8 +14,9 @@ import torch
 
 from dinoloc import stats
 from dinoloc.backbones.classical import ClassicalFeatures, feature_names, image_features
-from dinoloc.classify import best_constant, cross_validate, params_from_config
-from dinoloc.classify.constant import constant_predict_proba
+from dinoloc.classify.constant import best_constant, constant_predict_proba
+from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.params import params_from_config
 from dinoloc.io import DinolocError
 from dinoloc.results import row_role
 
@@ -130,10 +131,10 @@ def test_collapse_flag_is_calibrated_against_the_floor():
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory):
     from conftest import make_opencell_tree
-    from dinoloc.backbones import create_vit
-    from dinoloc.classify import run_classification
-    from dinoloc.config import classify_spec, compose, report_spec, validate
-    from dinoloc.report import run_report
+    from dinoloc.backbones.vit import create_vit
+    from dinoloc.classify.stage import run_classification
+    from dinoloc.config import checked_spec, compose, report_spec
+    from dinoloc.report.stage import run_report
 
     tmp = tmp_path_factory.mktemp("references")
     root, _ = make_opencell_tree(tmp / "opencell", n_targets=40, images_per_target=1, size=32)
@@ -157,8 +158,7 @@ def reference_runs(tmp_path_factory):
     results = {}
     for role, extra in rows.items():
         cfg = compose([*common, *extra])
-        validate(cfg, classifier=True)
-        results[role] = run_classification(classify_spec(cfg))
+        results[role] = run_classification(checked_spec(cfg))
     cfg = compose(common)
     paths = run_report(report_spec(cfg))
     return tmp / "out", results, paths
@@ -204,7 +204,7 @@ def test_classical_cache_is_reused(reference_runs, tmp_path):
     """A second extraction of the classical features hits the cache (same key, no computation)."""
     from dinoloc.config import compose, extract_spec
     from dinoloc.data.prepare import run_data
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.stage import run_extraction
 
     out, results, _ = reference_runs
     cfg = compose([f"paths.output_dir={out}", "data=opencell", f"data.root={Path(results['classical']['data']['root'])}",
@@ -220,8 +220,8 @@ def test_classical_and_trivial_rows_on_a_folder_dataset(tmp_path):
     """A folder of 3-channel images (data=folder): the classical features measure all three channels (radial
     distribution against the channel whose role is nucleus), and the trivial row sits on them."""
     from dinoloc.backbones.classical import feature_names
-    from dinoloc.classify import run_classification
-    from dinoloc.config import classify_spec, compose, validate
+    from dinoloc.classify.stage import run_classification
+    from dinoloc.config import checked_spec, compose
     from test_folder_data import CHANNELS, CLASSES, write_folder_dataset
 
     write_folder_dataset(tmp_path / "imgs", n_groups=16, per_group=1)
@@ -232,8 +232,7 @@ def test_classical_and_trivial_rows_on_a_folder_dataset(tmp_path):
     out = {}
     for row in ("classical_native", "trivial"):
         cfg = compose([*common, f"row={row}"])
-        validate(cfg, classifier=True)
-        out[row] = run_classification(classify_spec(cfg))
+        out[row] = run_classification(checked_spec(cfg))
     cfg = compose([*common, "row=classical_native"])
     names = feature_names(["nucleus", "actin", "protein"], **dict(cfg.backbone.model_kwargs))
     assert out["classical_native"]["n_features"] == len(names)
@@ -241,4 +240,4 @@ def test_classical_and_trivial_rows_on_a_folder_dataset(tmp_path):
     assert out["classical_native"]["classes"] == CLASSES == out["trivial"]["classes"]
     assert out["classical_native"]["data"]["channels_used"] == ["nucleus", "actin", "protein"]
     with pytest.raises(DinolocError, match="strategy=native"):
-        validate(compose([*common, "row=classical_native", "strategy=mapping"]))
+        checked_spec(compose([*common, "row=classical_native", "strategy=mapping"]))

@@ -14,12 +14,17 @@ import tifffile
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from dinoloc import report, results
+from dinoloc import results
 from dinoloc import stats as dstats
 from dinoloc.io import DinolocError
 from dinoloc.ontology import CATEGORIES
 from dinoloc.report import figures, statistics, tables
 from dinoloc.report import runs as report_runs
+from dinoloc.report.runs import collect_runs
+from dinoloc.report.sensitivity import sensitivity_markdown
+from dinoloc.report.spec import ReportSpec
+from dinoloc.report.stage import run_report
+from dinoloc.report.tables import build_table, markdown_table, per_class_table
 
 REPO = Path(__file__).resolve().parents[1]
 N_FOLDS = 5
@@ -133,11 +138,11 @@ def write_images(root: Path, test_set: pd.DataFrame) -> Path:
     return manifest
 
 
-def _spec(runs_dir: Path, reports_dir: Path, **over) -> report.ReportSpec:
+def _spec(runs_dir: Path, reports_dir: Path, **over) -> ReportSpec:
     """A ReportSpec with small, fast settings (no embedding maps: tests/test_embedding_maps.py has them)."""
     values = {"n_boot": 20, "seed": 0, "level": 0.95, "method": "percentile", "figure2_colors": "magenta_green",
               "embedding_maps": "none", "max_points": 100, "display_percentiles": (0.5, 99.8), **over}
-    return report.ReportSpec(runs_dir=runs_dir, reports_dir=reports_dir, **values)
+    return ReportSpec(runs_dir=runs_dir, reports_dir=reports_dir, **values)
 
 
 @pytest.fixture
@@ -153,8 +158,8 @@ def study(tmp_path):
 
 def test_table_matches_result_json_and_is_in_paper_order(study):
     runs, _ = study
-    results = report.collect_runs(runs)
-    table, missing = report.build_table(results, n_boot=100, **CI)
+    results = collect_runs(runs)
+    table, missing = build_table(results, n_boot=100, **CI)
     assert missing == []
     assert list(table["run"]) == ["imagenet__mapping", "hpa__mapping", "opencell__native"]
     assert list(table["approach"]) == ["mapping", "mapping", "–"]
@@ -174,7 +179,7 @@ def test_table_matches_result_json_and_is_in_paper_order(study):
 
 def test_recomputed_test_f1_equals_result_json(study, recwarn):
     runs, _ = study
-    for r in report.collect_runs(runs):
+    for r in collect_runs(runs):
         stats = statistics.run_stats(r, n_boot=10, **CI)
         assert abs(stats["recomputed"] - r["test_macro_f1_mean"]) <= 1e-9
         # the count-based statistic the bootstrap uses, with every target drawn once, is the same number
@@ -190,7 +195,7 @@ def test_tampered_result_json_is_flagged(study):
     result["test_macro_f1_mean"] += 0.01
     path.write_text(json.dumps(result))
     with pytest.warns(UserWarning, match="differs from result.json"):
-        table, _ = report.build_table(report.collect_runs(runs), n_boot=10, **CI)
+        table, _ = build_table(collect_runs(runs), n_boot=10, **CI)
     assert "differs" in table.set_index("run").loc["hpa__mapping", "notes"]
 
 
@@ -207,7 +212,7 @@ def test_ci_contains_mean_and_resamples_targets_not_images(tmp_path):
     # each image its own target: more independent units, so a different (narrower) CI
     single = test_set.assign(target=test_set["image_id"])
     write_run(tmp_path / "c", "hpa", "mapping", single, 0, probs=probs)
-    rows = [report.build_table(report.collect_runs(tmp_path / d), n_boot=300, **{**CI, "seed": 3})[0].iloc[0]
+    rows = [build_table(collect_runs(tmp_path / d), n_boot=300, **{**CI, "seed": 3})[0].iloc[0]
             for d in "abc"]
     a, b, c = rows
     assert a["ci_low"] <= a["test_f1_mean"] <= a["ci_high"]
@@ -219,8 +224,8 @@ def test_ci_contains_mean_and_resamples_targets_not_images(tmp_path):
 
 def test_declared_comparisons_never_depend_on_the_scores(study):
     runs, _ = study
-    results = report.collect_runs(runs)
-    table, _ = report.build_table(results, n_boot=300, **CI)
+    results = collect_runs(runs)
+    table, _ = build_table(results, n_boot=300, **CI)
     comps = {(c["row"], c["versus"]): c for c in table.attrs["comparisons"]}
     # no floor, no replication rows: only the paper's claim, HPA mapping vs each other row
     assert set(comps) == {("hpa__mapping", "imagenet__mapping"), ("hpa__mapping", "opencell__native")}
@@ -252,7 +257,7 @@ def test_floor_row_holm_bias_and_raw_interval(tmp_path):
     write_run(runs, "hpa", "mapping", test_set, quality=0.9, seed=1)
     write_run(runs, "imagenet", "mapping", test_set, quality=0.3, seed=2)
     write_run(runs, "random", "mapping", test_set, quality=0.0, seed=3, extra={"random_weights": True})
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=400, **CI)
+    table, _ = build_table(collect_runs(runs), n_boot=400, **CI)
     t = table.set_index("run")
     assert t.loc["random__mapping", "random_weights"] and not t.loc["hpa__mapping", "random_weights"]
     assert t.loc["random__mapping", "weights"].startswith("random init")
@@ -268,7 +273,7 @@ def test_floor_row_holm_bias_and_raw_interval(tmp_path):
     np.testing.assert_allclose([c["p_holm"] for c in comps], dstats.holm(raw))
     assert t.loc["imagenet__mapping", "p_vs_floor_holm"] == pytest.approx(
         next(c["p_holm"] for c in comps if c["row"] == "imagenet__mapping"))
-    md = report.markdown_table(table, [], synthetic=False, results=report.collect_runs(runs))
+    md = markdown_table(table, [], synthetic=False, results=collect_runs(runs))
     assert "floor" in md and "Deviations from the paper" in md and "Open choices" in md
     assert "Declared comparisons" in md and "best" not in md.split("Notes:")[0]
 
@@ -276,7 +281,7 @@ def test_floor_row_holm_bias_and_raw_interval(tmp_path):
 def test_different_test_sets_give_no_p_value(tmp_path):
     write_run(tmp_path, "hpa", "mapping", make_test_set(0), 0.9, seed=1)
     write_run(tmp_path, "imagenet", "mapping", make_test_set(7), 0.2, seed=2)
-    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=50, **CI)
+    table, _ = build_table(collect_runs(tmp_path), n_boot=50, **CI)
     comp = table.attrs["comparisons"][0]
     assert np.isnan(comp["p"]) and "different test images" in table.set_index("run").loc["hpa__mapping", "notes"]
 
@@ -286,10 +291,10 @@ def test_too_few_test_targets_print_no_interval_and_no_p(tmp_path, monkeypatch):
     test_set = make_test_set()  # 15 targets
     write_run(tmp_path, "hpa", "mapping", test_set, quality=0.9, seed=1)
     write_run(tmp_path, "random", "mapping", test_set, quality=0.0, seed=3, extra={"random_weights": True})
-    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=50, **CI)
+    table, _ = build_table(collect_runs(tmp_path), n_boot=50, **CI)
     row = table.set_index("run").loc["hpa__mapping"]
     assert not row["calibrated"] and np.isnan(row["ci_low"]) and np.isnan(row["p_vs_floor"])
-    md = report.markdown_table(table, [], synthetic=False)
+    md = markdown_table(table, [], synthetic=False)
     assert "| too few test targets |" in md and dstats.TOO_FEW.capitalize() in md
     assert "this table has 15" in md  # the coverage quoted is the one measured nearest this table's size
 
@@ -298,13 +303,13 @@ def test_missing_expected_rows_are_reported(study):
     runs, _ = study
     (runs / "hpa__replication").mkdir()  # an incomplete run: listed, not fatal
     with pytest.warns(UserWarning) as rec:
-        results = report.collect_runs(runs)
+        results = collect_runs(runs)
     assert any("hpa__replication" in str(w.message) for w in rec)
     expected = ["imagenet__mapping", "hpa__mapping", "hpa__replication", "opencell__native"]
     with pytest.warns(UserWarning, match="missing expected"):
-        table, missing = report.build_table(results, expected=expected, n_boot=20, **CI)
+        table, missing = build_table(results, expected=expected, n_boot=20, **CI)
     assert missing == ["hpa__replication"]
-    md = report.markdown_table(table, missing, synthetic=False)
+    md = markdown_table(table, missing, synthetic=False)
     assert "Missing rows: hpa__replication" in md
     assert "SYNTHETIC" not in md
     assert "ddof = 1" in md
@@ -314,14 +319,14 @@ def test_missing_expected_rows_are_reported(study):
     assert main_table.count("\n| ") == 1 + len(table)  # header + one line per row
     assert "dropped" not in md
     notes = {"ignored": {"nucleolus": 3, "small_aggregates": 7}, "only_ignored": ["GENE1"]}
-    md = report.markdown_table(table, missing, synthetic=False, label_notes=notes)
+    md = markdown_table(table, missing, synthetic=False, label_notes=notes)
     assert "nucleolus (3), small_aggregates (7)" in md and "1 target(s) carried only such names" in md
 
 
 def test_per_class_table(study):
     runs, _ = study
-    results = report.collect_runs(runs)
-    pc = report.per_class_table(results)
+    results = collect_runs(runs)
+    pc = per_class_table(results)
     assert list(pc["class"]) == list(CATEGORIES)
     assert list(pc.columns[2:]) == ["imagenet__mapping", "hpa__mapping", "opencell__native"]
     src = pd.read_csv(runs / "hpa__mapping" / "per_class.csv")
@@ -346,7 +351,7 @@ def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
     for i, (bb, st) in enumerate([("hpa", "mapping"), ("hpa", "replication"), ("imagenet", "mapping"),
                                   ("imagenet", "replication"), ("opencell", "native")]):
         write_run(runs, bb, st, test_set, 0.3 + 0.1 * i, seed=i, synthetic=(bb == "opencell"))
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=20, **CI)
+    table, _ = build_table(collect_runs(runs), n_boot=20, **CI)
     csv = tmp_path / "table3.csv"
     table.to_csv(csv, index=False)
     bars = figures.plot_figure1(csv, tmp_path / "fig" / "figure1.png")
@@ -360,13 +365,13 @@ def test_figure1_bars_equal_csv_and_synthetic_title(tmp_path):
         assert h == pytest.approx(r["test_f1_mean"], abs=1e-12)
         assert e == pytest.approx(r["test_f1_std"], abs=1e-12)
     assert figures.SYNTHETIC_MARKER in _png_title(tmp_path / "fig" / "figure1.png")
-    md = report.markdown_table(table, [], synthetic=True)
+    md = markdown_table(table, [], synthetic=True)
     assert md.startswith("**SYNTHETIC DEMO DATA**")
 
 
 def test_figure1_script_runs(study, tmp_path):
     runs, _ = study
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=20, **CI)
+    table, _ = build_table(collect_runs(runs), n_boot=20, **CI)
     csv = tmp_path / "t.csv"
     table.to_csv(csv, index=False)
     out = tmp_path / "out" / "f1.png"
@@ -427,7 +432,7 @@ def test_run_report_end_to_end(tmp_path):
     write_run(runs, "hpa", "mapping", test_set, 0.8, seed=1, manifest=manifest)
     write_run(runs, "opencell", "native", test_set, 0.4, seed=2, manifest=manifest)
     with pytest.warns(UserWarning, match="missing expected"):
-        paths = report.run_report(_spec(runs, tmp_path / "rep", expected=("hpa__replication",), n_boot=50))
+        paths = run_report(_spec(runs, tmp_path / "rep", expected=("hpa__replication",), n_boot=50))
     for name in ("table3.csv", "table3.md", "per_class.csv", "figure1.png", "figure1.pdf", "figure2.png"):
         assert paths[name].is_file() and paths[name].parent == tmp_path / "rep"
     assert "Missing rows: hpa__replication" in paths["table3.md"].read_text()
@@ -438,7 +443,7 @@ def test_run_report_end_to_end(tmp_path):
 def test_no_runs_is_a_clear_error(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(DinolocError, match=r"no finished runs in .*runs.*dinoloc-run -m experiment=table3"):
-        report.run_report(_spec(tmp_path / "runs", tmp_path / "rep"))
+        run_report(_spec(tmp_path / "runs", tmp_path / "rep"))
 
 
 def test_bad_predictions_file_names_the_file(study):
@@ -446,7 +451,7 @@ def test_bad_predictions_file_names_the_file(study):
     pred = runs / "hpa__mapping" / "predictions.csv"
     pd.read_csv(pred).drop(columns=["p_golgi"]).to_csv(pred, index=False)
     with pytest.raises(DinolocError, match=r"hpa__mapping.*predictions\.csv.*p_golgi"):
-        report.build_table(report.collect_runs(runs), n_boot=10, **CI)
+        build_table(collect_runs(runs), n_boot=10, **CI)
 
 
 def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp_path):
@@ -470,12 +475,12 @@ def test_classifier_seeds_are_extra_folds_of_the_bootstrap_and_show_seed_std(tmp
     result.update({"folds": seed0 + seed1, "n_seeds": 2, "test_macro_f1_mean": float((m0 + m1) / 2),
                    "test_macro_f1_seed_std": float(np.std([m0, m1]))})
     (run_dir / "result.json").write_text(json.dumps(result))
-    table, _ = report.build_table(report.collect_runs(tmp_path), n_boot=200, **CI)
+    table, _ = build_table(collect_runs(tmp_path), n_boot=200, **CI)
     row = table.iloc[0]
     assert row["notes"] == ""  # the recomputed mean over (seed, fold) equals result.json's
     assert row["n_seeds"] == 2 and row["test_f1_seed_std"] == pytest.approx(abs(m0 - m1) / 2)
     assert row["ci_low"] <= row["test_f1_mean"] <= row["ci_high"]
-    assert "(seeds ± " in report.markdown_table(table, [], synthetic=False)
+    assert "(seeds ± " in markdown_table(table, [], synthetic=False)
 
 
 def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
@@ -489,7 +494,7 @@ def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
     grade = write_run(runs / "g", "hpa", "mapping", relabelled, quality=0.8, seed=3, extra={"variant": "min_grade2"})
     grade.rename(runs / "hpa__mapping__min_grade2")
     (runs / "c").rmdir(), (runs / "g").rmdir()
-    table, _ = report.build_table(report.collect_runs(runs), n_boot=300, **CI)
+    table, _ = build_table(collect_runs(runs), n_boot=300, **CI)
     assert sorted(table["run"]) == ["hpa__mapping", "hpa__mapping__crop600", "hpa__mapping__min_grade2"]
     sens = pd.DataFrame(table.attrs["sensitivity"]).set_index("variant")
     assert sens.loc["crop600", "shared_test_set"] and sens.loc["crop600", "p"] < 0.05
@@ -497,7 +502,7 @@ def test_sensitivity_table_pairs_only_shared_test_sets(tmp_path):
         table.set_index("run").loc["hpa__mapping__crop600", "test_f1_mean"] - table.iloc[0]["test_f1_mean"])
     assert not sens.loc["min_grade2", "shared_test_set"] and np.isnan(sens.loc["min_grade2", "p"])
     assert sens.loc["crop600", "p_holm"] == pytest.approx(sens.loc["crop600", "p"])  # the only test
-    md = report.sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300, level=CI["level"])
+    md = sensitivity_markdown(sens.reset_index(), synthetic=False, n_boot=300, level=CI["level"])
     assert "crop600" in md and "other test set" in md
 
 
@@ -517,7 +522,7 @@ def test_every_rows_estimate_and_bootstrap_recomputed_from_predictions_with_skle
     f1_score(average='macro', labels=<classes with a positive test image>, zero_division=0), and so is each
     bootstrap replicate on the images of the drawn targets (with their draw multiplicity)."""
     runs, _ = study
-    for r in report.collect_runs(runs):
+    for r in collect_runs(runs):
         st = statistics.run_stats(r, n_boot=30, **CI)
         preds = pd.read_csv(Path(r["run_dir"]) / "predictions.csv", dtype={"target": str, "image_id": str})
         test = preds[preds["split"] == "test"]

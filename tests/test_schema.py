@@ -73,8 +73,8 @@ def test_a_misspelt_key_in_a_yaml_is_refused_naming_it_and_the_file(tmp_path):
 @pytest.mark.parametrize("node", sorted(CHOICES))
 def test_schema_keys_are_the_consumers_fields_and_every_yaml_sets_them(node):
     """One list of keys: the schema's are the consuming dataclass's; no YAML of the group leaves one `???`."""
-    from dinoloc.classify import ClassifierParams, KNNParams
-    from dinoloc.report import ReportSpec
+    from dinoloc.classify.params import ClassifierParams, KNNParams
+    from dinoloc.report.spec import ReportSpec
     from dinoloc.schema import SCHEMAS
     from dinoloc.synthetic.generate import GeneratorSpec
 
@@ -114,10 +114,10 @@ def test_presets_and_variants_that_set_schema_keys_compose_with_every_head():
 
 def test_a_key_a_yaml_forgets_is_named_by_the_stage():
     """A YAML that names the schema but forgets a key leaves it `???`; the stage's check names it."""
-    from dinoloc.config import extract_spec, validate
+    from dinoloc.config import checked_spec, extract_spec
 
-    with pytest.raises(DinolocError, match=r"missing classifier key\(s\) \['classifier\.lr'\]"):
-        validate(compose(["classifier.lr=???"]), classifier=True)
+    with pytest.raises(DinolocError, match=r"classifier\.lr is missing from the classifier config"):
+        checked_spec(compose(["classifier.lr=???"]))
     with pytest.raises(Exception) as info:
         extract_spec(compose(["extract.chunk_size=???"]))
     assert error_line(info.value).startswith("extract.chunk_size is not set")

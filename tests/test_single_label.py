@@ -12,6 +12,7 @@ from dinoloc.classify.cv import cross_validate
 from dinoloc.classify.params import ClassifierParams, KNNParams
 from dinoloc.classify.probes import knn_vote
 from dinoloc.metrics import decide, is_single_label
+from dinoloc.rules import typed
 
 CLASSES = [f"c{i}" for i in range(6)]
 
@@ -77,7 +78,7 @@ def test_cross_validate_predicts_the_top_class_on_single_label_data(head):
     if head == "knn":
         params = KNNParams(k=20, temperature=0.07, threshold=0.5, standardize=True)
     else:
-        params = ClassifierParams.from_dict({
+        params = typed(ClassifierParams, {
             "hidden": [32], "dropout": 0.0, "epochs": 8, "batch_size": 32, "lr": 1e-2, "weight_decay": 0.0,
             "betas": [0.9, 0.999], "scheduler": "cosine", "loss": "bce_with_logits", "threshold": 0.5,
             "resample": "none", "unlabeled_weight": 0.0, "standardize": True, "seed": 0, "lr_scaling": "none",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dinoloc.backbones import create_vit
+from dinoloc.backbones.vit import create_vit
 from dinoloc.io import DinolocError
 from dinoloc.strategies import apply_strategy, check_strategy, combine_views, embed_batch, n_views
 

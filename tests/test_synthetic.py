@@ -18,6 +18,7 @@ from dinoloc import CONFIG_DIR
 from dinoloc.data.folders import list_images, read_channels, read_multichannel
 from dinoloc.io import DinolocError, read_json
 from dinoloc.ontology import CATEGORIES, GRADE_COLUMNS
+from dinoloc.rules import typed
 from dinoloc.synthetic import generate, opencell, patterns, standins
 from dinoloc.synthetic.cells import Cells, make_cells
 from dinoloc.viz import composite, contact_sheet, stretch
@@ -429,7 +430,7 @@ def test_generator_sizes_come_from_the_yaml_only():
     # The stages (data.generator) and dinoloc-synth's defaults read the same YAML node, so `make demo`'s
     # dinoloc-synth folder is the one the stages reuse.
     cfg = _compose()
-    assert generate.GeneratorSpec.from_mapping(OmegaConf.to_container(cfg.data.generator)) == DEFAULTS
+    assert typed(generate.GeneratorSpec, OmegaConf.to_container(cfg.data.generator)) == DEFAULTS
     assert generate._parser(DEFAULTS).parse_args([]).n_pretrain_images == DEFAULTS.n_pretrain_images
     # No size has a code default that could silently stand in for a dropped key.
     for fn in (opencell.generate_opencell, standins.generate_hpa_like, standins.generate_natural_like,
@@ -448,12 +449,12 @@ def test_missing_generator_key_fails_naming_it(tmp_path, monkeypatch, capsys):
     values = dataclasses.asdict(DEFAULTS)
     del values["n_pretrain_images"]
     with pytest.raises(DinolocError, match=r"data\.generator\.n_pretrain_images"):
-        generate.GeneratorSpec.from_mapping(values)
+        typed(generate.GeneratorSpec, values)
     with pytest.raises(DinolocError, match=r"data\.generator\.n_images"):
-        generate.GeneratorSpec.from_mapping({**dataclasses.asdict(DEFAULTS), "n_images": 3})
+        typed(generate.GeneratorSpec, {**dataclasses.asdict(DEFAULTS), "n_images": 3})
     # the generator schema keeps a key a YAML forgets as ??? (here set so); the stage names it as missing
     cfg = _compose(f"paths.output_dir={tmp_path}", "data.generator.pretrain_image_size=???")
-    with pytest.raises(DinolocError, match=r"missing config key\(s\) data\.generator\.pretrain_image_size"):
+    with pytest.raises(DinolocError, match=r"data\.generator\.pretrain_image_size is missing"):
         ensure_synthetic(data_spec(cfg))
     with pytest.raises(Exception, match=r"data\.generator\.pretrain_image_size"):  # and refuses removing it
         _compose(f"paths.output_dir={tmp_path}", "~data.generator.pretrain_image_size")

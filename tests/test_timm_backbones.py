@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 from timm.layers import resample_abs_pos_embed
 
 from dinoloc import CONFIG_DIR
-from dinoloc.backbones import build_backbone, create_vit, describe_weights, display_name
+from dinoloc.backbones.build import build_backbone
+from dinoloc.backbones.vit import create_vit
+from dinoloc.backbones.weights import describe_weights, display_name
 from dinoloc.io import DinolocError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +108,7 @@ def test_generic_timm_and_dinov2_extract_with_random_weights(tmp_path, write_ope
 
     from dinoloc.config import data_spec, extract_spec
     from dinoloc.data.prepare import run_data
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.stage import run_extraction
 
     root, ann = write_opencell_tree(n_targets=12, images_per_target=1, size=32)
     common = [f"paths.output_dir={tmp_path / 'out'}", "data=opencell", f"data.root={root}", "backbone.weights=",

@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dinoloc import CONFIG_DIR
 from dinoloc.config import (
-    classify_spec,
+    check_data_root,
+    checked_spec,
     data_spec,
     extract_spec,
     pretrain_spec,
     report_spec,
     validate,
-    validate_root,
 )
 from dinoloc.console import friendly, run_console
 from dinoloc.io import DinolocError
@@ -30,8 +32,6 @@ CONFIG_PATH = str(CONFIG_DIR)
 
 def refuse_sweep_without_multirun(hydra_cfg: Any, command: str) -> None:
     """A preset that defines a sweep (experiment=table3) run without -m would run one default job instead."""
-    from hydra.types import RunMode
-
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return
     params = hydra_cfg.sweeper.get("params") or {}
@@ -46,7 +46,6 @@ def refuse_sweep_without_multirun(hydra_cfg: Any, command: str) -> None:
 
 def _console(command: str):
     """Turn a task function into console script `command` (a Hydra app; errors as one line, exit 2)."""
-
     def decorate(task):
         task = friendly(task)
         hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")(task)
@@ -64,9 +63,6 @@ def _console(command: str):
 
 def _skipped_in_sweep() -> bool:
     """A multirun job the sweep listed as skipped at its start (ValidateSweep): it runs nothing."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     from dinoloc.sweep import is_skipped
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -79,8 +75,6 @@ def _skipped_in_sweep() -> bool:
 
 
 def _hydra_cfg() -> Any:
-    from hydra.core.hydra_config import HydraConfig
-
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
@@ -95,8 +89,8 @@ def data_main(cfg: DictConfig) -> None:
     from dinoloc.data.prepare import run_data
     from dinoloc.data.split import summarize
 
-    validate_root(cfg)
     spec = data_spec(cfg)
+    check_data_root(spec)
     manifest, split = run_data(spec)
     print(("SYNTHETIC DATA\n" if spec.synthetic else "") + summarize(manifest, split))
     if spec.unit == "cell":
@@ -111,14 +105,14 @@ def extract_main(cfg: DictConfig) -> None:
     """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
     from dinoloc.data.prepare import run_data
     from dinoloc.device import rank_and_world, setup
-    from dinoloc.extract import run_extraction
+    from dinoloc.extract.stage import run_extraction
 
     _refuse_sweep_without_multirun("dinoloc-extract")
     if _skipped_in_sweep():
         return
     setup(str(cfg.device))
-    validate(cfg)
     spec = extract_spec(cfg)
+    validate(cfg, spec)
     if cfg.get("export"):
         from dinoloc.extract.export import check_format
 
@@ -143,8 +137,7 @@ def run_main(cfg: DictConfig) -> None:
     _refuse_sweep_without_multirun("dinoloc-run")
     if _skipped_in_sweep():
         return
-    validate(cfg, classifier=True)
-    spec = classify_spec(cfg)
+    spec = checked_spec(cfg)
     if cfg.get("dry_run"):
         from dinoloc.sweep import describe_job
 
@@ -157,7 +150,7 @@ def run_main(cfg: DictConfig) -> None:
 def pretrain_main(cfg: DictConfig) -> None:
     """dinoloc-pretrain: DINO from scratch for cfg.backbone; writes its checkpoint at backbone.weights."""
     from dinoloc.device import rank_and_world, setup
-    from dinoloc.pretrain import run_pretrain
+    from dinoloc.pretrain.stage import run_pretrain
 
     setup(str(cfg.device))
     spec = pretrain_spec(cfg)  # every config value is checked before the (possibly long) manifest and image scan
@@ -169,7 +162,7 @@ def pretrain_main(cfg: DictConfig) -> None:
 @_console("dinoloc-report")
 def report_main(cfg: DictConfig) -> None:
     """dinoloc-report: aggregate the experiment's run folders into Table III and Figures 1 and 2."""
-    from dinoloc.report import run_report
+    from dinoloc.report.stage import run_report
 
     paths = run_report(report_spec(cfg))
     print(Path(paths["table3.md"]).read_text())

@@ -6,13 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
+from dinoloc import CONFIG_DIR
+from dinoloc.backbones.classical import check_settings, is_classical
+from dinoloc.backbones.families import channel_traits, needs_weights
+from dinoloc.backbones.weights import TIMM_PREFIX, display_name, is_url
+from dinoloc.classify.params import head_name, params_from_config
+from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.prepare import DataSpec, check_root
-from dinoloc.extract import BackboneSpec, ExtractSpec
-from dinoloc.extract.stage import source
+from dinoloc.extract.stage import BackboneSpec, ExtractSpec, source
 from dinoloc.io import DinolocError
+from dinoloc.pretrain.params import DATA_KEYS, PretrainParams, missing_key
+from dinoloc.report.spec import ReportSpec
+from dinoloc.rules import typed
+from dinoloc.sweep import expected_runs
+from dinoloc.synthetic.generate import GeneratorSpec
 
 
 def plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -28,11 +41,6 @@ def given(node: DictConfig) -> dict[str, Any]:
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The composed config for `overrides` outside a Hydra app (scripts and tests)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from dinoloc import CONFIG_DIR
-
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
@@ -60,7 +68,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         unit=str(d.get("unit") or "image"), masks=str(d.masks) if d.get("masks") else None,
         cell=plain(d.cell) if d.get("cell") is not None else {},
         synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
-        generator=given(d.generator) if d.synthetic else {},
+        generator=typed(GeneratorSpec, given(d.generator)) if d.synthetic else None,
         display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
     )
 
@@ -72,8 +80,6 @@ def _opt(node: DictConfig, key: str) -> Any:
 
 def backbone_spec(bb: DictConfig) -> BackboneSpec:
     """The `backbone` config node as a spec."""
-    from dinoloc.backbones import display_name
-
     return BackboneSpec(
         name=str(bb.name), display=display_name(bb.get("display_name"), bb.get("label"), str(bb.arch), bb.weights or None),
         arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs), in_chans=int(bb.in_chans),
@@ -112,36 +118,35 @@ def extract_spec(cfg: DictConfig) -> ExtractSpec:
     )
 
 
-def classify_spec(cfg: DictConfig):
-    from dinoloc.classify.stage import ClassifySpec
-
+def classify_spec(cfg: DictConfig) -> ClassifySpec:
     classifier = given(cfg.classifier)
-    if classifier.get("name") == "constant":  # reads no training key: a probe sweep's three jobs are one run
-        classifier = {k: classifier[k] for k in ("name", "threshold", "seed") if k in classifier}
-    return ClassifySpec(extract=extract_spec(cfg), classifier=classifier, runs_dir=str(cfg.paths.runs_dir),
-                        experiment=str(cfg.experiment_name), variant=str(cfg.get("variant") or "baseline"),
-                        force=bool(cfg.force))
+    return ClassifySpec(extract=extract_spec(cfg), head=head_name(classifier), classifier=params_from_config(classifier),
+                        runs_dir=str(cfg.paths.runs_dir), experiment=str(cfg.experiment_name),
+                        variant=str(cfg.get("variant") or "baseline"), force=bool(cfg.force))
 
 
-def report_spec(cfg: DictConfig):
-    from dinoloc.report import ReportSpec
-
+def report_spec(cfg: DictConfig) -> ReportSpec:
     rep = cfg.report
     return ReportSpec(
         runs_dir=Path(cfg.paths.runs_dir), reports_dir=Path(cfg.paths.reports_dir), n_boot=int(rep.n_boot),
         seed=int(rep.seed), level=float(rep.level), method=str(rep.ci_method),
         figure2_colors=str(cfg.figure2_colors), embedding_maps=str(rep.embedding_maps),
-        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=tuple(cfg.expected_rows or ()),
+        max_points=int(rep.max_points), display_percentiles=tuple(rep.display_percentiles), expected=expected_rows(cfg),
     )
+
+
+def expected_rows(cfg: DictConfig) -> tuple[str, ...]:
+    """The run names the report expects: `expected_rows` when given, else the ones the preset's sweep makes."""
+    if cfg.get("expected_rows"):
+        return tuple(cfg.expected_rows)
+    hydra_node = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
+    return () if hydra_node is None else expected_runs(hydra_node)
 
 
 def pretrain_spec(cfg: DictConfig):
     """cfg.pretrain + cfg.backbone -> the pretraining stage's PretrainSpec. Every recipe key is checked here
     (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from dinoloc.pretrain import DATA_KEYS, PretrainParams, PretrainSpec
-    from dinoloc.pretrain.params import missing_key
+    from dinoloc.pretrain.stage import PretrainSpec
 
     bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
     if not bb.weights:
@@ -153,7 +158,7 @@ def pretrain_spec(cfg: DictConfig):
         choice = HydraConfig.get().runtime.choices.get("pretrain")
     origin = f"configs/pretrain/{choice or '<name>'}.yaml"
     given = {k: v for k, v in plain(pt).items() if not OmegaConf.is_missing(pt, k)}  # `???`: absent
-    params = PretrainParams.from_dict(given, origin=origin)
+    params = typed(PretrainParams, given, where=origin)
     for key in DATA_KEYS:
         if key not in given:
             raise missing_key(key, origin)
@@ -168,14 +173,12 @@ def pretrain_spec(cfg: DictConfig):
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
         data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
-    validate_root(cfg)
+    check_data_root(spec.data if spec.data is not None else data_spec(cfg))
     return spec
 
 
 def _weights_are_default() -> bool:
     """False when backbone.weights was overridden on the command line (the user's own weights)."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():  # composed outside a Hydra app (scripts, tests)
         return True
     overrides = list(HydraConfig.get().overrides.task)
@@ -185,14 +188,29 @@ def _weights_are_default() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # checks before any heavy work
 # ----------------------------------------------------------------------------------------------------------
-def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
-    """Refuse a bad config before any heavy work, naming the offending key."""
-    from dinoloc.backbones.families import channel_traits, needs_weights
-    from dinoloc.strategies import check_strategy
+def checked_spec(cfg: DictConfig) -> ClassifySpec:
+    """dinoloc-run's spec, built once (each value checked on the way) and checked as a whole (`validate`); the
+    constant head's params keep only its own keys, so a probe sweep's three trivial jobs are one run."""
+    spec = classify_spec(cfg)
+    validate(cfg, spec.extract)
+    return spec
 
-    if _validate_classical(cfg):
-        return _validate_rest(cfg, classifier)
-    spec = extract_spec(cfg)
+
+def validate(cfg: DictConfig, spec: ExtractSpec) -> None:
+    """Refuse a bad config before any heavy work, naming the offending key (the spec's own values were checked
+    when it was built; this checks how they fit together and what they point at)."""
+    if not _validate_classical(cfg):
+        _validate_network(spec)
+    check_data_root(spec.data)
+    problem = missing_weights(cfg, spec)
+    if problem:
+        raise DinolocError(problem)
+
+
+def _validate_network(spec: ExtractSpec) -> None:
+    """A network backbone's channels, strategy and weights."""
+    from dinoloc.strategies import check_strategy  # torch: config checking without a network imports none
+
     bb = spec.backbone
     if len(bb.channels) != bb.in_chans:
         raise DinolocError(
@@ -201,30 +219,16 @@ def validate(cfg: DictConfig, *, classifier: bool = False) -> None:
     src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
     check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"],
                    **channel_traits(bb.family))
-    if not bb.weights and not cfg.allow_random_weights and needs_weights(bb.family):
+    if not bb.weights and not spec.allow_random_weights and needs_weights(bb.family):
         raise DinolocError(
             f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
             "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
         )
-    _validate_rest(cfg, classifier)
-
-
-def _validate_rest(cfg: DictConfig, classifier: bool) -> None:
-    if classifier:
-        from dinoloc.classify import params_from_config
-
-        params_from_config(given(cfg.classifier))
-    validate_root(cfg)
-    problem = missing_weights(cfg)
-    if problem:
-        raise DinolocError(problem)
 
 
 def _validate_classical(cfg: DictConfig) -> bool:
     """backbone=classical (no network): it measures the data's own channels, so only strategy=native fits, and
     its settings are checked. True when the backbone is classical (the ViT checks do not apply)."""
-    from dinoloc.backbones.classical import check_settings, is_classical
-
     bb = cfg.backbone
     if not is_classical(str(bb.arch)):
         return False
@@ -235,13 +239,11 @@ def _validate_classical(cfg: DictConfig) -> bool:
     return True
 
 
-def missing_weights(cfg: DictConfig) -> str | None:
+def missing_weights(cfg: DictConfig, spec: ExtractSpec | None = None) -> str | None:
     """A local weights file that does not exist, with the command (or download) that makes it; else None.
     URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
-    from dinoloc.backbones import TIMM_PREFIX, is_url
-
     bb = cfg.backbone
-    weights = str(extract_spec(cfg).backbone.weights or "")
+    weights = str((spec or extract_spec(cfg)).backbone.weights or "")
     if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():
         return None
     how = str(bb.get("weights_from") or "point backbone.weights at the checkpoint file, a URL or timm:<name>")
@@ -251,15 +253,15 @@ def missing_weights(cfg: DictConfig) -> str | None:
     return f"backbone={bb.name}: weights file {weights} does not exist; to get it: {how}"
 
 
-def validate_root(cfg: DictConfig) -> None:
+def check_data_root(spec: DataSpec) -> None:
     """The real data's root must exist; data.root given under the synthetic default is refused."""
-    if cfg.data.synthetic:
-        expected = Path(str(cfg.paths.synthetic_dir)) / "opencell"
-        if Path(str(cfg.data.root)).resolve() != expected.resolve():
+    if spec.synthetic:
+        expected = Path(str(spec.synthetic_dir)) / "opencell"
+        if Path(spec.root).resolve() != expected.resolve():
             # Reading a user's real-format folder under the synthetic config would label it SYNTHETIC.
             raise DinolocError(
-                f"data.root={cfg.data.root} is set but data=synthetic (the default) is selected; add data=opencell "
-                f"to read your OpenCell-format folder, e.g. data=opencell data.root={cfg.data.root}"
+                f"data.root={spec.root} is set but data=synthetic (the default) is selected; add data=opencell "
+                f"to read your OpenCell-format folder, e.g. data=opencell data.root={spec.root}"
             )
         return
-    check_root(data_spec(cfg))
+    check_root(spec)

@@ -8,6 +8,7 @@ Jobs may run in other processes (joblib) or on other machines (SLURM), so the st
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -15,10 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dinoloc.backbones.weights import cached_weights_path, is_url
+from dinoloc.channel_strategies import CannotRun
+from dinoloc.classify.params import head_name
+from dinoloc.extract.cache import finished_chunks, lookup
+from dinoloc.extract.stage import key_of
+from dinoloc.heads import head_module
 from dinoloc.io import DinolocError, write_json
+from dinoloc.results import run_dir_name
 
 STATE_DIR = ".dinoloc"
 
@@ -117,18 +129,46 @@ def summary(sweep_dir: str | os.PathLike) -> tuple[str, bool]:
 # ----------------------------------------------------------------------------------------------------------
 # the launcher callback: every job composed and validated before the first starts
 # ----------------------------------------------------------------------------------------------------------
-def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override list of every job of the multirun `config` would launch (sweeper params + command line)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    task_overrides = list(config.hydra.overrides.task)
-    sweep_params = config.hydra.sweeper.get("params") or {}
+def sweep_jobs(hydra_node: Any) -> list[list[str]]:
+    """The override list of every job a multirun would launch (the preset's sweeper params + the command line),
+    from the config's `hydra` node."""
+    task_overrides = list(hydra_node.overrides.task)
+    sweep_params = hydra_node.sweeper.get("params") or {}
     overrides = [f"{k}={v}" for k, v in sweep_params.items() if not any(o.split("=")[0] == k for o in task_overrides)]
     overrides += task_overrides
-    parser = OverridesParser.create()
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
-    return [list(j) for b in batches for j in b]
+    # Hydra's basic sweeper: the cartesian product of each key's values, a key given twice keeping its last value
+    choices: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override() and not o.is_discrete_sweep():
+            raise DinolocError(f"{key}: only a list of values can be swept (got {o.input_line})")
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices[key] = [f"{key}={v}" for v in values]
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def compose_job(job: list[str], hydra_node: Any) -> DictConfig:
+    """One job's composed config, seeing the user's config directories (hydra.searchpath) too."""
+    searchpath = list(hydra_node.get("searchpath") or [])
+    overrides = job + ([f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else [])
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app
+        return compose(config_name="config", overrides=overrides)
+    from dinoloc.config import compose as compose_outside_an_app
+
+    return compose_outside_an_app(overrides)
+
+
+def expected_runs(hydra_node: Any) -> tuple[str, ...]:
+    """The run folders a preset's sweep makes, one per job in sweep order (what dinoloc-report expects): the
+    preset lists what it sweeps (rows, heads, variants) and the names follow from it. () without a sweep."""
+    if not hydra_node.sweeper.get("params"):
+        return ()
+    names = []
+    for job in sweep_jobs(hydra_node):
+        cfg = compose_job(job, hydra_node)
+        head = head_name(OmegaConf.to_container(cfg.classifier))
+        names.append(run_dir_name(str(cfg.backbone.name), str(cfg.strategy.name), head, str(cfg.get("variant") or "baseline")))
+    return tuple(dict.fromkeys(names))
 
 
 class ValidateSweep(Callback):
@@ -137,24 +177,17 @@ class ValidateSweep(Callback):
     elapsed and remaining time; a failed job is recorded, the others run, and the sweep exits 1 at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra import compose
-
-        from dinoloc.channel_strategies import CannotRun
-        from dinoloc.config import classify_spec, validate
+        from dinoloc.config import checked_spec
         from dinoloc.console import error_line
 
-        jobs = sweep_jobs(config)
-        # The user's config directories (hydra.searchpath) must be seen by this compose too.
-        searchpath = list(config.hydra.get("searchpath") or [])
-        extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
-        bad, composed, skipped = [], [], []
+        jobs = sweep_jobs(config.hydra)
+        bad, specs, skipped = [], [], []
         for job in jobs:
             # Hydra turns an exception in a callback into a warning and runs the sweep anyway: exit here.
             try:
-                cfg = compose(config_name="config", overrides=job + extra)
-                composed.append(cfg)
-                validate(cfg, classifier=True)
+                specs.append(checked_spec(compose_job(job, config.hydra)))  # each job's spec, built once
             except CannotRun as e:  # e.g. strategy=native for a backbone without the data's channels
+                specs.append(None)
                 skipped.append((job, str(e)))
             except DinolocError as e:
                 bad.append(f"  {' '.join(job)}: {e}")
@@ -177,9 +210,8 @@ class ValidateSweep(Callback):
             sys.exit(2)
         if config.get("dry_run"):
             print(f"{len(jobs)} jobs (dry_run=true: nothing is run):")
-            skip = [job for job, _ in skipped]
-            for i, (job, cfg) in enumerate(zip(jobs, composed, strict=True), 1):
-                what = "skipped (listed above)" if job in skip else describe_job(classify_spec(cfg))
+            for i, (job, spec) in enumerate(zip(jobs, specs, strict=True), 1):
+                what = "skipped (listed above)" if spec is None else describe_job(spec)
                 print(f"  {i}. {' '.join(job)}\n     {what}")
             sys.exit(0)
         start(config.hydra.sweep.dir, jobs, [job for job, _ in skipped])
@@ -200,8 +232,6 @@ class ValidateSweep(Callback):
 
 
 def _is_multirun(config: DictConfig) -> bool:
-    from hydra.types import RunMode
-
     return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
 
 
@@ -214,11 +244,8 @@ def describe_job(spec: Any) -> str:
 
     Reads only what is on disk (manifest, split, cache, result.json); builds, downloads and writes nothing.
     """
-    from dinoloc.backbones import cached_weights_path, is_url
     from dinoloc.classify.stage import finished_result, run_dir, run_name
     from dinoloc.data.split import load_dataset
-    from dinoloc.extract import key_of, lookup
-    from dinoloc.io import DinolocError
 
     ex = spec.extract
     parts = [f"{run_name(spec)} -> {run_dir(spec)}"]
@@ -234,16 +261,11 @@ def describe_job(spec: Any) -> str:
     if lookup(ex.cache_dir, key) is not None:
         parts.append(f"| embeddings: reuse cache/{key}")
     else:
-        chunks = Path(ex.cache_dir) / key / "chunks"
-        n_chunks = len(list(chunks.glob("chunk_*.npy"))) if chunks.is_dir() else 0
+        n_chunks = finished_chunks(ex.cache_dir, key)
         resume = f" (resume after {n_chunks} finished chunks)" if n_chunks else ""
         parts.append(f"| embeddings: compute {len(manifest)} images{resume} -> cache/{key}")
     if finished_result(spec, manifest, split) is not None:
         parts.append("| classifier: reuse result.json (skip)")
     else:
-        from dinoloc.classify import head_name, params_from_config
-        from dinoloc.heads import head_module
-
-        params = params_from_config(dict(spec.classifier))
-        parts.append(f"| classifier: {head_module(head_name(spec.classifier)).describe(params, ex.data.n_folds)}")
+        parts.append(f"| classifier: {head_module(spec.head).describe(spec.classifier, ex.data.n_folds)}")
     return " ".join(parts)

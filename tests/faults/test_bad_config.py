@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoloc.config import compose, pretrain_spec, validate
+from dinoloc.config import checked_spec, compose, pretrain_spec
 from dinoloc.console import error_line
 
 BIN = Path(sys.executable).parent
@@ -50,7 +50,7 @@ def _written(out: Path) -> list[str]:
 def test_bad_config_refused_before_work(tmp_path, case):
     overrides, key = CASES[case]
     out = tmp_path / "out"
-    line = _refusal(lambda: validate(compose([f"paths.output_dir={out}", *overrides]), classifier=True))
+    line = _refusal(lambda: checked_spec(compose([f"paths.output_dir={out}", *overrides])))
     assert key in line
     assert not _written(out)  # refused before the data stage: no images, manifest, cache or run folder
 

@@ -14,7 +14,7 @@ import tifffile
 from dinoloc.config import compose, data_spec, extract_spec
 from dinoloc.console import error_line
 from dinoloc.data.prepare import run_data
-from dinoloc.extract import run_extraction
+from dinoloc.extract.stage import run_extraction
 
 BIN = Path(sys.executable).parent
 

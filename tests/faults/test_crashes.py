@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.classify import run_classification
+from dinoloc.classify.stage import run_classification
 from dinoloc.config import classify_spec, compose, data_spec, extract_spec, pretrain_spec
 from dinoloc.data.prepare import ensure_synthetic, run_data
-from dinoloc.extract import run_extraction
-from dinoloc.pretrain import run_pretrain
+from dinoloc.extract.stage import run_extraction
+from dinoloc.pretrain.stage import run_pretrain
 
 BIN = Path(sys.executable).parent
 RNG = random.Random(20261125)  # "random moment", reproducibly

@@ -10,37 +10,6 @@ shape that does not fit is an error, never a silently random layer.
 - `weights`: where weights come from (files, URLs, timm names, random init), fingerprints and display names;
 - `checkpoint`: reading checkpoints and loading them strictly;
 - `build`: `build_backbone`, the model with its weights.
+Names are imported from the module that defines them (this file re-exports nothing, so importing a light
+module such as `params` or `spec` does not import the heavy ones).
 """
-
-from __future__ import annotations
-
-from dinoloc.lazy import lazy_exports
-
-# Loaded on first use (PEP 562): naming and checking weights at a command's start needs neither torch nor timm.
-_WHERE = {
-    "RANDOM_INIT_SEED": "weights",
-    "TIMM_PREFIX": "weights",
-    "build_backbone": "build",
-    "cached_weights_path": "weights",
-    "check_sha256": "weights",
-    "checkpoint_epoch": "checkpoint",
-    "checkpoint_facts": "checkpoint",
-    "checkpoint_img_size": "vit",
-    "convert_dinov2_release": "checkpoint",
-    "create_vit": "vit",
-    "describe_weights": "weights",
-    "dino_interpolate_pos_encoding": "vit",
-    "display_name": "weights",
-    "extract_state_dict": "checkpoint",
-    "fetch_weights": "weights",
-    "is_url": "weights",
-    "load_backbone_state": "checkpoint",
-    "local_weights": "weights",
-    "read_checkpoint": "checkpoint",
-    "sha256_of": "weights",
-    "use_official_pos_interpolation": "vit",
-    "weights_fingerprint": "weights",
-}
-__all__ = sorted(_WHERE)
-
-__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -5,52 +5,9 @@ embeddings.
 - `trainer`: the K folds' MLPs trained as one batched model (sampling, schedules, AdamW, prediction).
 - `cv`: folds, train-only standardisation, `cross_validate`, `cross_validate_seeds` -> CVResult.
 - `probes`: DINO's weighted k-NN.
+- `constant`: the trivial head (the best constant score per class).
 - `stage`: the stage's entry point, `run_classification(ClassifySpec)`: data, embeddings, CV, result.json.
 Scores are in dinoloc.metrics, the run folder's files in dinoloc.results.
+Names are imported from the module that defines them (this file re-exports nothing, so importing a light
+module such as `params` or `spec` does not import the heavy ones).
 """
-
-from __future__ import annotations
-
-from dinoloc.lazy import lazy_exports
-
-# The names below load their module on first use (PEP 562): `dinoloc.classify.params` (read by the config schema at
-# every command's start) does not pull in torch.
-_WHERE = {
-    "ADAM_EPS": "trainer",
-    "CVResult": "cv",
-    "ConstantParams": "params",
-    "ClassifierParams": "params",
-    "ClassifySpec": "stage",
-    "Hook": "trainer",
-    "KNNParams": "params",
-    "LOSS_CHOICES": "params",
-    "LR_SCALING_CHOICES": "params",
-    "RESAMPLE_CHOICES": "params",
-    "SAMPLER_CHOICES": "params",
-    "SCHEDULER_CHOICES": "params",
-    "SCHEDULE_STEP_CHOICES": "params",
-    "SPLITS": "cv",
-    "best_constant": "constant",
-    "class_uniform_weights": "trainer",
-    "constant_predict_proba": "constant",
-    "cross_validate": "cv",
-    "cross_validate_seeds": "cv",
-    "epoch_lrs": "trainer",
-    "fit_standardizer": "cv",
-    "fold_lr_schedules": "trainer",
-    "fold_seed": "trainer",
-    "head_name": "params",
-    "init_mlp": "trainer",
-    "knn_predict_proba": "probes",
-    "knn_vote": "probes",
-    "params_from_config": "params",
-    "predict_proba": "trainer",
-    "rarest_label_weights": "trainer",
-    "refuse_unknown_keys": "params",
-    "run_classification": "stage",
-    "run_name": "stage",
-    "train_folds": "trainer",
-}
-__all__ = sorted(_WHERE)
-
-__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

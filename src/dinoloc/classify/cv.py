@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from dinoloc.classify.params import ClassifierParams, ConstantParams, KNNParams
+from dinoloc.classify.probes import knn_predict_proba
 from dinoloc.classify.trainer import Hook
 from dinoloc.heads import head_module
 from dinoloc.io import DinolocError
@@ -239,3 +240,23 @@ def cross_validate_seeds(
     per_class = pd.concat(per_class, ignore_index=True)
     per_class.insert(0, "seed", per_class.pop("seed"))
     return CVResult(summary, predictions, per_class)
+
+
+def knn_leave_group_out(X: np.ndarray, Y: np.ndarray, group: np.ndarray, params: KNNParams) -> np.ndarray:
+    """0/1 predictions (n, C) of the package's k-NN (classifier=knn) for every row, each group predicted from the
+    other groups' rows (standardised with their statistics when `params.standardize`): a quick probe that
+    scripts score with dinoloc.metrics.macro_f1."""
+    X, Y, group = np.asarray(X, dtype=np.float32), np.asarray(Y), np.asarray(group)
+    groups = np.unique(group)
+    train_rows = [np.flatnonzero(group != g) for g in groups]
+    stats = [fit_standardizer(X[r]) if params.standardize else (np.zeros(X.shape[1]), np.ones(X.shape[1]))
+             for r in train_rows]
+    means = torch.as_tensor(np.stack([m for m, _ in stats]), dtype=torch.float32)
+    stds = torch.as_tensor(np.stack([s for _, s in stats]), dtype=torch.float32)
+    proba = knn_predict_proba(torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.float32), train_rows, means, stds,
+                              params)
+    pred = np.zeros(Y.shape, dtype=np.int64)
+    for i, g in enumerate(groups):
+        held = group == g
+        pred[held] = proba[i, held] > params.threshold
+    return pred

@@ -11,42 +11,32 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dinoloc import __version__
+from dinoloc.backbones.families import family_label
+from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.manifest import class_columns
 from dinoloc.data.prepare import run_data
-from dinoloc.extract import CacheEntry, ExtractSpec, key_of, run_extraction
-from dinoloc.extract.stage import source
-from dinoloc.io import DinolocError, frame_sha256
+from dinoloc.extract.cache import CacheEntry, embedding_rows
+from dinoloc.extract.overlap import check_pretraining
+from dinoloc.extract.stage import approach, key_of, run_extraction, source
+from dinoloc.io import frame_sha256
+from dinoloc.provenance import weights_record
+from dinoloc.results import add_image_paths, load_result, row_role, run_dir_name, write_run
+from dinoloc.stats import embedding_health
 
 log = logging.getLogger("dinoloc")
 
 
-@dataclass(frozen=True)
-class ClassifySpec:
-    """One Table III cell: `extract`'s embeddings, the `classifier` config group (plain values), and where
-    the run folder goes."""
-
-    extract: ExtractSpec
-    classifier: dict[str, Any]
-    runs_dir: str
-    experiment: str
-    variant: str = "baseline"   # a sensitivity variant (configs/variant/)
-    force: bool = False         # redo a finished run
-
-
 def run_name(spec: ClassifySpec) -> str:
     """`<backbone>__<strategy>`, plus `__<head>` for a probe head and `__<variant>` for a variant."""
-    from dinoloc.classify import head_name
-    from dinoloc.results import run_dir_name
-
     ex = spec.extract
-    return run_dir_name(ex.backbone.name, ex.strategy, head_name(spec.classifier), spec.variant)
+    return run_dir_name(ex.backbone.name, ex.strategy, spec.head, spec.variant)
 
 
 def run_dir(spec: ClassifySpec) -> Path:
@@ -56,7 +46,7 @@ def run_dir(spec: ClassifySpec) -> Path:
 def run_fingerprint(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any]:
     """What, besides the embeddings, decides a run's result: a finished run with the same is reused."""
     return {
-        "classifier": dict(spec.classifier),
+        "classifier": {"name": spec.head, **spec.classifier.to_dict()},
         "split_sha256": frame_sha256(split),
         "labels_sha256": frame_sha256(manifest[["image_id", *class_columns(manifest)]]),
     }
@@ -64,8 +54,6 @@ def run_fingerprint(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 
 def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any] | None:
     """The stored result.json when it was made with this cache key and these settings (and force is off)."""
-    from dinoloc.results import load_result
-
     previous = load_result(run_dir(spec))
     if previous is None or spec.force:
         return None
@@ -78,8 +66,6 @@ def finished_result(spec: ClassifySpec, manifest: pd.DataFrame, split: pd.DataFr
 def pretraining_check(spec: ClassifySpec, split: pd.DataFrame) -> dict[str, Any]:
     """dinoloc.extract.overlap for this run: the checkpoint's pretraining images against this split's test
     images; an overlap is refused naming the command that pretrains on this split's 90% side."""
-    from dinoloc.extract.overlap import check_pretraining
-
     bb, data = spec.extract.backbone, spec.extract.data
     test_ids = set(split.loc[split["split"] == "test", "image_id"].astype(str))
     own = Path(data.out_dir) / "pretrain"
@@ -91,11 +77,10 @@ def pretraining_check(spec: ClassifySpec, split: pd.DataFrame) -> dict[str, Any]
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify import cross_validate_seeds, head_name, params_from_config
+    from dinoloc.classify.cv import cross_validate_seeds  # torch: only once the checks have passed
     from dinoloc.device import resolve_device
-    from dinoloc.results import add_image_paths, write_run
 
-    params = params_from_config(dict(spec.classifier))
+    params = spec.classifier
     manifest, split = run_data(spec.extract.data)
     pretraining = pretraining_check(spec, split)  # before any embedding: no test image in the pretraining
     previous = finished_result(spec, manifest, split)
@@ -108,7 +93,7 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     cv = cross_validate_seeds(
         X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy(),
-        params, device=resolve_device(spec.extract.device), classes=classes, head=head_name(spec.classifier),
+        params, device=resolve_device(spec.extract.device), classes=classes, head=spec.head,
     )
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
     result["pretraining"] = pretraining
@@ -125,13 +110,10 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
 def _aligned(entry: CacheEntry, manifest: pd.DataFrame, split: pd.DataFrame):
     """The cache's embeddings in split order, restricted to labelled images: (all embeddings, X, Y, split rows)."""
     emb, ids = entry.load()
-    pos = {i: k for k, i in enumerate(ids)}
-    missing = [i for i in split["image_id"] if i not in pos]
-    if missing:
-        raise DinolocError(f"cache {entry.path} lacks {len(missing)} manifest images (e.g. {missing[:5]}); delete it")
+    embedding_rows(ids, split["image_id"], entry.path)  # every split image, labelled or not, is in the cache
     labeled = split["split"].isin(["train", "test"]).to_numpy()
     s = split[labeled].assign(fold=split["fold"].fillna(-1).astype(int)[labeled])
-    rows = np.array([pos[i] for i in s["image_id"]])
+    rows = embedding_rows(ids, s["image_id"], entry.path)
     Y = manifest.set_index("image_id").loc[s["image_id"], class_columns(manifest)].to_numpy().astype(int)
     return emb, emb[rows], Y, s.reset_index(drop=True)
 
@@ -140,12 +122,6 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
                     split: pd.DataFrame, params: Any) -> dict[str, Any]:
     """result.json's description of the run: what was loaded (from the cache's record), what was configured,
     and the data it saw. The classifier's numbers are added by the caller."""
-    from dinoloc.backbones.families import family_label
-    from dinoloc.classify import head_name
-    from dinoloc.extract.stage import approach
-    from dinoloc.provenance import weights_record
-    from dinoloc.results import row_role
-    from dinoloc.stats import embedding_health
 
     ex, bb, data = spec.extract, spec.extract.backbone, spec.extract.data
     meta = entry.meta
@@ -173,9 +149,9 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
         "approach": meta.get("approach") or approach(ex),
         "model_kwargs": dict(bb.model_kwargs),
         "strategy": ex.strategy,
-        "head": head_name(spec.classifier),
+        "head": spec.head,
         # pretrained | floor | trivial | classical (dinoloc.results.row_role; docs/references.md)
-        "role": row_role(head_name(spec.classifier), bb.arch, bool(meta.get("random_weights", False))),
+        "role": row_role(spec.head, bb.arch, bool(meta.get("random_weights", False))),
         # The checkpoint's own count wins; the config's value only where the file records none.
         "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
         "dino_epochs_config": bb.dino_epochs,
@@ -248,8 +224,6 @@ def _versions() -> dict[str, str]:
     import sklearn
     import timm
     import torch
-
-    from dinoloc import __version__
 
     return {"dinoloc": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": np.__version__, "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.adamw import adamw as adamw_update
-from tqdm import tqdm
 
 from dinoloc.classify.params import ClassifierParams
 from dinoloc.io import DinolocError
+from dinoloc.progress import progress as progress_bar
 
 # torch.optim.AdamW's default eps (Dino4Cells does not set it; the YAML has no key for it).
 ADAM_EPS = 1e-8
@@ -197,7 +197,7 @@ def train_folds(
     fold_idx = torch.arange(K, device=device)[:, None]
     lrs = fold_lr_schedules(params, n)
     steps_done = [0] * K  # each fold's own update count (its position in its schedule)
-    for epoch in tqdm(range(params.epochs), desc="classifier epochs", disable=not progress, leave=False):
+    for epoch in progress_bar(range(params.epochs), desc="classifier epochs", disable=not progress, leave=False):
         # Each fold's draw for this epoch, padded to steps * B; padding positions are masked everywhere.
         rows = torch.zeros(K, steps * B, dtype=torch.long, device=device)
         valid = torch.zeros(K, steps * B, dtype=torch.bool, device=device)

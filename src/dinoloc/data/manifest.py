@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from dinoloc.data.opencell import check_image_header, find_images, read_annotations
 from dinoloc.io import DinolocError, frame_sha256
 from dinoloc.ontology import grade_columns, label_columns
+from dinoloc.progress import progress
 
 MANIFEST_COLUMNS = ["image_id", "path", "target", "ensg_id", "labeled", *label_columns(), *grade_columns()]
 _PROGRESS_MIN = 200  # below this a progress bar is noise
@@ -46,7 +46,7 @@ def build_manifest(
 
     if validate_images:
         paths = images["path"].tolist()
-        for rel in tqdm(paths, desc="checking images", disable=len(paths) <= _PROGRESS_MIN, leave=False):
+        for rel in progress(paths, desc="checking images", disable=len(paths) <= _PROGRESS_MIN, leave=False):
             check_image_header(Path(root) / rel)
 
     ann_cols = ["ensg_id", *label_columns(), *grade_columns()]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from filelock import FileLock
 
 from dinoloc.io import DinolocError
+
+if TYPE_CHECKING:
+    from dinoloc.synthetic.generate import GeneratorSpec
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class DataSpec:
     masks: str | None = None         # unit=cell: the CSV column with each image's label-image path (None: segment)
     cell: dict[str, Any] = field(default_factory=dict)  # unit=cell: data.cell (crop_px, expand_px, segmenter, ...)
     synthetic_dir: str | None = None  # the demo data's folder (synthetic only)
-    generator: dict[str, Any] = field(default_factory=dict)  # the synthetic generator's sizes (data.generator)
+    generator: GeneratorSpec | None = None  # the synthetic generator's sizes (data.generator; synthetic only)
     display_percentiles: tuple[float, ...] = ()  # the contact sheet's stretch (report.display_percentiles)
 
     def __post_init__(self) -> None:
@@ -62,11 +65,12 @@ def check_root(spec: DataSpec) -> None:
 
 def ensure_synthetic(spec: DataSpec) -> None:
     """Generate the synthetic demo data (all parts) when it is missing; parallel jobs wait for one writer."""
-    from dinoloc.synthetic.generate import GeneratorSpec, generate_all
+    from dinoloc.synthetic.generate import generate_all
 
-    generator = GeneratorSpec.from_mapping(spec.generator)  # a missing size is named before any work
+    if spec.generator is None or spec.synthetic_dir is None:
+        raise DinolocError("data=synthetic needs data.generator and paths.synthetic_dir (configs/data/synthetic.yaml)")
     with FileLock(str(spec.synthetic_dir) + ".lock"):
-        generate_all(spec.synthetic_dir, generator, display_percentiles=spec.display_percentiles)
+        generate_all(spec.synthetic_dir, spec.generator, display_percentiles=spec.display_percentiles)
 
 
 def run_data(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:

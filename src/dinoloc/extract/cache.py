@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,18 @@ class CacheEntry:
                 "Delete the folder and rerun the extraction."
             )
         return emb, ids
+
+
+def embedding_rows(ids: list[str], wanted: Iterable[str], cache: str | os.PathLike) -> np.ndarray:
+    """The rows of a cache entry's embeddings (ids: its index.csv order) holding the `wanted` images, in wanted's
+    order: `emb[embedding_rows(ids, split["image_id"], entry.path)]` lines the embeddings up with a split."""
+    pos = {image_id: k for k, image_id in enumerate(ids)}
+    wanted = list(wanted)
+    missing = [i for i in wanted if i not in pos]
+    if missing:
+        raise DinolocError(f"cache {cache} lacks {len(missing)} of the images asked for (e.g. {missing[:5]}); "
+                           "delete that folder and rerun, or rebuild the manifest (dinoloc-data)")
+    return np.array([pos[i] for i in wanted], dtype=np.int64)
 
 
 def images_fingerprint(manifest: pd.DataFrame, data_root: str | os.PathLike) -> str:
@@ -96,6 +109,12 @@ def lookup(cache_dir: str | os.PathLike, key: str) -> CacheEntry | None:
 
 def chunk_path(chunks_dir: Path, c: int) -> Path:
     return chunks_dir / f"chunk_{c:06d}.npy"
+
+
+def finished_chunks(cache_dir: str | os.PathLike, key: str) -> int:
+    """How many chunks an unfinished extraction of `key` has saved (what a rerun resumes after)."""
+    chunks = Path(cache_dir) / key / "chunks"
+    return len(list(chunks.glob("chunk_*.npy"))) if chunks.is_dir() else 0
 
 
 def merge(folder: Path, image_ids: list[str], chunk_size: int, meta: dict[str, Any]) -> None:

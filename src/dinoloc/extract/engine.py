@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from dinoloc.device import barrier, rank_and_world
 from dinoloc.extract.cache import CACHE_VERSION, CacheEntry, chunk_path, lookup, merge
 from dinoloc.io import DinolocError, write_npy
+from dinoloc.progress import close_all
+from dinoloc.progress import progress as bar_of
 
 
 class _ImageDataset(Dataset):
@@ -129,17 +131,9 @@ def _compute_chunks_or_report(**kwargs: Any) -> dict[str, Any] | None:
     except ExtractionInterrupted:
         raise
     except KeyboardInterrupt:
-        _close_bars()
+        close_all()
         n = len(kwargs["paths"])
         raise ExtractionInterrupted(_kept_images(kwargs["chunks_dir"], n, kwargs["chunk_size"]), n) from None
-
-
-def _close_bars() -> None:
-    """End any open progress bar's line, so the one-line message that follows starts on its own line."""
-    from tqdm.auto import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
 
 
 def _remove_empty(folder: Path) -> None:
@@ -177,11 +171,7 @@ def _compute_chunks(
     done_before = n - len(indices) if world == 1 else None
     if done_before:
         print(f"resuming extraction in {chunks_dir.parent}: {done_before} of {n} images already embedded", flush=True)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, initial=done_before or 0, unit="img", desc="extract", dynamic_ncols=True)
+    bar = bar_of(total=n, initial=done_before or 0, unit="img", desc="extract") if progress else None
     buffer: dict[int, list[np.ndarray]] = {}
     t0 = time.perf_counter()
     with torch.inference_mode():

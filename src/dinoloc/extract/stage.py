@@ -15,7 +15,10 @@ import pandas as pd
 
 from dinoloc.backbones.classical import FEATURES_VERSION as CLASSICAL_VERSION
 from dinoloc.backbones.classical import is_classical
+from dinoloc.backbones.families import channel_traits
+from dinoloc.channel_strategies import strategy_module
 from dinoloc.data.prepare import DataSpec
+from dinoloc.data.reader import get_reader
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
 from dinoloc.io import DinolocError
 
@@ -67,16 +70,13 @@ class ExtractSpec:
 
 def source(spec: ExtractSpec) -> dict[str, Any]:
     """How the data's images enter the backbone under the strategy (the data reader's `source`)."""
-    from dinoloc.data.reader import get_reader
-
     return get_reader(spec.data.reader).source(spec.data, dict(spec.channel_roles), list(spec.backbone.channels),
                                                dict(spec.backbone.channel_map), spec.strategy)
 
 
 def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
     """Everything that determines the embeddings: the cache key is a hash of this."""
-    from dinoloc.backbones import weights_fingerprint
-    from dinoloc.channel_strategies import strategy_module
+    from dinoloc.backbones.weights import weights_fingerprint
 
     bb, pp = spec.backbone, spec.backbone.preprocess
     src = source(spec)
@@ -118,15 +118,12 @@ def key_of(spec: ExtractSpec, manifest: pd.DataFrame) -> str:
 
 def _empty_channels(spec: ExtractSpec) -> str:
     """What the strategy's empty channels hold: only a strategy that leaves channels empty reads it."""
-    from dinoloc.channel_strategies import strategy_module
-
     leaves_empty = hasattr(strategy_module(spec.strategy), "after_normalize")
     return spec.empty_channels if leaves_empty else EMPTY_CHANNELS_DEFAULT
 
 
 def approach(spec: ExtractSpec) -> str:
     """The report's approach column: what the strategy did with this backbone and data."""
-    from dinoloc.backbones.families import channel_traits
     from dinoloc.strategies import approach as strategy_approach
 
     src = source(spec)
@@ -136,8 +133,7 @@ def approach(spec: ExtractSpec) -> str:
 
 def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
-    from dinoloc.backbones import build_backbone
-    from dinoloc.backbones.families import channel_traits
+    from dinoloc.backbones.build import build_backbone
     from dinoloc.strategies import embed_batch
 
     bb, pp = spec.backbone, spec.backbone.preprocess
@@ -164,8 +160,6 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
         intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
         empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]), **channel_traits(bb.family),
     )
-    from dinoloc.data.reader import get_reader
-
     reader = get_reader(spec.data.reader)
     engine = functools.partial(
         _engine, model_factory=model_factory, embed_fn=embed_fn, spec=spec)
@@ -206,7 +200,6 @@ def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta
 def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, Any], key: str) -> CacheEntry:
     """backbone=classical through the same engine (chunks, resume, lock, atomic cache): the 'model' measures."""
     from dinoloc.backbones.classical import ClassicalFeatures, classical_embed
-    from dinoloc.data.reader import get_reader
     from dinoloc.extract.engine import extract
 
     bb, pp = spec.backbone, spec.backbone.preprocess

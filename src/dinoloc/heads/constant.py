@@ -3,17 +3,19 @@ constant prediction on the fold's training part. It reads no feature."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from dinoloc.classify.params import ConstantParams
+from dinoloc.rules import typed
+
 ORDER, HATCH = 3, "xx"
 
 
-def params(classifier_cfg: dict[str, Any]):
-    from dinoloc.classify.params import ConstantParams
-
-    return ConstantParams.from_dict(classifier_cfg)
+def params(classifier_cfg: Mapping[str, Any]) -> ConstantParams:
+    return typed(ConstantParams, classifier_cfg)
 
 
 def predict_proba(X, Y, train_rows, means, stds, params, *, progress: bool = True, hook=None,

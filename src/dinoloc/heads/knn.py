@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from dinoloc.classify.params import KNNParams
+from dinoloc.rules import typed
+
 ORDER, HATCH = 1, "//"
 
 
-def params(classifier_cfg: dict[str, Any]):
-    from dinoloc.classify.params import KNNParams
-
-    return KNNParams.from_dict(classifier_cfg)
+def params(classifier_cfg: Mapping[str, Any]) -> KNNParams:
+    return typed(KNNParams, classifier_cfg)
 
 
 def predict_proba(X, Y, train_rows, means, stds, params, *, progress: bool = True, hook=None,

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from dinoloc.classify.params import ClassifierParams
+from dinoloc.rules import typed
+
 ORDER, HATCH = 0, ""  # the paper's head: plain bars
 
 
-def params(classifier_cfg: dict[str, Any]):
-    from dinoloc.classify.params import ClassifierParams
-
-    return ClassifierParams.from_dict(classifier_cfg)
+def params(classifier_cfg: Mapping[str, Any]) -> ClassifierParams:
+    return typed(ClassifierParams, classifier_cfg)
 
 
 def predict_proba(X, Y, train_rows, means, stds, params, *, progress: bool = True, hook=None,

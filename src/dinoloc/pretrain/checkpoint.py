@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from dinoloc.backbones import read_checkpoint
+from dinoloc.backbones.checkpoint import read_checkpoint
 from dinoloc.io import DinolocError, atomic_path, text_sha256, write_csv
 
 CHECKPOINT_NAME = "checkpoint.pth"

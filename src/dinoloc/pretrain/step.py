@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dinoloc.backbones import create_vit
+from dinoloc.backbones.vit import create_vit
 from dinoloc.device import Dist
 from dinoloc.io import DinolocError
 from dinoloc.pretrain.head import DINOHead, MultiCropWrapper

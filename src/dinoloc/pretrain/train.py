@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from dinoloc.device import Dist, setup
 from dinoloc.io import DinolocError
@@ -42,6 +41,7 @@ from dinoloc.pretrain.params import PretrainParams
 from dinoloc.pretrain.schedules import Schedules, build_schedules
 from dinoloc.pretrain.step import DinoTrainer, build_trainer, train_step, wrap_ddp
 from dinoloc.pretrain.watch import CollapseWatch, count_used
+from dinoloc.progress import progress
 
 
 def check_inputs(images: Sequence[tuple[str, str]], channels: Sequence[str], in_chans: int, intensity: str,
@@ -55,7 +55,6 @@ def check_inputs(images: Sequence[tuple[str, str]], channels: Sequence[str], in_
         raise DinolocError(f"backbone.channels {list(channels)} has {len(channels)} names, in_chans={in_chans}")
     if intensity not in INTENSITY_MODES:
         raise DinolocError(f"backbone.preprocess.intensity={intensity!r}: use one of {INTENSITY_MODES}")
-    params.validate()
     if params.zscore == "crop" and intensity != "zscore":
         raise DinolocError(
             f"pretrain.zscore=crop z-scores each crop, but backbone.preprocess.intensity={intensity!r}; use it with "
@@ -194,8 +193,7 @@ def _train_epoch(t: DinoTrainer, loader: Any, epoch: int, niter: int, s: Schedul
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss, teacher entropy, KL
     t.prototypes_seen = None
     temp = t.dino_loss.teacher_temp_schedule[epoch]
-    bar = tqdm(loader, desc=f"DINO epoch {epoch + 1}/{p.epochs}", total=niter, disable=d.rank != 0,
-               dynamic_ncols=True)
+    bar = progress(loader, desc=f"DINO epoch {epoch + 1}/{p.epochs}", total=niter, disable=d.rank != 0)
     for i, crops in enumerate(bar):
         it = epoch * niter + i
         stats = train_step(t, [c.to(d.device, non_blocking=True) for c in crops], epoch, i, it, s, p)

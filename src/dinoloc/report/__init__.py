@@ -8,18 +8,6 @@ anything; it imports no torch. One entry point: `run_report(ReportSpec(...))` (`
 - `tables`: Table III and the per-class table, CSV and Markdown; `notes`: the text under the table.
 - `sensitivity`: variants against their baseline row.
 - `figures`: Figures 1 and 2 and the per-class heatmap; `embedding_maps`: UMAP / t-SNE panels.
+Names are imported from the module that defines them (this file re-exports nothing, so importing a light
+module such as `params` or `spec` does not import the heavy ones).
 """
-
-from __future__ import annotations
-
-from dinoloc.lazy import lazy_exports
-
-# Loaded on first use (PEP 562): the config schema reads `spec` at every command's start without scipy/matplotlib.
-_WHERE = {
-    "ReportSpec": "spec", "run_report": "stage", "SENSITIVITY_COLUMNS": "sensitivity", "sensitivity_markdown": "sensitivity",
-    "TABLE_COLUMNS": "tables", "build_table": "tables", "markdown_table": "tables", "per_class_table": "tables",
-    "collect_runs": "runs",
-}
-__all__ = sorted(_WHERE)
-
-__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dinoloc.extract.cache import embedding_rows
 from dinoloc.io import DinolocError
 from dinoloc.report.runs import row_order
 from dinoloc.results import result_classes
@@ -82,14 +83,11 @@ def _row_data(result: dict) -> tuple[np.ndarray, pd.DataFrame]:
     split = pd.read_csv(split_path, dtype={"image_id": str, "split": str}, keep_default_na=False)
     emb = np.load(Path(cache) / "embeddings.npy")
     ids = pd.read_csv(Path(cache) / "index.csv", dtype={"image_id": str})["image_id"].tolist()
-    pos = {i: k for k, i in enumerate(ids)}
     frame = split[split["split"].isin(["train", "test"])][["image_id", "split"]].merge(
         manifest[["image_id", *classes]], on="image_id", how="left", validate="one_to_one")
-    missing = [i for i in frame["image_id"] if i not in pos]
-    if missing:
-        raise DinolocError(f"{run}: cache {cache} lacks {len(missing)} labelled images (e.g. {missing[:3]}); rerun")
+    rows = embedding_rows(ids, frame["image_id"], cache)
     frame["label"] = rarest_label(frame[classes].to_numpy(), classes)
-    return emb[[pos[i] for i in frame["image_id"]]], frame[["image_id", "split", "label"]]
+    return emb[rows], frame[["image_id", "split", "label"]]
 
 
 def plot_embedding_maps(

@@ -15,12 +15,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from dinoloc import CONFIG_DIR
 from dinoloc.io import DinolocError, read_json, write_json, write_text
+from dinoloc.rules import Checked, key, typed
 from dinoloc.synthetic.files import SYNTHETIC_NOTE
 from dinoloc.synthetic.opencell import ANNOTATIONS_NAME, generate_opencell, opencell_contact_sheet
 from dinoloc.synthetic.standins import generate_hpa_like, generate_natural_like
@@ -31,32 +32,19 @@ COMPLETE_MARKER = ".complete"
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorSpec:
+class GeneratorSpec(Checked):
     """What dinoloc-synth writes: the `generator` node of configs/data/synthetic.yaml (no defaults here)."""
 
-    seed: int  # opencell/; hpa_like/ draws from seed + 1 and natural_like/ from seed + 2
-    n_targets: int  # OpenCell-like targets (proteins)
-    image_size: int  # OpenCell-like FOV side (px)
-    images_per_target: tuple[int, int]  # FOVs per target, low and high (inclusive)
-    n_unannotated: int  # targets with images but no annotation row
-    n_pretrain_images: int  # images in hpa_like/ and natural_like/ each
-    pretrain_image_size: int  # their side (px), capped at image_size
+    SECTION: ClassVar[str] = "data.generator"
+    WHERE: ClassVar[str] = "configs/data/synthetic.yaml"
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], where: str = "data.generator") -> GeneratorSpec:
-        """The spec from a config node; a missing or unknown key fails naming it (`where`.key)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise DinolocError(f"missing config key(s) {', '.join(f'{where}.{n}' for n in missing)} "
-                               "(configs/data/synthetic.yaml sets every generator size)")
-        unknown = sorted(str(k) for k in values if k not in names)
-        if unknown:
-            raise DinolocError(f"unknown config key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
-                               f"valid: {', '.join(names)}")
-        fields = {n: values[n] for n in names}
-        fields["images_per_target"] = tuple(values["images_per_target"])
-        return cls(**fields)
+    seed: int = key()  # opencell/; hpa_like/ draws from seed + 1 and natural_like/ from seed + 2
+    n_targets: int = key(ge=1)  # OpenCell-like targets (proteins)
+    image_size: int = key(ge=1)  # OpenCell-like FOV side (px)
+    images_per_target: tuple[int, int] = key(ge=1, ordered=True)  # FOVs per target, low and high (inclusive)
+    n_unannotated: int = key(ge=0)  # targets with images but no annotation row
+    n_pretrain_images: int = key(ge=0)  # images in hpa_like/ and natural_like/ each
+    pretrain_image_size: int = key(ge=1)  # their side (px), capped at image_size
 
 
 def packaged_spec() -> GeneratorSpec:
@@ -66,7 +54,7 @@ def packaged_spec() -> GeneratorSpec:
     node = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "synthetic.yaml"))
     if "generator" not in node:
         raise DinolocError(f"{CONFIG_DIR / 'data' / 'synthetic.yaml'}: missing config key data.generator")
-    return GeneratorSpec.from_mapping(node["generator"])
+    return typed(GeneratorSpec, node["generator"])
 
 
 def packaged_display_percentiles() -> tuple[float, float]:
