@@ -46,7 +46,7 @@ def build_manifest(
 
     if validate_images:
         paths = images["path"].tolist()
-        for rel in progress(paths, desc="checking images", disable=len(paths) <= _PROGRESS_MIN, leave=False):
+        for rel in progress(paths, desc="checking images", disable=len(paths) <= _PROGRESS_MIN):
             check_image_header(Path(root) / rel)
 
     ann_cols = ["ensg_id", *label_columns(), *grade_columns()]
