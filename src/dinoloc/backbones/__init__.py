@@ -9,7 +9,9 @@ shape that does not fit is an error, never a silently random layer.
 - `vit`: the model (`create_vit`) and official DINO's position-embedding interpolation;
 - `weights`: where weights come from (files, URLs, timm names, random init), fingerprints and display names;
 - `checkpoint`: reading checkpoints and loading them strictly;
-- `build`: `build_backbone`, the model with its weights.
+- `build`: `build_backbone`, the model with its weights;
+- `families`: one module per backbone family (found by the YAML's `family:`);
+- `classical`: `backbone=classical`, CellProfiler-style measurements (the classical reference).
 Names are imported from the module that defines them (this file re-exports nothing, so importing a light
 module such as `params` or `spec` does not import the heavy ones).
 """
