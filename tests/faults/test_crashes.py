@@ -86,13 +86,15 @@ def _no_partial_files(folder: Path) -> None:
 
 
 def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, capsys):
-    # 160 px through the tiny ViT (400 tokens, ~10 chunks of 16) keeps the run long enough to be killed in the middle.
-    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=160",
-             "extract.chunk_size=16", "extract.batch_size=8"]
+    # 224 px through the tiny ViT (784 tokens) in chunks of 4 (~19 chunks for debug=tiny's ~77 images) keeps the run
+    # long enough after its first chunk (seconds, even with one thread per xdist worker) to be killed in the middle.
+    chunk = 4
+    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=224",
+             f"extract.chunk_size={chunk}", f"extract.batch_size={chunk}"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     cmd = [str(BIN / "dinoloc-extract"), *_common(synth, killed), *extra]
     cache = killed / "cache"
-    _kill_when(cmd, tmp_path, lambda: any(cache.glob("*/chunks/chunk_*.npy")), max_delay=1.0)
+    _kill_when(cmd, tmp_path, lambda: any(cache.glob("*/chunks/chunk_*.npy")), max_delay=0.5)
 
     entry = next(p for p in cache.iterdir() if p.is_dir())
     assert not (entry / "meta.json").exists(), "the run finished before it was killed"
@@ -104,7 +106,7 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, cap
     spec = extract_spec(compose([*_common(synth, killed), *extra]))  # the same command again: resume
     run_extraction(spec, run_data(spec.data)[0])
     resumed = capsys.readouterr().out
-    assert f"{done * 16} of" in resumed, resumed  # resumed after the saved chunks, redid none of them
+    assert f"{done * chunk} of" in resumed, resumed  # resumed after the saved chunks, redid none of them
     spec = extract_spec(compose([*_common(synth, clean), *extra]))  # the uninterrupted run
     reference = run_extraction(spec, run_data(spec.data)[0])
     assert reference.key == entry.name  # the same embeddings were asked for
