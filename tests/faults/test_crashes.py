@@ -86,9 +86,10 @@ def _no_partial_files(folder: Path) -> None:
 
 
 def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, capsys):
-    # 160 px through the tiny ViT (400 tokens, ~10 chunks of 16) keeps the run long enough to be killed in the middle.
-    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=160",
-             "extract.chunk_size=16", "extract.batch_size=8"]
+    # 256 px through the tiny demo ViT (1,024 tokens, chunks of 8) keeps the run long enough to be killed mid-way.
+    chunk = 8
+    extra = ["backbone=opencell_demo", "strategy=native", "backbone.preprocess.img_size=256",
+             f"extract.chunk_size={chunk}", "extract.batch_size=4"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     cmd = [str(BIN / "dinoloc-extract"), *_common(synth, killed), *extra]
     cache = killed / "cache"
@@ -104,7 +105,7 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, cap
     spec = extract_spec(compose([*_common(synth, killed), *extra]))  # the same command again: resume
     run_extraction(spec, run_data(spec.data)[0])
     resumed = capsys.readouterr().out
-    assert f"{done * 16} of" in resumed, resumed  # resumed after the saved chunks, redid none of them
+    assert f"{done * chunk} of" in resumed, resumed  # resumed after the saved chunks, redid none of them
     spec = extract_spec(compose([*_common(synth, clean), *extra]))  # the uninterrupted run
     reference = run_extraction(spec, run_data(spec.data)[0])
     assert reference.key == entry.name  # the same embeddings were asked for
