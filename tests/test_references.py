@@ -184,6 +184,9 @@ def test_reference_rows_beside_a_pretrained_row(reference_runs):
     assert results["floor"]["random_weights"] is True and results["classical"]["random_weights"] is False
     assert results["classical"]["n_features"] == results["trivial"]["n_features"] > 0  # one classical cache
     assert results["classical"]["cache_key"] == results["trivial"]["cache_key"]
+    # the trivial row is ranked with the paper's head (its own head reads no feature): one ranking of the 4 rows
+    expected_rank = table["test_f1_mean"].rank(ascending=False, method="min").astype(int)
+    assert table["rank"].tolist() == expected_rank.tolist()
     # the references are compared like any row: each against the floor (declared before the data)
     assert by_role.loc["trivial", "delta_vs_floor"] == pytest.approx(
         by_role.loc["trivial", "test_f1_mean"] - by_role.loc["floor", "test_f1_mean"])

@@ -70,15 +70,15 @@ def opencell_world() -> World:
 def demo_world(n_draws: int = 50) -> World:
     """The demo at its configured size: labels from the demo's own generator (configs/data/synthetic.yaml
     `generator`, synthetic/opencell.py assign_categories), pooled over `n_draws` generator seeds; the
-    demo's split parameters (configs/data/synthetic.yaml via opencell.yaml)."""
+    demo's split parameters as composed (data=synthetic, the default: its own test_size over opencell.yaml's)."""
     from omegaconf import OmegaConf
 
-    from dinoloc import CONFIG_DIR
+    from dinoloc.config import compose
     from dinoloc.synthetic.generate import packaged_spec
     from dinoloc.synthetic.opencell import assign_categories
 
     spec = packaged_spec()
-    split = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "opencell.yaml"))["split"]
+    split = OmegaConf.to_container(compose(["data=synthetic"]).data.split)
     n_labelled = spec.n_targets - spec.n_unannotated
     rows = []
     for s in range(n_draws):

@@ -140,7 +140,9 @@ def build_table(
 
     st = [run_stats(r, n_boot=n_boot, seed=seed, level=level, method=method) for r in results]
     means = np.array([float(r["test_macro_f1_mean"]) for r in results])
-    group = [(results[i].get("variant") or "baseline", head(results[i])) for i in range(len(results))]
+    # The trivial row (constant head, reads no feature) is ranked with the paper's head, as it is compared.
+    group = [(results[i].get("variant") or "baseline", DEFAULT_HEAD if role(results[i]) == "trivial" else head(results[i]))
+             for i in range(len(results))]
     ranks = pd.Series(means).groupby(pd.Series(group, dtype=object)).rank(ascending=False, method="min")
     # For Figure 2 only (which row's images to show): the top baseline pretrained row (no reference row).
     shown = [i for i in range(len(results)) if role(results[i]) == "pretrained" and group[i][0] == "baseline"]
