@@ -64,8 +64,11 @@ def coverage_note(table: pd.DataFrame) -> str:
     if method != "percentile" and n >= stats.CALIBRATION["min_test_targets"]:
         return (f"The coverage of the {method} interval was not measured (scripts/ci_coverage.py calibrates the "
                 "percentile interval, report.ci_method=percentile).")
-    # the measurement nearest this table's own test-set size (demo, OpenCell at 30/60/100/131 test targets)
-    scale, cov = min(stats.SIMULATED_COVERAGE.items(), key=lambda kv: abs(kv[1]["n_test_targets"] - n))
+    # The measurement of this table's own world (the demo's label structure for a synthetic table, OpenCell's
+    # otherwise), nearest its test-set size (demo; OpenCell at 30/60/100/131 test targets).
+    synthetic = bool(len(table)) and "synthetic" in table and bool(table["synthetic"].astype(bool).all())
+    pool = {k: v for k, v in stats.SIMULATED_COVERAGE.items() if (k.split("_")[0] == "demo") == synthetic}
+    scale, cov = min((pool or stats.SIMULATED_COVERAGE).items(), key=lambda kv: abs(kv[1]["n_test_targets"] - n))
     world, size = scale.split("_")[0], ("" if "_" not in scale else f" --n-targets {int(scale.split('_')[1]) * 10}")
     where = (f"scripts/ci_coverage.py --scale {world}{size}: {'OpenCell' if world == 'opencell' else 'the demo'}'s "
              f"label structure, dinoloc's split, a classifier at macro F1 ~0.8, {cov['n_test_targets']:.0f} test "
