@@ -13,30 +13,21 @@ A head module defines:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from types import ModuleType
 
 from dinoloc.io import DinolocError
+from dinoloc.plugins import find_module, known_modules
 
 
 def known() -> list[str]:
     """This package's heads, in their report order."""
-    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    return sorted(names, key=lambda n: (getattr(importlib.import_module(f"{__name__}.{n}"), "ORDER", 99), n))
+    return known_modules(__name__, __path__)
 
 
 def head_module(name: str) -> ModuleType:
     """The module of head `name`: dinoloc.heads.<name>, or a module named `name` (e.g. a lab's own)."""
-    paths = [name] if "." in name else [f"{__name__}.{name}", name]  # ours first, then a lab's top-level module
-    for path in paths:
-        try:
-            return importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            if e.name not in (path, path.rsplit(".", 1)[0]):
-                raise  # the module exists but one of its own imports is missing
-    raise DinolocError(f"classifier.name={name!r} is unknown; use classifier={', '.join(known())} or an import "
-                       "path to your own head module") from None
+    return find_module(__name__, name, lambda: f"classifier.name={name!r} is unknown; use classifier={', '.join(known())} "
+                       "or an import path to your own head module")
 
 
 def head_order(name: str) -> int:
