@@ -84,20 +84,25 @@ def extract_state_dict(obj: Any, checkpoint_key: str = "teacher", source: str = 
     return out
 
 
-def _list_keys(keys: list[str]) -> str:
+def list_keys(keys: list[str]) -> str:
     return f"{len(keys)}: {keys[:20]}" + (" ..." if len(keys) > 20 else "")
+
+
+def check_keys(own: dict[str, Any], state: dict[str, Any], source: str, hint: str) -> None:
+    """Refuse a checkpoint whose keys differ from the model's, listing every missing and unexpected key."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise DinolocError(
+            f"{source} does not fit the backbone: missing keys ({list_keys(missing)}), unexpected keys "
+            f"({list_keys(unexpected)}). Check {hint}."
+        )
 
 
 def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strictly load `state` into a timm ViT, resampling position embeddings to the model's grid."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise DinolocError(
-            f"{source} does not fit the backbone: missing keys ({_list_keys(missing)}), unexpected keys "
-            f"({_list_keys(unexpected)}). Check backbone.arch / backbone.model_kwargs and backbone.checkpoint_key."
-        )
+    check_keys(own, state, source, "backbone.arch / backbone.model_kwargs and backbone.checkpoint_key")
     state = dict(state)
     pw, mw = state["patch_embed.proj.weight"], own["patch_embed.proj.weight"]
     if pw.ndim == 4 and mw.ndim == 4:
@@ -118,7 +123,7 @@ def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     ]
     if wrong:
         raise DinolocError(
-            f"{source}: tensor shapes differ from the backbone's (checkpoint vs model) for {_list_keys(wrong)}. "
+            f"{source}: tensor shapes differ from the backbone's (checkpoint vs model) for {list_keys(wrong)}. "
             "Check backbone.arch / backbone.model_kwargs."
         )
     model.load_state_dict(state, strict=True)

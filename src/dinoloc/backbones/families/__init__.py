@@ -94,25 +94,17 @@ def describe_model(model: Any) -> dict[str, Any]:
             "any_channels": bool(getattr(model, "any_channels", False))}
 
 
-def _list_keys(keys: list[str]) -> str:
-    return f"{len(keys)}: {keys[:20]}" + (" ..." if len(keys) > 20 else "")
-
-
 def load_strict(model: Any, state: dict[str, Any], source: str) -> None:
     """Load `state` exactly: every missing or unexpected key, and every shape that differs, listed."""
+    from dinoloc.backbones.checkpoint import check_keys, list_keys
+
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise DinolocError(
-            f"{source} does not fit the backbone: missing keys ({_list_keys(missing)}), unexpected keys "
-            f"({_list_keys(unexpected)}). Check backbone.family / backbone.arch / backbone.model_kwargs."
-        )
+    check_keys(own, state, source, "backbone.family / backbone.arch / backbone.model_kwargs")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise DinolocError(f"{source}: tensor shapes differ from the backbone's (checkpoint vs model) for "
-                           f"{_list_keys(wrong)}. Check backbone.arch / backbone.model_kwargs.")
+                           f"{list_keys(wrong)}. Check backbone.arch / backbone.model_kwargs.")
     model.load_state_dict(state, strict=True)
 
 
