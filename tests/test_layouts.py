@@ -137,12 +137,9 @@ def write_mask_folder(root: Path, n_groups: int = 12, per_group: int = 2, size: 
 
 
 def _spec(**kw):
-    from dinoloc.data.prepare import DataSpec
+    from _specs import data_spec
 
-    base = {"name": "x", "reader": "folder", "root": "/nowhere", "annotations": "/nowhere/labels.csv",
-            "out_dir": "/nowhere/out", "synthetic": False, "test_size": 0.2, "n_folds": 3, "group_by": "target",
-            "seed": 0}
-    return DataSpec(**{**base, **kw})
+    return data_spec(**{"test_size": 0.2, "n_folds": 3, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------- registry

@@ -118,9 +118,19 @@ def typed(cls: type[C], values: Mapping[str, Any], where: str | None = None) -> 
 
 
 def _as(typ: Any, value: Any, name: str) -> Any:
-    """`value` as `typ` (int, float, bool, str, X | None, tuple[T, ...], tuple[T1, T2]); ints pass as floats and
-    lists as tuples, nothing else is converted."""
+    """`value` as `typ` (int, float, bool, str, X | None, tuple[T, ...], tuple[T1, T2], dict[str, T], Any, or a
+    dataclass: a nested node built by `typed`); ints pass as floats and lists as tuples, nothing else is converted."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ is Any:
+        return value
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, Mapping):
+            raise _bad(name, value, "a mapping of its keys")
+        return typed(typ, value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _bad(name, value, "a mapping, e.g. {a: b}")
+        return {_as(args[0], k, name): _as(args[1], v, f"{name}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

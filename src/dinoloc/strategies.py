@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from dinoloc.backbones.spec import SPATIAL_MODES
 from dinoloc.channel_strategies import Channels, strategy_module
 from dinoloc.io import DinolocError
 from dinoloc.ontology import OPENCELL_CHANNELS
 from dinoloc.preprocess import center_crop, normalize, resize, scale_intensity, tile
 
-SPATIAL_MODES = ("resize", "tile", "center_crop", "full")
 EMPTY_CHANNEL_MODES = ("zero_before_norm", "zero_after_norm")
 
 

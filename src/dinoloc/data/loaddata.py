@@ -187,11 +187,12 @@ class LoadDataReader(Reader):
     """A CellProfiler LoadData CSV (module doc)."""
 
     name = "loaddata"
+    KEYS = ("channels", "channel_roles", "classes", "labels_column", "group_column")
     root_help = "point it at the folder the LoadData CSV's relative PathName_ columns start from"
 
     def manifest(self, spec):
-        return build_loaddata_manifest(spec.root, spec.annotations, spec.channels, spec.labels_column,
-                                       spec.group_column, self.classes(spec), group_by=spec.group_by,
+        return build_loaddata_manifest(spec.root, spec.annotations, spec.channels or (), spec.labels_column or "",
+                                       spec.group_column or "", self.classes(spec), group_by=spec.split.group_by,
                                        masks=spec.masks if spec.unit == "cell" else None)
 
     def channels(self, spec):

@@ -16,36 +16,15 @@ import pandas as pd
 from dinoloc.backbones.classical import FEATURES_VERSION as CLASSICAL_VERSION
 from dinoloc.backbones.classical import is_classical
 from dinoloc.backbones.families import channel_traits
+from dinoloc.backbones.spec import BackboneSpec, PreprocessSpec
 from dinoloc.channel_strategies import strategy_module
 from dinoloc.data.prepare import DataSpec
-from dinoloc.data.reader import get_reader
+from dinoloc.data.reader import Source, get_reader
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
 from dinoloc.io import DinolocError
 
 log = logging.getLogger("dinoloc")
 EMPTY_CHANNELS_DEFAULT = "zero_before_norm"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One backbone as configured (the `backbone` config group), as plain values."""
-
-    name: str
-    display: str                     # the table's name for it
-    arch: str
-    model_kwargs: dict[str, Any]
-    in_chans: int
-    channels: tuple[str, ...]        # its input channels by name, in order
-    channel_map: dict[str, str]      # OpenCell/data channel -> backbone channel (mapping)
-    preprocess: dict[str, Any]       # img_size, intensity, mean, std, spatial, crop_size
-    weights: str | None              # path, URL, timm:<name>; None = random init
-    weights_sha256: str | None = None
-    checkpoint_key: str = "teacher"
-    dino_epochs: int | None = None   # the config's count; the checkpoint's own wins
-    synthetic: bool = False          # a synthetic demo stand-in
-    weights_default: bool = True     # False when the user gave backbone.weights on the command line
-    random_seed: int | None = None   # the seed of a random init (the floor's backbone.random_seed)
-    family: str | None = None        # the family module's import path (dinoloc.backbones.families); None = timm ViT
 
 
 @dataclass(frozen=True)
@@ -60,7 +39,6 @@ class ExtractSpec:
     device: str                      # auto | cpu | cuda...
     allow_random_weights: bool
     empty_channels: str              # mapping only: what the unmapped channels hold (configs/strategy/)
-    channel_roles: dict[str, str | None]  # a folder's channels' roles ({} for OpenCell)
     # configs/extract/*.yaml (the one place their values live; none enters the cache key)
     batch_size: int
     num_workers: int
@@ -68,9 +46,9 @@ class ExtractSpec:
     amp: bool
 
 
-def source(spec: ExtractSpec) -> dict[str, Any]:
+def source(spec: ExtractSpec) -> Source:
     """How the data's images enter the backbone under the strategy (the data reader's `source`)."""
-    return get_reader(spec.data.reader).source(spec.data, dict(spec.channel_roles), list(spec.backbone.channels),
+    return get_reader(spec.data.reader).source(spec.data, spec.data.channel_roles, list(spec.backbone.channels),
                                                dict(spec.backbone.channel_map), spec.strategy)
 
 
@@ -82,8 +60,8 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
     src = source(spec)
     if is_classical(bb.arch):  # no weights: the features' code version stands in for them
         return {"arch": bb.arch, "features_version": CLASSICAL_VERSION, "model_kwargs": dict(bb.model_kwargs),
-                "strategy": spec.strategy, "source_channels": list(src["source_channels"]), **src["fields"],
-                "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
+                "strategy": spec.strategy, "source_channels": list(src.source_channels), **src.fields,
+                "preprocess": _preprocess_fields(pp),
                 "images": images_fingerprint(manifest, spec.data.root)}
     return {
         "arch": bb.arch,
@@ -94,16 +72,20 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
                                        random_seed=bb.random_seed),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": spec.strategy,
-        "channel_map": src["channel_map"] if strategy_module(spec.strategy).USES_CHANNEL_MAP else None,
+        "channel_map": src.channel_map if strategy_module(spec.strategy).USES_CHANNEL_MAP else None,
         **({"family": bb.family} if bb.family else {}),  # only when set, so the timm ViTs' keys stay what they were
-        **src["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
+        **src.fields,  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         # only when not the default, so the default's cache keys stay what they were
         **({"empty_channels": ec} if (ec := _empty_channels(spec)) != EMPTY_CHANNELS_DEFAULT else {}),
-        # crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move.
-        "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
+        "preprocess": _preprocess_fields(pp),
         "images": images_fingerprint(manifest, spec.data.root),
         **(_cell_fields(spec) if spec.data.unit == "cell" else {}),  # image-level keys unchanged
     }
+
+
+def _preprocess_fields(pp: PreprocessSpec) -> dict[str, Any]:
+    """crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move."""
+    return {k: v for k, v in pp.as_dict().items() if k != "crop_size" or pp.spatial == "center_crop"}
 
 
 def _cell_fields(spec: ExtractSpec) -> dict[str, Any]:
@@ -127,7 +109,7 @@ def approach(spec: ExtractSpec) -> str:
     from dinoloc.strategies import approach as strategy_approach
 
     src = source(spec)
-    return strategy_approach(spec.strategy, list(spec.backbone.channels), src["source_channels"],
+    return strategy_approach(spec.strategy, list(spec.backbone.channels), list(src.source_channels),
                              **channel_traits(spec.backbone.family))
 
 
@@ -146,19 +128,19 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     if is_classical(bb.arch):
         return _run_classical(spec, manifest, meta, cache_key(fields))
     model_factory = functools.partial(
-        build_backbone, bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp["img_size"],
+        build_backbone, bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp.img_size,
         family=bb.family, weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir,
         allow_random=spec.allow_random_weights, random_seed=bb.random_seed, **bb.model_kwargs,
     )
     src = source(spec)
-    if src["left_out"]:
+    if src.left_out:
         log.warning("strategy=mapping: data channel(s) %s have no place in backbone=%s and are left out",
-                    src["left_out"], bb.name)
+                    list(src.left_out), bb.name)
     embed_fn = functools.partial(
         embed_batch, strategy=spec.strategy, backbone_channels=list(bb.channels),
-        channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp["img_size"],
-        intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
-        empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]), **channel_traits(bb.family),
+        channel_map=src.channel_map, source_channels=list(src.source_channels), img_size=pp.img_size,
+        intensity=pp.intensity, mean=pp.mean, std=pp.std, spatial=pp.spatial,
+        empty_channels=_empty_channels(spec), crop_size=pp.crop_size, **channel_traits(bb.family),
     )
     reader = get_reader(spec.data.reader)
     engine = functools.partial(
@@ -166,9 +148,9 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     if spec.data.unit == "cell":
         from dinoloc.extract.cells import extract_cells
 
-        return extract_cells(spec, manifest, fields, meta | {"_read_fn": src["read_fn"]}, engine)
+        return extract_cells(spec, manifest, fields, meta | {"_read_fn": src.read_fn}, engine)
     return engine([str(i) for i in manifest["image_id"]], [reader.item(spec.data.root, p) for p in manifest["path"]],
-                  src["read_fn"], cache_key(fields), meta)
+                  src.read_fn, cache_key(fields), meta)
 
 
 def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta: dict[str, Any], *,
@@ -187,7 +169,7 @@ def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta
         cache_dir=spec.cache_dir,
         key=key,
         meta=meta,
-        resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
+        resize_to=pp.img_size if pp.spatial == "resize" else None,
         batch_size=spec.batch_size,
         num_workers=spec.num_workers,
         chunk_size=spec.chunk_size,
@@ -211,14 +193,14 @@ def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, An
     return extract(
         image_ids=manifest["image_id"].tolist(),
         paths=[reader.item(spec.data.root, p) for p in manifest["path"]],
-        read_fn=src["read_fn"],
-        model_factory=functools.partial(ClassicalFeatures, src["source_channels"], **bb.model_kwargs),
-        embed_fn=functools.partial(classical_embed, img_size=int(pp["img_size"]), intensity=str(pp["intensity"]),
-                                   spatial=str(pp["spatial"]), crop_size=int(pp["crop_size"])),
+        read_fn=src.read_fn,
+        model_factory=functools.partial(ClassicalFeatures, list(src.source_channels), **bb.model_kwargs),
+        embed_fn=functools.partial(classical_embed, img_size=pp.img_size, intensity=pp.intensity,
+                                   spatial=pp.spatial, crop_size=pp.crop_size),
         cache_dir=spec.cache_dir,
         key=key,
         meta=meta | {"classical": True},
-        resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
+        resize_to=pp.img_size if pp.spatial == "resize" else None,
         batch_size=spec.batch_size,
         num_workers=spec.num_workers,
         chunk_size=spec.chunk_size,
