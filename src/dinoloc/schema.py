@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,15 +53,15 @@ def _schema(name: str, fields: Sequence[Field], base: type | None = None, option
 
 
 def _node_type(typ: Any) -> Any:
-    """A field's type in a schema: a nested spec (or an optional one) becomes that spec's schema."""
+    """A field's type in a schema: a nested spec becomes that spec's schema. An optional mapping or nested spec
+    (null where a YAML has none) is left untyped here, as OmegaConf can put nothing into a null typed node
+    (data.channel_roles={DNA: nucleus}) and crashes on a key below one (data.labels.min_grade=2 under data=folder);
+    the YAML that has the node names its schema (opencell.yaml: /schema/labels@labels)."""
     if dataclasses.is_dataclass(typ):
         return _nested(typ)
     args = typing.get_args(typ)
-    if type(None) in args and any(typing.get_origin(a) is dict for a in args):
-        return Any  # OmegaConf cannot put a mapping into a typed dict that is null (data.channel_roles={DNA: ...})
-    if typing.get_origin(typ) in (typing.Union, types.UnionType) and any(dataclasses.is_dataclass(a) for a in args):
-        (inner,) = [a for a in args if a is not type(None)]
-        return _nested(inner) | None
+    if type(None) in args and any(typing.get_origin(a) is dict or dataclasses.is_dataclass(a) for a in args):
+        return Any
     return typ
 
 
@@ -103,7 +102,7 @@ SubCellBackboneSchema = _schema("SubCellBackboneSchema", [("variant", str), ("va
                                 base=BackboneSchema)
 
 SCHEMAS: dict[str, type] = {
-    "data": DataSchema, "backbone/common": BackboneSchema, "backbone/hpa": HpaBackboneSchema,
+    "data": DataSchema, "labels": _nested(data.LabelSpec), "backbone/common": BackboneSchema, "backbone/hpa": HpaBackboneSchema,
     "backbone/subcell": SubCellBackboneSchema, "pretrain": PretrainSchema, "classifier/mlp": ClassifierSchema, "classifier/knn": KNNSchema,
     "extract": ExtractSchema, "strategy": StrategySchema, "report": ReportSchema, "generator": GeneratorSchema,
 }
@@ -137,7 +136,7 @@ def composition_error_line(exc: BaseException) -> str | None:
     key = getattr(cause, "full_key", None)
     if not (isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) and key):
         return None
-    group = key.rsplit(".", 1)[0] if key.startswith("data.") else key.split(".")[0]
+    group = key.rsplit(".", 1)[0]  # the node the key is in: data.split, backbone.preprocess, classifier
     reason = str(cause).splitlines()[0]
     # "In 'pretrain/bad': ..." names the YAML; an override's message does not
     where = f"in {str(exc).split(':')[0].removeprefix('In ')}" if str(exc).startswith("In '") else "on the command line"

@@ -102,8 +102,8 @@ class DataSpec(Checked):
         reader = get_reader(self.reader)  # an unknown reader is named before any work
         foreign = [k for k in READER_KEYS if getattr(self, k) is not None and k not in reader.KEYS]
         if foreign:
-            raise DinolocError(f"data.{foreign[0]} is not read by data.reader={self.reader} (it reads "
-                               f"{list(reader.KEYS) or 'none of'} {list(READER_KEYS)}); remove it from the config")
+            raise DinolocError(f"data.{foreign[0]} is not read by data.reader={self.reader} (of the keys only some "
+                               f"readers read, it reads {list(reader.KEYS)}); remove it from the config")
 
 
 # The keys only some readers read (a reader lists those it reads in its KEYS).
