@@ -22,3 +22,20 @@ def data_spec(**kw: Any) -> DataSpec:
             "out_dir": "/nowhere/out", "synthetic": False, "split": split, "resplit": False, "unit": "image",
             "masks": None, "cell": CELL, "labels": labels}
     return typed(DataSpec, {**base, **kw})
+
+
+def embed_batch(model: Any, x: Any, *, img_size: int, intensity: str, mean: Any, std: Any, spatial: str = "resize",
+                crop_size: int = 600, **plan: Any) -> Any:
+    """dinoloc.strategies.embed_batch with its EmbedPlan given as the flat values the tests vary (the backbone's
+    preprocessing, then the plan's strategy and channels); source_channels default to OpenCell's."""
+    from dinoloc.backbones.spec import PreprocessSpec
+    from dinoloc.ontology import OPENCELL_CHANNELS
+    from dinoloc.strategies import EmbedPlan
+    from dinoloc.strategies import embed_batch as embed
+
+    pp = PreprocessSpec(img_size=img_size, spatial=spatial, crop_size=crop_size, intensity=intensity,
+                        mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std))
+    plan.setdefault("source_channels", OPENCELL_CHANNELS)
+    for k in ("backbone_channels", "source_channels"):
+        plan[k] = tuple(plan[k])
+    return embed(model, x, EmbedPlan(preprocess=pp, **plan))

@@ -18,7 +18,7 @@ import torch
 
 from dinoloc import CONFIG_DIR, cli, config, sweep
 from dinoloc.console import EXIT_INTERRUPTED, format_warning, run_console
-from dinoloc.extract.engine import ExtractionInterrupted, extract
+from dinoloc.extract.engine import EngineSettings, ExtractionInterrupted, extract
 
 BIN = Path(sys.executable).parent
 
@@ -76,8 +76,8 @@ def _extract_with_ctrl_c(tmp_path: Path, interrupt_at_batch: int, chunk_size: in
     return extract(
         image_ids=[f"i{k}" for k in range(n)], paths=[str(k) for k in range(n)],
         read_fn=lambda p: np.full((2, 4, 4), float(Path(p).name), dtype=np.float32), model_factory=torch.nn.Identity,
-        embed_fn=embed, cache_dir=tmp_path / "cache", key="k", meta={}, batch_size=2, chunk_size=chunk_size,
-        progress=False,
+        embed_fn=embed, cache_dir=tmp_path / "cache", key="k", meta={},
+        settings=EngineSettings(batch_size=2, chunk_size=chunk_size, progress=False),
     )
 
 

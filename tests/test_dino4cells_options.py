@@ -182,9 +182,9 @@ class _OfficialStyleViT(torch.nn.Module):
 
 @pytest.mark.parametrize("size", [24, 56, 40])  # grid 3 (shrinks), 7 (grows), 5 vs the checkpoint's 4
 def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, size):
+    from _specs import embed_batch
     from dinoloc.backbones.build import build_backbone
     from dinoloc.backbones.vit import create_vit
-    from dinoloc.strategies import embed_batch
 
     torch.manual_seed(0)
     ref = create_vit(ARCH, in_chans=2, img_size=32, **TINY).eval()  # trained at 32 px: a 4x4 grid
@@ -213,7 +213,7 @@ def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, siz
 
 # ---------------------------------------------------------------------------------------------------- empty channels
 def test_empty_channels_zero_before_or_after_imagenet_norm():
-    from dinoloc.strategies import embed_batch
+    from _specs import embed_batch
 
     seen = []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +22,10 @@ from dinoloc.data.prepare import DataSpec
 from dinoloc.data.reader import Source, get_reader
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
 from dinoloc.io import DinolocError
+
+if TYPE_CHECKING:
+    from dinoloc.extract.engine import EngineSettings  # torch: imported where the engine runs
+    from dinoloc.strategies import EmbedPlan
 
 log = logging.getLogger("dinoloc")
 EMPTY_CHANNELS_DEFAULT = "zero_before_norm"
@@ -136,12 +140,7 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     if src.left_out:
         log.warning("strategy=mapping: data channel(s) %s have no place in backbone=%s and are left out",
                     list(src.left_out), bb.name)
-    embed_fn = functools.partial(
-        embed_batch, strategy=spec.strategy, backbone_channels=list(bb.channels),
-        channel_map=src.channel_map, source_channels=list(src.source_channels), img_size=pp.img_size,
-        intensity=pp.intensity, mean=pp.mean, std=pp.std, spatial=pp.spatial,
-        empty_channels=_empty_channels(spec), crop_size=pp.crop_size, **channel_traits(bb.family),
-    )
+    embed_fn = functools.partial(embed_batch, plan=embed_plan(spec, src))
     reader = get_reader(spec.data.reader)
     engine = functools.partial(
         _engine, model_factory=model_factory, embed_fn=embed_fn, spec=spec)
@@ -153,30 +152,35 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
                   src.read_fn, cache_key(fields), meta)
 
 
+def embed_plan(spec: ExtractSpec, src: Source | None = None) -> EmbedPlan:
+    """What embed_batch does to each batch: the spec's strategy and preprocessing on the data's Source."""
+    from dinoloc.strategies import EmbedPlan
+
+    bb, src = spec.backbone, src or source(spec)
+    return EmbedPlan(strategy=spec.strategy, backbone_channels=bb.channels, channel_map=src.channel_map,
+                     source_channels=src.source_channels, preprocess=bb.preprocess,
+                     empty_channels=_empty_channels(spec), **channel_traits(bb.family))
+
+
 def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta: dict[str, Any], *,
             model_factory: Any, embed_fn: Any, spec: ExtractSpec) -> CacheEntry:
     """The extraction engine with the stage's model, strategy and settings."""
     from dinoloc.device import resolve_device
     from dinoloc.extract.engine import extract
 
+    return extract(image_ids=image_ids, paths=items, read_fn=read_fn, model_factory=model_factory, embed_fn=embed_fn,
+                   cache_dir=spec.cache_dir, key=key, meta=meta,
+                   settings=engine_settings(spec, device=resolve_device(spec.device), amp=spec.amp))
+
+
+def engine_settings(spec: ExtractSpec, *, device: Any, amp: bool) -> EngineSettings:
+    """The engine's EngineSettings from configs/extract/*.yaml (ExtractSpec) and the backbone's resize."""
+    from dinoloc.extract.engine import EngineSettings
+
     pp = spec.backbone.preprocess
-    return extract(
-        image_ids=image_ids,
-        paths=items,
-        read_fn=read_fn,
-        model_factory=model_factory,
-        embed_fn=embed_fn,
-        cache_dir=spec.cache_dir,
-        key=key,
-        meta=meta,
-        resize_to=pp.img_size if pp.spatial == "resize" else None,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        chunk_size=spec.chunk_size,
-        device=resolve_device(spec.device),
-        amp=spec.amp,
-        progress=True,
-    )
+    return EngineSettings(batch_size=spec.batch_size, num_workers=spec.num_workers, chunk_size=spec.chunk_size,
+                          device=device, amp=amp, resize_to=pp.img_size if pp.spatial == "resize" else None,
+                          progress=True)
 
 
 def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, Any], key: str) -> CacheEntry:
@@ -200,11 +204,5 @@ def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, An
         cache_dir=spec.cache_dir,
         key=key,
         meta=meta | {"classical": True},
-        resize_to=pp.img_size if pp.spatial == "resize" else None,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        chunk_size=spec.chunk_size,
-        device="cpu",  # measurements run in numpy
-        amp=False,
-        progress=True,
+        settings=engine_settings(spec, device="cpu", amp=False),  # measurements run in numpy
     )
