@@ -316,7 +316,7 @@ def bench_bf16(quick: bool, device: str) -> dict:
 
     from hydra import compose, initialize_config_dir
 
-    from dinoloc.backbones.build import build_backbone
+    from dinoloc.backbones.build import LoadOptions, build_backbone
     from dinoloc.classify.cv import cross_validate
     from dinoloc.classify.params import ClassifierParams
     from dinoloc.config import data_spec, extract_spec, plain
@@ -340,7 +340,8 @@ def bench_bf16(quick: bool, device: str) -> dict:
         emb32, ids = run_extraction(extract_spec(cfg), manifest).load()
         spec = extract_spec(cfg)
         bb, pp = spec.backbone, spec.backbone.preprocess
-        model = build_backbone(bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, bb.preprocess.img_size,
+        model = build_backbone(bb.arch, bb.in_chans, bb.weights, bb.preprocess.img_size,
+                               load=LoadOptions(checkpoint_key=bb.checkpoint_key),
                                **bb.model_kwargs).to(dev)
         embed = functools.partial(embed_batch, plan=embed_plan(spec))
         root = Path(cfg.data.root)

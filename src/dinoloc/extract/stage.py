@@ -119,7 +119,7 @@ def approach(spec: ExtractSpec) -> str:
 
 def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
-    from dinoloc.backbones.build import build_backbone
+    from dinoloc.backbones.build import LoadOptions, build_backbone
     from dinoloc.strategies import embed_batch
 
     bb, pp = spec.backbone, spec.backbone.preprocess
@@ -131,11 +131,10 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     }
     if is_classical(bb.arch):
         return _run_classical(spec, manifest, meta, cache_key(fields))
-    model_factory = functools.partial(
-        build_backbone, bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp.img_size,
-        family=bb.family, weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir,
-        allow_random=spec.allow_random_weights, random_seed=bb.random_seed, **bb.model_kwargs,
-    )
+    load = LoadOptions(checkpoint_key=bb.checkpoint_key, weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir,
+                       allow_random=spec.allow_random_weights, random_seed=bb.random_seed)
+    model_factory = functools.partial(build_backbone, bb.arch, bb.in_chans, bb.weights, pp.img_size, family=bb.family,
+                                      load=load, **bb.model_kwargs)
     src = source(spec)
     if src.left_out:
         log.warning("strategy=mapping: data channel(s) %s have no place in backbone=%s and are left out",
