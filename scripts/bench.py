@@ -130,7 +130,7 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     from dinoloc.pretrain.loss import DINOLoss
     from dinoloc.pretrain.params import DATA_KEYS, PretrainParams
     from dinoloc.pretrain.step import build_dino_model
-    from dinoloc.pretrain.train import train_dino
+    from dinoloc.pretrain.train import PretrainModel, train_dino
 
     cuda = device.startswith("cuda")
     if cuda:  # the paper's OpenCell run: ViT-B/8, official multi-crop
@@ -148,8 +148,9 @@ def bench_pretrain(quick: bool, device: str) -> dict:
         tmp = Path(tmp)
         (tmp / "img").mkdir()
         paths = write_images(tmp / "img", n_images, px)
-        train_dino([(q.stem, str(q)) for q in paths], read_image, ["protein", "nucleus"], tmp / "run", arch=arch,
-                   model_kwargs=kwargs, in_chans=2, intensity="zscore", mean=None, std=None, params=p, device=device)
+        train_dino([(q.stem, str(q)) for q in paths], read_image, ["protein", "nucleus"], tmp / "run",
+                   model=PretrainModel(arch=arch, model_kwargs=kwargs, in_chans=2, intensity="zscore", mean=None,
+                                       std=None), params=p, device=device)
         log = (tmp / "run" / "log.csv").read_text().strip().splitlines()
         header, last = log[0].split(","), log[-1].split(",")
         full_ips = float(last[header.index("images_per_s")])  # the second epoch: warm caches, workers running
@@ -261,7 +262,7 @@ def bench_scaling(quick: bool, device: str) -> dict:
     from bench_extract import write_images  # type: ignore[import-not-found]
     from dinoloc.backbones.spec import PreprocessSpec
     from dinoloc.backbones.vit import create_vit
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import ClassifierParams
     from dinoloc.data.opencell import read_image
     from dinoloc.extract.engine import EngineSettings, extract
@@ -296,7 +297,7 @@ def bench_scaling(quick: bool, device: str) -> dict:
             times["extract"].append(time.perf_counter() - t0)
             X, Y, split, fold, ids, targets = make_features(mult * (300 if quick else 1530), 768)
             t0 = time.perf_counter()
-            cross_validate(X, Y, split, fold, ids, targets, params, device=device, progress=False)
+            cross_validate(CVData(X, Y, split, fold, ids, targets), params, device=device, progress=False)
             times["classify"].append(time.perf_counter() - t0)
     out = {}
     for stage, t in times.items():
@@ -317,7 +318,7 @@ def bench_bf16(quick: bool, device: str) -> dict:
     from hydra import compose, initialize_config_dir
 
     from dinoloc.backbones.build import LoadOptions, build_backbone
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import ClassifierParams
     from dinoloc.config import data_spec, extract_spec, plain
     from dinoloc.data.opencell import read_image
@@ -361,7 +362,7 @@ def bench_bf16(quick: bool, device: str) -> dict:
         args = (y, split["split"].to_numpy()[lab], split["fold"].fillna(-1).astype(int).to_numpy()[lab],
                 split["image_id"].to_numpy()[lab], split["target"].to_numpy()[lab])
         params = typed(ClassifierParams, plain(cfg.classifier))
-        f1 = [cross_validate(e[order], *args, params, device=device, progress=False).summary["test_macro_f1_mean"]
+        f1 = [cross_validate(CVData(e[order], *args), params, device=device, progress=False).summary["test_macro_f1_mean"]
               for e in (emb32, emb16)]
         out[row] = {"relative_difference": round(rel, 5), "f1_fp32": round(f1[0], 4), "f1_bf16": round(f1[1], 4),
                     "delta_f1": round(f1[1] - f1[0], 4)}

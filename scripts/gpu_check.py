@@ -474,7 +474,7 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # 4. the classifier at paper scale: batched 5-fold trainer vs a plain DataLoader loop
 def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from bench_classify import baseline, make_features  # type: ignore[import-not-found]
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import ClassifierParams
 
     s, dev = run.sizes, str(run.device)
@@ -490,11 +490,11 @@ def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
                train_rows_per_fold=round(float(np.mean(train_rows))))
 
     warm = typed(ClassifierParams, {**cfg, "epochs": 1})  # CUDA context, kernels, lazy imports: not timed
-    cross_validate(X, Y, split, fold, ids, targets, warm, device=dev, progress=False)
+    cross_validate(CVData(X, Y, split, fold, ids, targets), warm, device=dev, progress=False)
     baseline(X, Y, split, fold, warm, dev, folds=folds[:1])
     sync(run.device)
     t0 = time.perf_counter()
-    res = cross_validate(X, Y, split, fold, ids, targets, params, device=dev, progress=False)
+    res = cross_validate(CVData(X, Y, split, fold, ids, targets), params, device=dev, progress=False)
     sync(run.device)
     out["ours_s"] = round(time.perf_counter() - t0, 2)
     out["f1_ours"] = round(res.summary["test_macro_f1_mean"], 4)

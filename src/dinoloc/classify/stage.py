@@ -77,7 +77,7 @@ def pretraining_check(spec: ClassifySpec, split: pd.DataFrame) -> dict[str, Any]
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify.cv import cross_validate_seeds  # torch: only once the checks have passed
+    from dinoloc.classify.cv import CVData, cross_validate_seeds  # torch: only once the checks have passed
     from dinoloc.device import resolve_device
 
     params = spec.classifier
@@ -91,10 +91,9 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     emb, X, Y, s = _aligned(entry, manifest, split)
     classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
     t0 = time.perf_counter()
-    cv = cross_validate_seeds(
-        X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy(),
-        params, device=resolve_device(spec.extract.device), classes=classes, head=spec.head,
-    )
+    data = CVData(X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy())
+    cv = cross_validate_seeds(data, params, device=resolve_device(spec.extract.device), classes=classes,
+                              head=spec.head)
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
     result["pretraining"] = pretraining
     result["classifier_seconds"] = round(time.perf_counter() - t0, 3)

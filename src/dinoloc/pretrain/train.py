@@ -62,23 +62,33 @@ def check_inputs(images: Sequence[tuple[str, str]], channels: Sequence[str], in_
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainModel:
+    """The backbone pretraining trains, as configured (backbone.arch, model_kwargs, in_chans and its input
+    scaling backbone.preprocess.intensity / mean / std)."""
+
+    arch: str
+    model_kwargs: Mapping[str, Any]
+    in_chans: int
+    intensity: str
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+
+
 def train_dino(
     images: Sequence[tuple[str, str]],
     read_fn: Callable[[str], np.ndarray],
     channels: Sequence[str],
     out_dir: str | os.PathLike,
     *,
-    arch: str,
-    model_kwargs: Mapping[str, Any],
-    in_chans: int,
-    intensity: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
+    model: PretrainModel,
     params: PretrainParams,
     device: str,
 ) -> Path:
     """DINO-pretrain a ViT on `images` ((image_id, path), already restricted to allowed images); return the
     checkpoint path out_dir/checkpoint.pth. Resumes an unfinished checkpoint; a finished one returns at once."""
+    arch, model_kwargs, in_chans = model.arch, model.model_kwargs, model.in_chans
+    intensity, mean, std = model.intensity, model.mean, model.std
     images = [(str(i), str(p)) for i, p in images]
     check_inputs(images, channels, in_chans, intensity, params)
     d = setup(device)
