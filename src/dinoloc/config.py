@@ -9,7 +9,7 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
 from dinoloc import CONFIG_DIR
@@ -49,9 +49,19 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 # config -> specs
 # ----------------------------------------------------------------------------------------------------------
 def values(node: DictConfig) -> dict[str, Any]:
-    """The node's values, resolved; a key left `???` raises MissingMandatoryValue naming it (dinoloc.console turns
-    that into one line with an example)."""
-    return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    """The node's values, resolved. One of its own keys left `???` raises MissingMandatoryValue naming it
+    (dinoloc.console: one line with an example, e.g. data.root); one in a block below (data.generator) is left
+    out, so the spec's own check names it as missing."""
+    for k in node:
+        if OmegaConf.is_missing(node, k):
+            node[k]  # raises, naming the key
+    return _known(node)
+
+
+def _known(node: Any) -> Any:
+    if isinstance(node, DictConfig):
+        return {k: _known(node[k]) for k in node if not OmegaConf.is_missing(node, k)}
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, ListConfig) else node
 
 
 def data_spec(cfg: DictConfig) -> DataSpec:
