@@ -73,6 +73,8 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     synthetic = bool(d.synthetic)
     return typed(DataSpec, {
         **values(d), "out_dir": str(cfg.paths.data_dir),
+        # only the synthetic data is generated (debug=tiny's generator sizes stay unread under data=folder)
+        **({} if synthetic else {"generator": None}),
         "synthetic_dir": str(cfg.paths.synthetic_dir) if synthetic else None,
         "display_percentiles": tuple(cfg.report.display_percentiles) if synthetic else (),
     }, where=f"configs/data/{d.name}.yaml")
