@@ -76,11 +76,12 @@ def rule_of(field: dataclasses.Field) -> Rule | None:
 class Checked:
     """A dataclass whose fields' rules are checked at construction. SECTION names its config node (for the
     messages: `classifier.lr=0: must be > 0`), WHERE the YAML its values live in, IGNORED keys of that node
-    that belong to someone else (e.g. a head's `name`)."""
+    that belong to someone else (e.g. a head's `name`), NOT_IN_YAML its fields that are no key of that node."""
 
     SECTION: ClassVar[str] = ""
     WHERE: ClassVar[str] = ""
     IGNORED: ClassVar[tuple[str, ...]] = ()
+    NOT_IN_YAML: ClassVar[tuple[str, ...]] = ()  # fields dinoloc.config fills from elsewhere (paths, the command line)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -102,7 +103,8 @@ def typed(cls: type[C], values: Mapping[str, Any], where: str | None = None) -> 
     unknown = sorted(str(k) for k in values if k not in names and k not in ignored)
     if unknown:
         raise DinolocError(
-            f"{section}.{unknown[0]} is not a {section} setting (unknown keys: {unknown}); valid keys: {names}. "
+            f"{section}.{unknown[0]} is not a {section} setting (unknown keys: {unknown}); valid keys: "
+            f"{list(yaml_keys(cls))}. "
             f"Fix the spelling in {where} or the override."
         )
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -115,6 +117,11 @@ def typed(cls: type[C], values: Mapping[str, Any], where: str | None = None) -> 
         )
     hints = typing.get_type_hints(cls)
     return cls(**{n: _as(hints[n], values[n], f"{section}.{n}") for n in names if n in values})
+
+
+def yaml_keys(cls: type) -> tuple[str, ...]:
+    """The keys of cls's config node: its fields but those dinoloc.config fills from elsewhere (NOT_IN_YAML)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in getattr(cls, "NOT_IN_YAML", ()))
 
 
 def _as(typ: Any, value: Any, name: str) -> Any:

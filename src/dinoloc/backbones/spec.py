@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dinoloc.backbones.weights import display_name as _display
-from dinoloc.rules import Checked, key
+from dinoloc.rules import Checked, key, yaml_keys
 
 SPATIAL_MODES = ("resize", "tile", "center_crop", "full")
 INTENSITY_MODES = ("zscore", "minmax", "minmax_image", "instance_norm", "none")
@@ -45,6 +45,7 @@ class BackboneSpec(Checked):
     # keys a backbone YAML holds for others: hpa.yaml's channel-order switch (interpolated into `channels`) and
     # SubCell's variant (read by its family's `configure` hook before this spec is built); schema.py types them
     IGNORED: ClassVar[tuple[str, ...]] = ("channel_orders", "channel_order", "variant", "variants")
+    NOT_IN_YAML: ClassVar[tuple[str, ...]] = ("weights_default",)
 
     name: str
     arch: str
@@ -78,6 +79,6 @@ class BackboneSpec(Checked):
         return _display(self.display_name, self.label, self.arch, self.weights)
 
 
-# The backbone YAML's keys (every field but weights_default) and those only some YAMLs have.
-YAML_KEYS = tuple(f.name for f in dataclasses.fields(BackboneSpec) if f.name != "weights_default")
+# The backbone YAML's keys and those only some YAMLs have.
+YAML_KEYS = yaml_keys(BackboneSpec)
 OPTIONAL_KEYS = tuple(f.name for f in dataclasses.fields(BackboneSpec) if f.default is None)

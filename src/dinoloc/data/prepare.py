@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,7 +15,7 @@ import pandas as pd
 from filelock import FileLock
 
 from dinoloc.io import DinolocError
-from dinoloc.rules import Checked, key
+from dinoloc.rules import Checked, key, yaml_keys
 from dinoloc.synthetic.generate import GeneratorSpec
 
 GROUP_BY = ("target", "none")
@@ -70,6 +70,7 @@ class DataSpec(Checked):
 
     SECTION: ClassVar[str] = "data"
     WHERE: ClassVar[str] = "configs/data/<name>.yaml"
+    NOT_IN_YAML: ClassVar[tuple[str, ...]] = ("out_dir", "synthetic_dir", "display_percentiles")
 
     name: str
     reader: str                      # a module dinoloc.data.<reader> with a READER (dinoloc.data.reader)
@@ -108,8 +109,8 @@ class DataSpec(Checked):
 
 # The keys only some readers read (a reader lists those it reads in its KEYS).
 READER_KEYS = ("labels", "channels", "channel_roles", "classes", "labels_column", "group_column")
-# The data YAML's keys (DataSpec's fields but the ones dinoloc.config adds from elsewhere) and those a YAML may lack.
-YAML_KEYS = tuple(f.name for f in fields(DataSpec) if f.name not in ("out_dir", "synthetic_dir", "display_percentiles"))
+# The data YAML's keys and those a YAML may lack.
+YAML_KEYS = yaml_keys(DataSpec)
 OPTIONAL_KEYS = (*READER_KEYS, "generator")
 
 
