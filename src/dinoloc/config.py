@@ -143,7 +143,8 @@ def pretrain_spec(cfg: DictConfig):
     (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
     from dinoloc.pretrain.stage import PretrainSpec
 
-    bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
+    bb, pt = backbone_spec(cfg.backbone), cfg.pretrain
+    pp = bb.preprocess
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
     # which YAML the recipe came from, for the messages: the config's own hydra node when composed with one (the
@@ -159,12 +160,11 @@ def pretrain_spec(cfg: DictConfig):
             raise missing_key(key, origin)
     root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
     spec = PretrainSpec(
-        params=params, backbone=str(bb.name), arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs),
-        in_chans=int(bb.in_chans), channels=tuple(bb.channels), intensity=str(pp.intensity),
-        mean=None if pp.mean is None else tuple(pp.mean), std=None if pp.std is None else tuple(pp.std),
+        params=params, backbone=bb.name, arch=bb.arch, model_kwargs=dict(bb.model_kwargs), in_chans=bb.in_chans,
+        channels=bb.channels, intensity=pp.intensity, mean=pp.mean, std=pp.std,
         source=str(given["source"]), image_dir=None if given["image_dir"] is None else str(given["image_dir"]),
         data_root=None if root is None or OmegaConf.is_missing(cfg.data, "root") else str(root),
-        out_dir=str(Path(str(bb.weights)).parent), device=str(cfg.device),
+        out_dir=str(Path(bb.weights).parent), device=str(cfg.device),
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
         data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
