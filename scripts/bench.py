@@ -130,7 +130,7 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     from dinoloc.pretrain.loss import DINOLoss
     from dinoloc.pretrain.params import DATA_KEYS, PretrainParams
     from dinoloc.pretrain.step import build_dino_model
-    from dinoloc.pretrain.train import train_dino
+    from dinoloc.pretrain.train import PretrainModel, train_dino
 
     cuda = device.startswith("cuda")
     if cuda:  # the paper's OpenCell run: ViT-B/8, official multi-crop
@@ -148,8 +148,9 @@ def bench_pretrain(quick: bool, device: str) -> dict:
         tmp = Path(tmp)
         (tmp / "img").mkdir()
         paths = write_images(tmp / "img", n_images, px)
-        train_dino([(q.stem, str(q)) for q in paths], read_image, ["protein", "nucleus"], tmp / "run", arch=arch,
-                   model_kwargs=kwargs, in_chans=2, intensity="zscore", mean=None, std=None, params=p, device=device)
+        train_dino([(q.stem, str(q)) for q in paths], read_image, ["protein", "nucleus"], tmp / "run",
+                   model=PretrainModel(arch=arch, model_kwargs=kwargs, in_chans=2, intensity="zscore", mean=None,
+                                       std=None), params=p, device=device)
         log = (tmp / "run" / "log.csv").read_text().strip().splitlines()
         header, last = log[0].split(","), log[-1].split(",")
         full_ips = float(last[header.index("images_per_s")])  # the second epoch: warm caches, workers running
@@ -259,19 +260,23 @@ def bench_scaling(quick: bool, device: str) -> dict:
 
     from bench_classify import make_features  # type: ignore[import-not-found]
     from bench_extract import write_images  # type: ignore[import-not-found]
+    from dinoloc.backbones.spec import PreprocessSpec
     from dinoloc.backbones.vit import create_vit
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import ClassifierParams
     from dinoloc.data.opencell import read_image
-    from dinoloc.extract.engine import extract
-    from dinoloc.strategies import embed_batch
+    from dinoloc.extract.engine import EngineSettings, extract
+    from dinoloc.ontology import OPENCELL_CHANNELS
+    from dinoloc.strategies import EmbedPlan, embed_batch
 
     base_n = 256 if quick else 1024
     model = create_vit("vit_tiny_patch16_224", in_chans=3, img_size=64, patch_size=8, embed_dim=96, depth=4,
                        num_heads=3).eval()
-    embed_fn = functools.partial(embed_batch, strategy="mapping", backbone_channels=["R", "G", "B"],
-                                 channel_map={"protein": "R", "nucleus": "G"}, img_size=64, intensity="minmax",
-                                 mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], spatial="resize")
+    pp = PreprocessSpec(img_size=64, spatial="resize", crop_size=600, intensity="minmax", mean=(0.485, 0.456, 0.406),
+                        std=(0.229, 0.224, 0.225))
+    embed_fn = functools.partial(embed_batch, plan=EmbedPlan(
+        strategy="mapping", backbone_channels=("R", "G", "B"), channel_map={"protein": "R", "nucleus": "G"},
+        source_channels=OPENCELL_CHANNELS, preprocess=pp))
     from dinoloc.config import compose, plain
 
     cfg = plain(compose().classifier)  # classifier/mlp.yaml's values (its `defaults:` is Hydra's, not a key)
@@ -288,11 +293,11 @@ def bench_scaling(quick: bool, device: str) -> dict:
             t0 = time.perf_counter()
             extract(image_ids=[p.stem for p in paths[:n]], paths=paths[:n], read_fn=read_image,
                     model_factory=lambda: model, embed_fn=embed_fn, cache_dir=tmp / "cache", key=f"s{k}", meta={},
-                    resize_to=64, batch_size=64, num_workers=2, device=device, progress=False)
+                    settings=EngineSettings(resize_to=64, batch_size=64, num_workers=2, device=device, progress=False))
             times["extract"].append(time.perf_counter() - t0)
             X, Y, split, fold, ids, targets = make_features(mult * (300 if quick else 1530), 768)
             t0 = time.perf_counter()
-            cross_validate(X, Y, split, fold, ids, targets, params, device=device, progress=False)
+            cross_validate(CVData(X, Y, split, fold, ids, targets), params, device=device, progress=False)
             times["classify"].append(time.perf_counter() - t0)
     out = {}
     for stage, t in times.items():
@@ -311,16 +316,15 @@ def bench_bf16(quick: bool, device: str) -> dict:
     import functools
 
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from dinoloc.backbones.build import build_backbone
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.backbones.build import LoadOptions, build_backbone
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import ClassifierParams
-    from dinoloc.config import data_spec, extract_spec
+    from dinoloc.config import data_spec, extract_spec, plain
     from dinoloc.data.opencell import read_image
     from dinoloc.data.prepare import run_data
     from dinoloc.extract.cache import embedding_rows
-    from dinoloc.extract.stage import run_extraction
+    from dinoloc.extract.stage import embed_plan, run_extraction
     from dinoloc.ontology import CATEGORIES
     from dinoloc.strategies import embed_batch
 
@@ -335,14 +339,12 @@ def bench_bf16(quick: bool, device: str) -> dict:
             cfg = compose("config", overrides=["experiment=demo", f"row={row}"])
         manifest, split = run_data(data_spec(cfg))
         emb32, ids = run_extraction(extract_spec(cfg), manifest).load()
-        bb, pp = cfg.backbone, cfg.backbone.preprocess
-        plain = functools.partial(OmegaConf.to_container, resolve=True)
-        model = build_backbone(bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp.img_size,
-                               **plain(bb.model_kwargs)).to(dev)
-        embed = functools.partial(embed_batch, strategy=cfg.strategy.name, backbone_channels=list(bb.channels),
-                                  channel_map=plain(bb.channel_map), img_size=pp.img_size, intensity=pp.intensity,
-                                  mean=None if pp.mean is None else list(pp.mean),
-                                  std=None if pp.std is None else list(pp.std), spatial=pp.spatial)
+        spec = extract_spec(cfg)
+        bb, pp = spec.backbone, spec.backbone.preprocess
+        model = build_backbone(bb.arch, bb.in_chans, bb.weights, bb.preprocess.img_size,
+                               load=LoadOptions(checkpoint_key=bb.checkpoint_key),
+                               **bb.model_kwargs).to(dev)
+        embed = functools.partial(embed_batch, plan=embed_plan(spec))
         root = Path(cfg.data.root)
         path_of = dict(zip(manifest["image_id"], manifest["path"], strict=True))
         rows16 = []
@@ -360,7 +362,7 @@ def bench_bf16(quick: bool, device: str) -> dict:
         args = (y, split["split"].to_numpy()[lab], split["fold"].fillna(-1).astype(int).to_numpy()[lab],
                 split["image_id"].to_numpy()[lab], split["target"].to_numpy()[lab])
         params = typed(ClassifierParams, plain(cfg.classifier))
-        f1 = [cross_validate(e[order], *args, params, device=device, progress=False).summary["test_macro_f1_mean"]
+        f1 = [cross_validate(CVData(e[order], *args), params, device=device, progress=False).summary["test_macro_f1_mean"]
               for e in (emb32, emb16)]
         out[row] = {"relative_difference": round(rel, 5), "f1_fp32": round(f1[0], 4), "f1_bf16": round(f1[1], 4),
                     "delta_f1": round(f1[1] - f1[0], 4)}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from dinoloc.classify.cv import cross_validate, fit_standardizer
+from dinoloc.classify.cv import CVData, cross_validate, fit_standardizer
 from dinoloc.classify.params import ClassifierParams
 from dinoloc.classify.trainer import rarest_label_weights
 from dinoloc.metrics import macro_f1
@@ -128,12 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Warm-up (not timed): lazy torch imports, CUDA context and kernels would otherwise bill whichever runs first.
     warm = typed(ClassifierParams, {**cfg, "epochs": 1})
-    cross_validate(X, Y, split, fold, ids, targets, warm, device=args.device, progress=False)
+    cross_validate(CVData(X, Y, split, fold, ids, targets), warm, device=args.device, progress=False)
     if not args.skip_baseline:
         baseline(X, Y, split, fold, warm, args.device)
     _sync(args.device)
     t0 = time.perf_counter()
-    res = cross_validate(X, Y, split, fold, ids, targets, params, device=args.device, progress=False)
+    res = cross_validate(CVData(X, Y, split, fold, ids, targets), params, device=args.device, progress=False)
     _sync(args.device)
     ours_s = time.perf_counter() - t0
     f1_ours = res.summary["test_macro_f1_mean"]

@@ -21,10 +21,12 @@ import numpy as np
 import tifffile
 import torch
 
+from dinoloc.backbones.spec import PreprocessSpec
 from dinoloc.backbones.vit import create_vit
 from dinoloc.data.opencell import read_image
-from dinoloc.extract.engine import extract
-from dinoloc.strategies import embed_batch
+from dinoloc.extract.engine import EngineSettings, extract
+from dinoloc.ontology import OPENCELL_CHANNELS
+from dinoloc.strategies import EmbedPlan, embed_batch
 
 
 def write_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
@@ -64,10 +66,11 @@ def main() -> None:
     amp = not args.no_amp and device.type == "cuda"
     channels, cmap = ["R", "G", "B"], {"protein": "R", "nucleus": "G"}
     model = create_vit(args.arch, in_chans=3, img_size=args.img_size, **json.loads(args.model_kwargs)).to(device).eval()
-    embed_fn = functools.partial(
-        embed_batch, strategy=args.strategy, backbone_channels=channels, channel_map=cmap, img_size=args.img_size,
-        intensity="minmax", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], spatial="resize",
-    )
+    pp = PreprocessSpec(img_size=args.img_size, spatial="resize", crop_size=600, intensity="minmax",
+                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    embed_fn = functools.partial(embed_batch, plan=EmbedPlan(
+        strategy=args.strategy, backbone_channels=tuple(channels), channel_map=cmap,
+        source_channels=OPENCELL_CHANNELS, preprocess=pp))
     views = 2 if args.strategy == "replication" else 1
 
     # Model only: same model, same batch, input already on the device.
@@ -90,8 +93,9 @@ def main() -> None:
         ids = [p.stem for p in paths]
         t0 = time.perf_counter()
         extract(image_ids=ids, paths=paths, read_fn=read_image, model_factory=lambda: model, embed_fn=embed_fn,
-                cache_dir=tmp / "cache", key="bench", meta={}, resize_to=args.img_size, batch_size=args.batch_size,
-                num_workers=args.workers, chunk_size=256, device=device, amp=amp, progress=False)
+                cache_dir=tmp / "cache", key="bench", meta={},
+                settings=EngineSettings(resize_to=args.img_size, batch_size=args.batch_size, num_workers=args.workers,
+                                        chunk_size=256, device=device, amp=amp, progress=False))
         sync(device)
         e2e_ips = len(ids) / (time.perf_counter() - t0)
 

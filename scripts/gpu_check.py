@@ -311,10 +311,13 @@ def section_vit(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # 2. end-to-end extraction from 16-bit TIFFs vs the device work alone
 def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
+    from dinoloc.backbones.spec import PreprocessSpec
     from dinoloc.backbones.vit import create_vit
     from dinoloc.data.opencell import read_image
-    from dinoloc.extract.engine import extract
-    from dinoloc.strategies import embed_batch
+    from dinoloc.extract.engine import EngineSettings, extract
+    from dinoloc.ontology import OPENCELL_CHANNELS
+    from dinoloc.rules import typed
+    from dinoloc.strategies import EmbedPlan, embed_batch
 
     s, dev = run.sizes, run.device
     bb = yaml.safe_load((CONFIG_DIR / "backbone" / "imagenet.yaml").read_text())  # the Table III row
@@ -322,9 +325,9 @@ def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
     pp = bb["preprocess"]
     paths = tiffs(run, out)
     model = create_vit(s.arch, in_chans=bb["in_chans"], img_size=s.img_size, **s.model_kwargs).to(dev).eval()
-    embed_fn = functools.partial(
-        embed_batch, strategy="mapping", backbone_channels=bb["channels"], channel_map=bb["channel_map"],
-        img_size=s.img_size, intensity=pp["intensity"], mean=pp["mean"], std=pp["std"], spatial=pp["spatial"])
+    embed_fn = functools.partial(embed_batch, plan=EmbedPlan(
+        strategy="mapping", backbone_channels=tuple(bb["channels"]), channel_map=bb["channel_map"],
+        source_channels=OPENCELL_CHANNELS, preprocess=typed(PreprocessSpec, pp | {"img_size": s.img_size})))
     batch = ex["batch_size"]
     out.update(arch=s.arch, batch=batch, workers=run.workers, amp=dev.type == "cuda")
 
@@ -342,8 +345,9 @@ def section_extract(run: Run, out: dict[str, Any], budget: Budget) -> None:
     shutil.rmtree(cache, ignore_errors=True)
     t0 = time.perf_counter()
     extract(image_ids=[p.stem for p in paths], paths=paths, read_fn=read_image, model_factory=lambda: model,
-            embed_fn=embed_fn, cache_dir=cache, key="gpu_check", meta={}, resize_to=s.img_size, batch_size=batch,
-            num_workers=run.workers, chunk_size=ex["chunk_size"], device=dev, amp=True, progress=False)
+            embed_fn=embed_fn, cache_dir=cache, key="gpu_check", meta={},
+            settings=EngineSettings(resize_to=s.img_size, batch_size=batch, num_workers=run.workers,
+                                    chunk_size=ex["chunk_size"], device=dev, amp=True, progress=False))
     sync(dev)
     out["e2e_ips"] = round(len(paths) / (time.perf_counter() - t0), 1)
     out["ratio"] = round(out["e2e_ips"] / out["model_only_ips"], 3)
@@ -470,7 +474,7 @@ def section_pretrain(run: Run, out: dict[str, Any], budget: Budget) -> None:
 # 4. the classifier at paper scale: batched 5-fold trainer vs a plain DataLoader loop
 def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
     from bench_classify import baseline, make_features  # type: ignore[import-not-found]
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import ClassifierParams
 
     s, dev = run.sizes, str(run.device)
@@ -486,11 +490,11 @@ def section_classify(run: Run, out: dict[str, Any], budget: Budget) -> None:
                train_rows_per_fold=round(float(np.mean(train_rows))))
 
     warm = typed(ClassifierParams, {**cfg, "epochs": 1})  # CUDA context, kernels, lazy imports: not timed
-    cross_validate(X, Y, split, fold, ids, targets, warm, device=dev, progress=False)
+    cross_validate(CVData(X, Y, split, fold, ids, targets), warm, device=dev, progress=False)
     baseline(X, Y, split, fold, warm, dev, folds=folds[:1])
     sync(run.device)
     t0 = time.perf_counter()
-    res = cross_validate(X, Y, split, fold, ids, targets, params, device=dev, progress=False)
+    res = cross_validate(CVData(X, Y, split, fold, ids, targets), params, device=dev, progress=False)
     sync(run.device)
     out["ours_s"] = round(time.perf_counter() - t0, 2)
     out["f1_ours"] = round(res.summary["test_macro_f1_mean"], 4)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dinoloc.pretrain.params import PretrainParams
-from dinoloc.pretrain.train import train_dino
+from dinoloc.pretrain.train import PretrainModel, train_dino
 from dinoloc.rules import typed
 
 
@@ -21,8 +21,10 @@ def main(data_dir: str, out_dir: str, params_json: str) -> None:
     params = typed(PretrainParams, json.loads(params_json))
     ckpt = train_dino(
         images, functools.partial(np.load, allow_pickle=False), ["protein", "nucleus"], out_dir,
-        arch="vit_tiny_patch16_224", model_kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3},
-        in_chans=2, intensity="zscore", mean=None, std=None, params=params, device="cpu",
+        model=PretrainModel(arch="vit_tiny_patch16_224",
+                            model_kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}, in_chans=2,
+                            intensity="zscore", mean=None, std=None),
+        params=params, device="cpu",
     )
     print(f"rank {os.environ['RANK']} done: {ckpt}", flush=True)
 

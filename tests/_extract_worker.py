@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinoloc.extract.engine import extract
+from dinoloc.extract.engine import EngineSettings, extract
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     entry = extract(
         image_ids=ids, paths=ids, read_fn=read, model_factory=factory,
         embed_fn=lambda m, x: x.flatten(1)[:, [0, 16]], cache_dir=cache_dir, key="k", meta={},
-        batch_size=3, chunk_size=4, progress=False,
+        settings=EngineSettings(batch_size=3, chunk_size=4, progress=False),
     )
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     if rank == 0:

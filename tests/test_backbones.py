@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import pickle
 
@@ -11,7 +12,7 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from dinoloc.backbones.build import build_backbone
+from dinoloc.backbones.build import LoadOptions, build_backbone
 from dinoloc.backbones.vit import create_vit, dino_interpolate_pos_encoding
 from dinoloc.backbones.weights import cached_weights_path, weights_fingerprint
 from dinoloc.io import DinolocError, file_sha256
@@ -31,7 +32,8 @@ def _x(in_chans=3, size=32) -> torch.Tensor:
 
 def _build(weights, **kw) -> torch.nn.Module:
     in_chans, img_size = kw.pop("in_chans", 3), kw.pop("img_size", 32)
-    return build_backbone(ARCH, in_chans, weights, img_size=img_size, **{**TINY, **kw})
+    load = LoadOptions(**{k: kw.pop(k) for k in [f.name for f in dataclasses.fields(LoadOptions)] if k in kw})
+    return build_backbone(ARCH, in_chans, weights, img_size=img_size, load=load, **{**TINY, **kw})
 
 
 def _dino_checkpoint(teacher: torch.nn.Module, student: torch.nn.Module) -> dict:

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from dinoloc.classify.cv import cross_validate, fit_standardizer
+from dinoloc.classify.cv import CVData, cross_validate, fit_standardizer
 from dinoloc.classify.params import ClassifierParams
 from dinoloc.classify.trainer import init_mlp, rarest_label_weights
 from dinoloc.io import DinolocError
@@ -67,7 +67,7 @@ def make_data(n_targets: int = 100, per_target: int = 2, dim: int = 16, seed: in
 
 
 def run(data, params, **kw):
-    return cross_validate(*data, params, progress=False, **kw)
+    return cross_validate(CVData(*data), params, progress=False, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------- params
@@ -334,7 +334,7 @@ def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():
     from dinoloc.classify.cv import cross_validate_seeds
 
     data = make_data(n_targets=60, dim=8)
-    two = cross_validate_seeds(*data, small_params(n_seeds=2, seed=3), progress=False)
+    two = cross_validate_seeds(CVData(*data), small_params(n_seeds=2, seed=3), progress=False)
     one = [run(data, small_params(seed=s)) for s in (3, 4)]
     means = [cv.summary["test_macro_f1_mean"] for cv in one]
     assert two.summary["n_seeds"] == 2 and two.summary["seeds"] == [3, 4]
@@ -344,7 +344,7 @@ def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():
     assert sorted(two.predictions["seed"].unique()) == [3, 4]
     assert len(two.predictions) == 2 * len(one[0].predictions)
     assert len(two.summary["folds"]) == 2 * len(one[0].summary["folds"])
-    single = cross_validate_seeds(*data, small_params(seed=3), progress=False)
+    single = cross_validate_seeds(CVData(*data), small_params(seed=3), progress=False)
     assert single.summary["test_macro_f1_mean"] == one[0].summary["test_macro_f1_mean"]
     with pytest.raises(DinolocError, match="classifier.n_seeds"):
         small_params(n_seeds=0)

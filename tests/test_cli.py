@@ -18,7 +18,7 @@ import torch
 
 from dinoloc import CONFIG_DIR, cli, config, sweep
 from dinoloc.console import EXIT_INTERRUPTED, format_warning, run_console
-from dinoloc.extract.engine import ExtractionInterrupted, extract
+from dinoloc.extract.engine import EngineSettings, ExtractionInterrupted, extract
 
 BIN = Path(sys.executable).parent
 
@@ -76,8 +76,8 @@ def _extract_with_ctrl_c(tmp_path: Path, interrupt_at_batch: int, chunk_size: in
     return extract(
         image_ids=[f"i{k}" for k in range(n)], paths=[str(k) for k in range(n)],
         read_fn=lambda p: np.full((2, 4, 4), float(Path(p).name), dtype=np.float32), model_factory=torch.nn.Identity,
-        embed_fn=embed, cache_dir=tmp_path / "cache", key="k", meta={}, batch_size=2, chunk_size=chunk_size,
-        progress=False,
+        embed_fn=embed, cache_dir=tmp_path / "cache", key="k", meta={},
+        settings=EngineSettings(batch_size=2, chunk_size=chunk_size, progress=False),
     )
 
 
@@ -362,14 +362,16 @@ def test_one_dinoloc_run_builds_each_spec_once_and_hands_it_to_the_runner(tmp_pa
     and the stage's runner receives that spec (nothing climbs back to the config)."""
     import collections
 
+    from dinoloc.backbones.spec import BackboneSpec, PreprocessSpec
     from dinoloc.classify import stage
     from dinoloc.classify.params import ClassifierParams
-    from dinoloc.data.prepare import DataSpec
-    from dinoloc.extract.stage import BackboneSpec, ExtractSpec
+    from dinoloc.data.prepare import CellSpec, DataSpec, LabelSpec, SplitSpec
+    from dinoloc.extract.stage import ExtractSpec
     from dinoloc.synthetic.generate import GeneratorSpec
 
     built: collections.Counter[str] = collections.Counter()
-    for cls in (DataSpec, GeneratorSpec, BackboneSpec, ExtractSpec, ClassifierParams, stage.ClassifySpec):
+    for cls in (DataSpec, SplitSpec, LabelSpec, CellSpec, GeneratorSpec, BackboneSpec, PreprocessSpec, ExtractSpec,
+                ClassifierParams, stage.ClassifySpec):
         def counting(self, *args, _init=cls.__init__, _name=cls.__name__, **kwargs):
             built[_name] += 1
             _init(self, *args, **kwargs)
@@ -380,8 +382,9 @@ def test_one_dinoloc_run_builds_each_spec_once_and_hands_it_to_the_runner(tmp_pa
     code, _, err = _console(cli.run_main, ["debug=tiny", f"paths.output_dir={tmp_path}", "backbone.weights=",
                                            "allow_random_weights=true"], capsys, monkeypatch)
     assert code == 0, err
-    assert dict(built) == {"DataSpec": 1, "GeneratorSpec": 1, "BackboneSpec": 1, "ExtractSpec": 1,
-                           "ClassifierParams": 1, "ClassifySpec": 1}
+    assert dict(built) == {"DataSpec": 1, "SplitSpec": 1, "LabelSpec": 1, "CellSpec": 1, "GeneratorSpec": 1,
+                           "BackboneSpec": 1, "PreprocessSpec": 1, "ExtractSpec": 1, "ClassifierParams": 1,
+                           "ClassifySpec": 1}
     (spec,) = received
     assert isinstance(spec, stage.ClassifySpec) and isinstance(spec.classifier, ClassifierParams)
     assert spec.extract.data.generator is not None and spec.head == "mlp"

@@ -228,3 +228,30 @@ def test_annotation_errors_name_file_and_row(tmp_path):
     dup_name = _csv(tmp_path, "ENSG1,A,er,,\nENSG2,A,er,,\n", "dupname.csv")
     with pytest.raises(DinolocError, match=r"row 2 .*duplicated target_name A"):
         read_annotations(dup_name)
+
+
+def test_source_is_a_typed_value_whose_read_fn_reads_the_channels_it_names(tmp_path):
+    """extract.stage.source() returns the reader's frozen Source: under mapping a folder's DNA (role nucleus) and
+    protein are read in the order source_channels names, actin is left out, and the cache-key fields say so;
+    OpenCell's Source adds no cache-key field (its keys stay as they were)."""
+    import dataclasses
+
+    from dinoloc.config import compose, extract_spec
+    from dinoloc.data.reader import Source, get_reader
+    from dinoloc.extract.stage import source
+
+    image = np.stack([np.full((4, 5), v, np.uint16) for v in (10, 20, 30)])  # DNA, actin, protein
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    spec = extract_spec(compose(["data=folder", f"data.root={tmp_path}", "data.channels=[DNA,actin,protein]",
+                                 "data.channel_roles={DNA: nucleus}", "strategy=mapping"]))
+    src = source(spec)
+    assert isinstance(src, Source)
+    assert src.source_channels == ("nucleus", "protein") and src.left_out == ("actin",)
+    assert src.channel_map == {"nucleus": "G", "protein": "R"}  # imagenet_demo: protein -> R, nucleus -> G
+    assert src.fields == {"data_channels": ["DNA", "actin", "protein"], "source_channels": ["nucleus", "protein"]}
+    pixels = src.read_fn(get_reader("folder").item(tmp_path, "a.tif"))
+    assert pixels.shape == (2, 4, 5) and pixels[:, 0, 0].tolist() == [10.0, 30.0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        src.left_out = ()  # type: ignore[misc]
+    opencell = source(extract_spec(compose([])))
+    assert opencell.source_channels == ("protein", "nucleus") and opencell.fields == {} and opencell.left_out == ()

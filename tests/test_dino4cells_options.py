@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.cv import CVData, cross_validate
 from dinoloc.classify.params import ClassifierParams
 from dinoloc.classify.trainer import class_uniform_weights
 from dinoloc.io import DinolocError
@@ -23,7 +23,7 @@ from test_classify import P_COLS, _collect_hook, _reference, make_data, small_pa
 
 
 def run(data, params, **kw):
-    return cross_validate(*data, params, progress=False, **kw)
+    return cross_validate(CVData(*data), params, progress=False, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------- lr scaling
@@ -182,9 +182,9 @@ class _OfficialStyleViT(torch.nn.Module):
 
 @pytest.mark.parametrize("size", [24, 56, 40])  # grid 3 (shrinks), 7 (grows), 5 vs the checkpoint's 4
 def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, size):
+    from _specs import embed_batch
     from dinoloc.backbones.build import build_backbone
     from dinoloc.backbones.vit import create_vit
-    from dinoloc.strategies import embed_batch
 
     torch.manual_seed(0)
     ref = create_vit(ARCH, in_chans=2, img_size=32, **TINY).eval()  # trained at 32 px: a 4x4 grid
@@ -213,7 +213,7 @@ def test_full_extraction_equals_official_dino_interpolated_forward(tmp_path, siz
 
 # ---------------------------------------------------------------------------------------------------- empty channels
 def test_empty_channels_zero_before_or_after_imagenet_norm():
-    from dinoloc.strategies import embed_batch
+    from _specs import embed_batch
 
     seen = []
 
@@ -274,12 +274,13 @@ def test_crop_zscore_gives_unit_std_crops_image_zscore_does_not():
 
 
 def test_crop_zscore_refused_for_non_zscored_backbone(tmp_path):
-    from dinoloc.pretrain.train import train_dino
+    from dinoloc.pretrain.train import PretrainModel, train_dino
 
     params = _pretrain_params("zscore=crop", "epochs=1")
     with pytest.raises(DinolocError, match="pretrain.zscore=crop"):
-        train_dino([("a", "a.tif")], lambda p: None, ["R", "G", "B"], tmp_path, arch=ARCH, model_kwargs=TINY,
-                   in_chans=3, intensity="minmax", mean=None, std=None, params=params, device="cpu")
+        train_dino([("a", "a.tif")], lambda p: None, ["R", "G", "B"], tmp_path,
+                   model=PretrainModel(arch=ARCH, model_kwargs=TINY, in_chans=3, intensity="minmax", mean=None,
+                                       std=None), params=params, device="cpu")
     with pytest.raises(DinolocError, match="pretrain.zscore"):
         _pretrain_params("zscore=bogus")
 

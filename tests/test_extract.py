@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dinoloc.extract.cache import CACHE_VERSION, cache_key, finished_chunks, images_fingerprint, lookup
-from dinoloc.extract.engine import extract
+from dinoloc.extract.engine import EngineSettings, extract
 from dinoloc.io import DinolocError, read_json, write_json
 
 WORKER = str(Path(__file__).with_name("_extract_worker.py"))
@@ -53,7 +53,8 @@ def test_extract_then_cache_hit_does_no_forward(tmp_path):
         return m
 
     kw = dict(image_ids=ids, paths=ids, read_fn=read, model_factory=factory, embed_fn=_embed,
-              cache_dir=tmp_path, key="abc", meta={"note": "x"}, batch_size=3, chunk_size=4, progress=False)
+              cache_dir=tmp_path, key="abc", meta={"note": "x"},
+              settings=EngineSettings(batch_size=3, chunk_size=4, progress=False))
     first = extract(**kw)
     assert not first.hit and len(built) == 1 and built[0].calls == 4
     emb, got_ids = first.load()
@@ -78,7 +79,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
         return read(p)
 
     kw = dict(image_ids=ids, paths=ids, model_factory=Counting, embed_fn=_embed, key="k", meta={},
-              batch_size=2, chunk_size=4, progress=False)
+              settings=EngineSettings(batch_size=2, chunk_size=4, progress=False))
     with pytest.raises(KeyboardInterrupt):
         extract(read_fn=flaky, cache_dir=tmp_path / "a", **kw)
     chunks = sorted(p.name for p in (tmp_path / "a" / "k" / "chunks").iterdir())
@@ -107,14 +108,14 @@ def test_nan_embeddings_refused_with_ids(tmp_path):
 
     with pytest.raises(DinolocError, match=r"img003"):
         extract(image_ids=ids, paths=ids, read_fn=read, model_factory=torch.nn.Identity, embed_fn=embed,
-                cache_dir=tmp_path, key="k", meta={}, progress=False)
+                cache_dir=tmp_path, key="k", meta={}, settings=EngineSettings(progress=False))
     assert lookup(tmp_path, "k") is None and not (tmp_path / "k" / "embeddings.npy").exists()
 
 
 def test_entry_of_other_cache_version_is_not_reused(tmp_path):
     ids, read, _ = _toy(4)
     kw = dict(image_ids=ids, paths=ids, read_fn=read, model_factory=Counting, embed_fn=_embed,
-              cache_dir=tmp_path, key="k", meta={}, progress=False)
+              cache_dir=tmp_path, key="k", meta={}, settings=EngineSettings(progress=False))
     extract(**kw)
     meta = read_json(tmp_path / "k" / "meta.json")
     write_json(tmp_path / "k" / "meta.json", meta | {"cache_version": CACHE_VERSION - 1})

@@ -332,7 +332,7 @@ def approach(ctx):
 def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     import numpy as np
 
-    from dinoloc.classify.cv import cross_validate
+    from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import params_from_config
     from dinoloc.heads import head_order
     from dinoloc.strategies import apply_strategy, approach, n_views
@@ -344,7 +344,7 @@ def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     cfg = {"name": "mylab_prior", "k": 5, "temperature": 0.07, "threshold": 0.5, "standardize": False}
     params = params_from_config(cfg)
     X, Y, split, fold, ids, targets = make_data()
-    cv = cross_validate(X, Y, split, fold, ids, targets, params, head="mylab_prior", progress=False)
+    cv = cross_validate(CVData(X, Y, split, fold, ids, targets), params, head="mylab_prior", progress=False)
     p = cv.predictions[[c for c in cv.predictions.columns if c.startswith("p_")]].to_numpy()
     first = cv.predictions["fold"] == cv.predictions["fold"].min()
     train0 = (split == "train") & (fold != cv.predictions["fold"].min())

@@ -24,6 +24,7 @@ from dinoloc.data.folder import (
     read_folder_image,
     source_setup,
 )
+from dinoloc.data.prepare import SplitSpec
 from dinoloc.data.split import make_split, prepare_dataset
 from dinoloc.io import DinolocError
 from dinoloc.report.stage import run_report
@@ -166,7 +167,8 @@ def test_split_never_shares_a_group(tmp_path):
     assert (owner.map(len) == 1).all()  # one split (and one fold) per group
     assert set(s.loc[~m["labeled"].to_numpy(), "split"]) == {"unlabeled"}
     # stored and read back with its class list (not OpenCell's 17)
-    man, sp = prepare_dataset(build_folder_manifest(tmp_path / "d", csv, CHANNELS), tmp_path / "out")
+    man, sp = prepare_dataset(build_folder_manifest(tmp_path / "d", csv, CHANNELS), tmp_path / "out",
+                              SplitSpec(test_size=0.1, n_folds=5, group_by="target", seed=0))
     from dinoloc.data.split import load_dataset
 
     man2, sp2 = load_dataset(tmp_path / "out")
@@ -192,21 +194,18 @@ def test_channel_roles_and_mapping_plan():
     folder = _spec(reader="folder", channels=tuple(CHANNELS))
     roles = {"DNA": "nucleus", "actin": None}
     s = source_setup(folder, ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping", roles)
-    assert s["source_channels"] == ["nucleus", "protein"] and s["channel_map"] == {"nucleus": "G", "protein": "R"}
-    assert s["left_out"] == ["actin"] and s["fields"]["source_channels"] == ["nucleus", "protein"]
+    assert s.source_channels == ("nucleus", "protein") and s.channel_map == {"nucleus": "G", "protein": "R"}
+    assert s.left_out == ("actin",) and s.fields["source_channels"] == ["nucleus", "protein"]
     r = source_setup(folder, ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "replication", roles)
-    assert r["source_channels"] == ["nucleus", "actin", "protein"]  # replication: every channel
+    assert r.source_channels == ("nucleus", "actin", "protein")  # replication: every channel
     o = source_setup(_spec(reader="opencell"), ["R", "G", "B"], {"protein": "R", "nucleus": "G"}, "mapping")
-    assert o["source_channels"] == ["protein", "nucleus"] and o["fields"] == {}  # OpenCell: as before
+    assert o.source_channels == ("protein", "nucleus") and o.fields == {}  # OpenCell: as before
 
 
 def _spec(**kw):
-    from dinoloc.data.prepare import DataSpec
+    from _specs import data_spec
 
-    base = {"name": "x", "reader": "folder", "root": "/nowhere", "annotations": "/nowhere/labels.csv",
-            "out_dir": "/nowhere/out", "synthetic": False, "test_size": 0.1, "n_folds": 5, "group_by": "target",
-            "seed": 0}
-    return DataSpec(**{**base, **kw})
+    return data_spec(**kw)
 
 
 # ---------------------------------------------------------------------------------------------------- end to end

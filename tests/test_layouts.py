@@ -137,12 +137,9 @@ def write_mask_folder(root: Path, n_groups: int = 12, per_group: int = 2, size: 
 
 
 def _spec(**kw):
-    from dinoloc.data.prepare import DataSpec
+    from _specs import data_spec
 
-    base = {"name": "x", "reader": "folder", "root": "/nowhere", "annotations": "/nowhere/labels.csv",
-            "out_dir": "/nowhere/out", "synthetic": False, "test_size": 0.2, "n_folds": 3, "group_by": "target",
-            "seed": 0}
-    return DataSpec(**{**base, **kw})
+    return data_spec(**{"test_size": 0.2, "n_folds": 3, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------- registry
@@ -157,10 +154,10 @@ def test_readers_found_by_name():
 
 # ---------------------------------------------------------------------------------------------------- LoadData
 def test_loaddata_manifest_channels_and_groups(tmp_path):
-    from dinoloc.data.loaddata import build_loaddata_manifest, read_channel_files
+    from dinoloc.data.loaddata import Columns, build_loaddata_manifest, read_channel_files
 
     csv = write_loaddata(tmp_path)
-    m = build_loaddata_manifest(tmp_path, csv, [], "Metadata_label", "Metadata_Plate", group_by="none")
+    m = build_loaddata_manifest(tmp_path, csv, [], Columns("Metadata_label", "Metadata_Plate"), group_by="none")
     assert len(m) == 24 and m.attrs["classes"] == CLASSES
     assert set(m["target"]) == {"plate0", "plate1", "plate2"}
     first = m["path"].iloc[0].split(";")
@@ -168,18 +165,18 @@ def test_loaddata_manifest_channels_and_groups(tmp_path):
     assert not Path(first[0]).is_absolute() and "Metadata_Well" in m.columns
     assert not Path(m["path"].iloc[-1].split(";")[0]).is_absolute()  # an absolute PathName under root: relative
     # data.channels selects and orders by name
-    sel = build_loaddata_manifest(tmp_path, csv, ["AGP", "DNA"], "Metadata_label", "Metadata_Group")
+    sel = build_loaddata_manifest(tmp_path, csv, ["AGP", "DNA"], Columns("Metadata_label", "Metadata_Group"))
     parts = sel["path"].iloc[0].split(";")
     assert parts[0].endswith("_agp.tif") and parts[1].endswith("_dna.tif")
     x = get_reader("loaddata").item(tmp_path, sel["path"].iloc[0])
     img = read_channel_files(x)
     assert img.shape == (2, 32, 32) and img[1].max() > img[1].mean() * 3  # DNA discs second
     with pytest.raises(DinolocError, match=r"data.channels=\['Hoechst'\].*has channels \['DNA', 'ER', 'RNA', 'AGP', 'Mito'\]"):
-        build_loaddata_manifest(tmp_path, csv, ["Hoechst"], "Metadata_label", "Metadata_Plate")
+        build_loaddata_manifest(tmp_path, csv, ["Hoechst"], Columns("Metadata_label", "Metadata_Plate"))
 
 
 def test_loaddata_bad_inputs(tmp_path):
-    from dinoloc.data.loaddata import build_loaddata_manifest
+    from dinoloc.data.loaddata import Columns, build_loaddata_manifest
 
     csv = write_loaddata(tmp_path, n_plates=1, sites=3)
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
@@ -187,7 +184,7 @@ def test_loaddata_bad_inputs(tmp_path):
     missing.loc[1, "FileName_OrigER"] = "gone.tif"
     missing.to_csv(tmp_path / "missing.csv", index=False)
     with pytest.raises(DinolocError, match=r"missing.csv: line 3: FileName_OrigER file .*gone.tif not found"):
-        build_loaddata_manifest(tmp_path, tmp_path / "missing.csv", [], "Metadata_label", "Metadata_Plate")
+        build_loaddata_manifest(tmp_path, tmp_path / "missing.csv", [], Columns("Metadata_label", "Metadata_Plate"))
     small = tmp_path / "images" / "plate0" / "small.tif"
     tifffile.imwrite(small, np.zeros((16, 16), np.uint16))
     shapes = df.copy()
@@ -195,9 +192,9 @@ def test_loaddata_bad_inputs(tmp_path):
     shapes.to_csv(tmp_path / "shapes.csv", index=False)
     with pytest.raises(DinolocError, match=r"shapes.csv: line 2: .*small.tif has shape \(16, 16\) but .*\(32, 32\); every "
                                            "channel of a site must have the same shape"):
-        build_loaddata_manifest(tmp_path, tmp_path / "shapes.csv", [], "Metadata_label", "Metadata_Plate")
+        build_loaddata_manifest(tmp_path, tmp_path / "shapes.csv", [], Columns("Metadata_label", "Metadata_Plate"))
     with pytest.raises(DinolocError, match="data.group_column=Metadata_Batch is not a column"):
-        build_loaddata_manifest(tmp_path, csv, [], "Metadata_label", "Metadata_Batch")
+        build_loaddata_manifest(tmp_path, csv, [], Columns("Metadata_label", "Metadata_Batch"))
 
 
 # ---------------------------------------------------------------------------------------------------- HPA

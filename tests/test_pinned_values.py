@@ -115,3 +115,27 @@ def test_cache_key_follows_the_weights_bytes_at_the_same_path(tmp_path):
     assert key_of(extract_spec(cfg), manifest) == first  # same bytes: the same entry
     retrain(1)
     assert key_of(extract_spec(cfg), manifest) != first
+
+
+# Cache keys computed on main before the data and backbone groups got their schemas (the images' fingerprint held
+# fixed): building the specs from the typed values must leave every key, and so every cached embedding, where it was.
+CACHE_KEYS = {
+    (): "86c8b54a60206ce0deef",
+    ("row=opencell_demo_native",): "8b09778437e6aaf351bd",
+    ("row=hpa_demo_replication",): "f74403823654df239a62",
+    ("row=classical_demo_native",): "7168dcef015130cdeaea",
+    ("row=random_demo_mapping",): "471294b9d6b46500139a",
+    ("variant=empty_after_norm",): "4ff6b8592ce3ae2db704",
+    ("variant=crop600",): "61cf90473bb28e64de3c",
+    ("data=folder", "data.root=/data", "data.channels=[DNA,actin,protein]", "data.channel_roles={DNA: nucleus}"):
+        "45a882c5aa27b4ce83b9",
+}
+
+
+@pytest.mark.parametrize("overrides", list(CACHE_KEYS), ids=lambda o: " ".join(o) or "default")
+def test_cache_keys_of_the_synthetic_rows_are_unchanged(overrides, monkeypatch, tmp_path):
+    from dinoloc.extract import stage
+
+    monkeypatch.setattr(stage, "images_fingerprint", lambda manifest, root: "IMAGES")
+    spec = extract_spec(compose(["debug=tiny", f"paths.output_dir={tmp_path}", *overrides]))
+    assert key_of(spec, pd.DataFrame({"image_id": ["a"], "path": ["a.tif"]})) == CACHE_KEYS[overrides]

@@ -109,7 +109,7 @@ def test_center_crop_takes_the_centred_square():
 
 
 def test_embed_batch_center_crop_is_crop_then_resize():
-    from dinoloc.strategies import embed_batch
+    from _specs import embed_batch
 
     torch.manual_seed(0)
     x = torch.rand(2, 2, 40, 40) * 1000

@@ -42,7 +42,7 @@ from dinoloc.pretrain.step import (
     ema_update,
     param_groups,
 )
-from dinoloc.pretrain.train import train_dino
+from dinoloc.pretrain.train import PretrainModel, train_dino
 from dinoloc.rules import typed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,8 @@ def tiny_images(n: int = 8, size: int = 40, channels: int = 2, seed: int = 0) ->
 
 def run_tiny(out_dir: Path, images: dict[str, np.ndarray], **overrides) -> Path:
     return train_dino(
-        [(k, k) for k in images], images.__getitem__, ["protein", "nucleus"], out_dir, arch=TINY_ARCH,
-        model_kwargs=TINY_KW, in_chans=2, intensity="zscore", mean=None, std=None,
+        [(k, k) for k in images], images.__getitem__, ["protein", "nucleus"], out_dir,
+        model=PretrainModel(arch=TINY_ARCH, model_kwargs=TINY_KW, in_chans=2, intensity="zscore", mean=None, std=None),
         params=tiny_params(**overrides), device="cpu",
     )
 
@@ -446,8 +446,9 @@ def test_loss_falls_on_structured_images(tmp_path):
         base = np.array([(4 - c) * 0.5, (c + 1) * 0.5], np.float32)[:, None, None]
         images[f"img{k}"] = base + rng.normal(0, 0.3, (2, 40, 40)).astype(np.float32)
     ckpt = train_dino(
-        [(k, k) for k in images], images.__getitem__, ["protein", "nucleus"], tmp_path / "run", arch=TINY_ARCH,
-        model_kwargs=TINY_KW, in_chans=2, intensity="none", mean=None, std=None, device="cpu",
+        [(k, k) for k in images], images.__getitem__, ["protein", "nucleus"], tmp_path / "run",
+        model=PretrainModel(arch=TINY_ARCH, model_kwargs=TINY_KW, in_chans=2, intensity="none", mean=None, std=None),
+        device="cpu",
         params=tiny_params(epochs=80, batch_size_per_gpu=8, lr=0.001, momentum_teacher=0.99, out_dim=256,
                            hidden_dim=64, bottleneck_dim=32),
     )

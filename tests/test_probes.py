@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dinoloc import CONFIG_DIR
-from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.cv import CVData, cross_validate
 from dinoloc.classify.params import ClassifierParams, KNNParams, params_from_config
 from dinoloc.classify.probes import knn_vote
 from dinoloc.classify.trainer import train_folds
@@ -92,7 +92,7 @@ def _data(seed=0, n=120, dim=12, C=4):
 def test_knn_cross_validate_uses_only_the_folds_training_rows():
     X, y, split, fold, ids, tg = _data()
     p = KNNParams(k=5, temperature=0.07, threshold=0.5, standardize=False)
-    cv = cross_validate(X, y, split, fold, ids, tg, p, progress=False, classes=list("abcd"))
+    cv = cross_validate(CVData(X, y, split, fold, ids, tg), p, progress=False, classes=list("abcd"))
     assert cv.summary["classes"] == list("abcd")
     pred = cv.predictions
     for k in range(5):
@@ -104,7 +104,7 @@ def test_knn_cross_validate_uses_only_the_folds_training_rows():
             np.testing.assert_allclose(rows[[f"p_{c}" for c in "abcd"]].to_numpy(), want, atol=1e-9)
     assert cv.summary["test_macro_f1_mean"] > 0.8  # separable clusters: the k-NN finds them
     # standardize=true changes the geometry (fold statistics before the normalisation)
-    cv2 = cross_validate(X, y, split, fold, ids, tg, KNNParams(5, 0.07, 0.5, True), progress=False,
+    cv2 = cross_validate(CVData(X, y, split, fold, ids, tg), KNNParams(5, 0.07, 0.5, True), progress=False,
                          classes=list("abcd"))
     assert not np.allclose(cv2.predictions.filter(like="p_").to_numpy(), pred.filter(like="p_").to_numpy())
 

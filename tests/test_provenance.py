@@ -62,7 +62,7 @@ def _used(**classifier_over) -> dict:
     from dinoloc.config import compose, plain
 
     params = params_from_config({**plain(compose().classifier), **classifier_over})
-    bb = SimpleNamespace(arch="vit_base_patch8_224", preprocess={"img_size": 224}, dino_epochs=300)
+    bb = SimpleNamespace(arch="vit_base_patch8_224", preprocess=SimpleNamespace(img_size=224), dino_epochs=300)
     return used_values(params, bb, 8, {})
 
 

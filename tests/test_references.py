@@ -15,7 +15,7 @@ import torch
 from dinoloc import stats
 from dinoloc.backbones.classical import ClassicalFeatures, feature_names, image_features
 from dinoloc.classify.constant import best_constant, constant_predict_proba
-from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.cv import CVData, cross_validate
 from dinoloc.classify.params import params_from_config
 from dinoloc.io import DinolocError
 from dinoloc.results import row_role
@@ -43,8 +43,8 @@ def test_constant_head_scores_like_predicting_every_seen_class_positive():
     fold = np.where(split == "train", np.arange(n) % 5, -1)
     params = params_from_config({"name": "constant", "threshold": 0.5, "epochs": 3, "k": 20})  # others ignored
     with pytest.warns(UserWarning, match="no positive in the training part"):
-        cv = cross_validate(np.zeros((n, 1)), Y, split, fold, np.arange(n).astype(str), np.arange(n).astype(str),
-                            params, progress=False, classes=list("abcd"))
+        cv = cross_validate(CVData(np.zeros((n, 1)), Y, split, fold, np.arange(n).astype(str),
+                                   np.arange(n).astype(str)), params, progress=False, classes=list("abcd"))
     test = Y[split == "test"]
     # by hand: classes 0-2 predicted positive on every test image, class 3 negative (unseen in training)
     f1 = [2 * test[:, k].sum() / (test[:, k].sum() + len(test)) for k in range(3)] + [0.0]

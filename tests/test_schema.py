@@ -133,3 +133,113 @@ def test_dinoloc_run_with_a_misspelt_classifier_key_exits_2_naming_it(tmp_path):
         "dinoloc: error: classifier.lrr is not a classifier setting (on the command line); fix its spelling "
         "(the classifier keys: configs/classifier/*.yaml)"]
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- data and backbone
+DATA_CHOICES = ["synthetic", "opencell", "folder", "loaddata", "hpa_kaggle"]
+BACKBONE_CHOICES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("overrides", "key", "group"), [
+    (["data.splt.seed=1"], "data.splt", "data"),
+    (["data.split.sed=1"], "data.split.sed", "data.split"),
+    (["data.cell.crop=8"], "data.cell.crop", "data.cell"),
+    (["data.labels.mingrade=2"], "data.labels.mingrade", "data.labels"),
+    (["backbone.in_chan=3"], "backbone.in_chan", "backbone"),
+    (["backbone.preprocess.imgsize=3"], "backbone.preprocess.imgsize", "backbone.preprocess"),
+    (["backbone=subcell", "backbone.variantt=rbg"], "backbone.variantt", "backbone"),
+])
+def test_a_misspelt_data_or_backbone_key_is_refused_naming_it(overrides, key, group):
+    line = _refused(*overrides)
+    assert re.match(rf"{re.escape(key)} is not an? {re.escape(group)} setting \(on the command line\)", line), line
+
+
+@pytest.mark.parametrize(("override", "key", "expected"), [
+    ("data.split.n_folds=five", "data.split.n_folds", "Integer"),
+    ("data.split.test_size=a_tenth", "data.split.test_size", "Float"),
+    ("data.resplit=maybe", "data.resplit", "bool"),
+    ("data.cell.crop_px=big", "data.cell.crop_px", "Integer"),
+    ("data.labels.min_grade=high", "data.labels.min_grade", "Integer"),
+    ("backbone.in_chans=three", "backbone.in_chans", "Integer"),
+    ("backbone.preprocess.img_size=large", "backbone.preprocess.img_size", "Integer"),
+    ("backbone.dino_epochs=many", "backbone.dino_epochs", "Integer"),
+])
+def test_a_data_or_backbone_value_of_the_wrong_type_is_refused_at_compose_naming_it(override, key, expected):
+    line = _refused(override)
+    assert line.startswith(f"{key}: Value ") and re.search(rf"(converted to|not a valid) {expected}", line), line
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.split.test_size=1.5"], "data.split.test_size=1.5: must be 0 < test_size < 1"),
+    (["data.split.n_folds=1"], "data.split.n_folds=1: must be >= 2"),
+    (["data.split.group_by=plate"], "data.split.group_by='plate': must be one of ['target', 'none']"),
+    (["data.unit=nucleus"], "data.unit='nucleus': must be one of ['image', 'cell']"),
+    (["data.cell.segmenter=otsu"], "data.cell.segmenter='otsu': must be one of ['skimage', 'cellpose']"),
+    (["data.cell.crop_px=0"], "data.cell.crop_px=0: must be >= 1"),
+    (["data.labels.min_grade=4"], "data.labels.min_grade=4: must be 1 <= min_grade <= 3"),
+    (["backbone.in_chans=-1"], "backbone.in_chans=-1: must be >= 0"),
+    (["backbone.preprocess.spatial=zoom"], "backbone.preprocess.spatial='zoom': must be one of"),
+    (["backbone.preprocess.intensity=log"], "backbone.preprocess.intensity='log': must be one of"),
+    (["backbone.preprocess.std=[1,0,1]"], "backbone.preprocess.std=(1.0, 0.0, 1.0): must be > 0"),
+    (["data=opencell", "data.root=/x", "data.labels_column=moa"],
+     "data.labels_column is not read by data.reader=opencell"),
+    (["data=folder", "data.root=/x", "data.channels=[a,b]", "data.group_column=plate"],
+     "data.group_column is not read by data.reader=folder"),
+])
+def test_a_data_or_backbone_value_outside_its_rule_is_refused_by_the_spec_naming_it(overrides, message):
+    """Ranges and choices (which a Hydra schema cannot hold) are checked when the spec is built, from the same
+    declaration, before any work; the console prints the one line."""
+    from dinoloc.config import extract_spec
+
+    with pytest.raises(DinolocError) as info:
+        extract_spec(compose(overrides))
+    assert error_line(info.value).startswith(message), error_line(info.value)
+
+
+@pytest.mark.parametrize("choice", DATA_CHOICES)
+def test_the_data_schema_is_data_specs_keys_and_every_data_yaml_composes_to_a_spec(choice):
+    """One list of keys: the data schema's are DataSpec's (less what dinoloc.config adds from paths/report); a
+    reader's YAML leaves none `???` but the ones the user must give, and the spec it builds is the YAML's."""
+    from dinoloc.config import data_spec
+    from dinoloc.data.prepare import YAML_KEYS, DataSpec
+    from dinoloc.schema import SCHEMAS
+
+    assert {f.name for f in dataclasses.fields(SCHEMAS["data"])} == set(YAML_KEYS)
+    assert set(YAML_KEYS) == {f.name for f in dataclasses.fields(DataSpec)} - {"out_dir", "synthetic_dir",
+                                                                                 "display_percentiles"}
+    given = {"opencell": ["data.root=/x"], "folder": ["data.root=/x", "data.channels=[DNA,protein]"],
+             "loaddata": ["data.root=/x", "data.labels_column=moa"], "hpa_kaggle": ["data.root=/x"]}.get(choice, [])
+    cfg = compose([f"data={choice}", *given])
+    assert set(cfg.data) == set(YAML_KEYS)
+    spec = data_spec(cfg)
+    assert spec.split.n_folds == cfg.data.split.n_folds and spec.cell.crop_px == cfg.data.cell.crop_px
+    assert (spec.labels is not None) == (choice in ("synthetic", "opencell"))
+    assert (spec.generator is not None) == (choice == "synthetic")
+
+
+@pytest.mark.parametrize("choice", BACKBONE_CHOICES)
+def test_every_backbone_yaml_names_the_schema_and_builds_a_spec(choice):
+    """Every backbone YAML composes under the backbone schema (its keys: BackboneSpec's, plus hpa's channel-order
+    switch and SubCell's variant) and builds a spec from the same fields."""
+    from dinoloc.backbones.spec import YAML_KEYS
+    from dinoloc.config import backbone_spec
+
+    cfg = compose([f"backbone={choice}"])
+    assert set(YAML_KEYS) <= set(cfg.backbone) <= set(YAML_KEYS) | {"channel_orders", "channel_order", "variant",
+                                                                    "variants"}
+    if choice != "timm":  # timm.yaml leaves arch and weights to the command line
+        spec = backbone_spec(cfg.backbone)
+        assert spec.preprocess.img_size == cfg.backbone.preprocess.img_size and spec.name == cfg.backbone.name
+
+
+def test_a_refused_data_or_backbone_config_imports_no_torch():
+    """Config checking stays light: a bad data or backbone value is refused before torch is imported."""
+    code = ("import sys\nfrom dinoloc.cli import run_main\n"
+            "for bad in ('data.split.test_size=1.5', 'backbone.preprocess.spatial=zoom', 'backbone.in_chan=3'):\n"
+            "    sys.argv = ['dinoloc-run', bad, 'paths.output_dir=/nonexistent/x']\n"
+            "    try:\n        run_main()\n    except SystemExit as e:\n        assert e.code == 2, e.code\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False", proc.stdout
+    assert proc.stderr.count("dinoloc: error: ") == 3, proc.stderr

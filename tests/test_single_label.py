@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from dinoloc.classify.cv import cross_validate
+from dinoloc.classify.cv import CVData, cross_validate
 from dinoloc.classify.params import ClassifierParams, KNNParams
 from dinoloc.classify.probes import knn_vote
 from dinoloc.metrics import decide, is_single_label
@@ -70,7 +70,7 @@ def _cv(params, seed=3):
     split = np.where(rng.random(n) < 0.25, "test", "train")
     fold = np.where(split == "train", rng.integers(0, 3, n), -1)
     ids = np.array([f"img{i}" for i in range(n)])
-    return cross_validate(x, y, split, fold, ids, ids, params, progress=False, classes=CLASSES), y, split
+    return cross_validate(CVData(x, y, split, fold, ids, ids), params, progress=False, classes=CLASSES), y, split
 
 
 @pytest.mark.parametrize("head", ["knn", "mlp"])

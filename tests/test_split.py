@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from dinoloc.data.manifest import build_manifest
+from dinoloc.data.prepare import SplitSpec
 from dinoloc.data.split import load_dataset, make_split, prepare_dataset, summarize
 from dinoloc.io import DinolocError, read_json
 from dinoloc.ontology import CATEGORIES, label_columns
+
+SPLIT = SplitSpec(test_size=0.1, n_folds=5, group_by="target", seed=0)
 
 
 @pytest.fixture
@@ -96,7 +100,7 @@ def test_too_few_targets_refused(write_opencell_tree):
 
 def test_prepare_dataset_writes_and_reuses(tree60, tmp_path):
     out = tmp_path / "data"
-    m, s = prepare_dataset(build_manifest(*tree60), out)
+    m, s = prepare_dataset(build_manifest(*tree60), out, SPLIT)
     files = {n: out / n for n in ("manifest.csv", "split.csv", "split.json")}
     assert all(p.is_file() for p in files.values())
     meta = read_json(files["split.json"])
@@ -107,7 +111,7 @@ def test_prepare_dataset_writes_and_reuses(tree60, tmp_path):
     assert any(line.endswith(",test,") for line in text) and any(line.endswith(",unlabeled,") for line in text)
 
     stamps = {n: os.stat(p).st_mtime_ns for n, p in files.items()}
-    m2, s2 = prepare_dataset(build_manifest(*tree60), out)
+    m2, s2 = prepare_dataset(build_manifest(*tree60), out, SPLIT)
     assert {n: os.stat(p).st_mtime_ns for n, p in files.items()} == stamps  # nothing rewritten
     pd.testing.assert_frame_equal(s2, s)
     lm, ls = load_dataset(out)
@@ -122,18 +126,18 @@ def test_prepare_dataset_writes_and_reuses(tree60, tmp_path):
 def test_changed_manifest_refused_then_resplit(tree60, tmp_path):
     root, csv = tree60
     out = tmp_path / "data"
-    _, s = prepare_dataset(build_manifest(root, csv), out)
+    _, s = prepare_dataset(build_manifest(root, csv), out, SPLIT)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     victim = sorted(root.rglob("*_proj.tif"))[0]
     victim.unlink()
     with pytest.raises(DinolocError, match=r"1 image\(s\) removed.*data\.resplit=true"):
-        prepare_dataset(build_manifest(root, csv), out)
+        prepare_dataset(build_manifest(root, csv), out, SPLIT)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the stored files are untouched
 
     with pytest.raises(DinolocError, match=r"seed: 0 -> 1"):
-        prepare_dataset(build_manifest(root, csv), out, seed=1)
+        prepare_dataset(build_manifest(root, csv), out, replace(SPLIT, seed=1))
 
-    m2, s2 = prepare_dataset(build_manifest(root, csv), out, resplit=True)
+    m2, s2 = prepare_dataset(build_manifest(root, csv), out, SPLIT, resplit=True)
     assert len(s2) == len(s) - 1 and victim.name[: -len("_proj.tif")] not in set(s2["image_id"])
     assert read_json(out / "split.json")["counts"]["train"] + read_json(out / "split.json")["counts"]["test"] == int(
         m2["labeled"].sum()
@@ -143,7 +147,7 @@ def test_changed_manifest_refused_then_resplit(tree60, tmp_path):
 
 def test_load_dataset_detects_mismatch(tree60, tmp_path):
     out = tmp_path / "data"
-    prepare_dataset(build_manifest(*tree60), out)
+    prepare_dataset(build_manifest(*tree60), out, SPLIT)
     mpath = out / "manifest.csv"
     lines = mpath.read_text().splitlines()
     lines[1] = lines[1].replace("True", "False", 1)
@@ -160,5 +164,5 @@ def test_nothing_left_after_error(write_opencell_tree, tmp_path):
     bad.write_bytes(b"")
     out = tmp_path / "data"
     with pytest.raises(DinolocError, match=bad.name):
-        prepare_dataset(build_manifest(root, csv), out)
+        prepare_dataset(build_manifest(root, csv), out, SPLIT)
     assert not out.exists() or list(out.iterdir()) == []

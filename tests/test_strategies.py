@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _specs import embed_batch
 from dinoloc.backbones.vit import create_vit
 from dinoloc.io import DinolocError
-from dinoloc.strategies import apply_strategy, check_strategy, combine_views, embed_batch, n_views
+from dinoloc.strategies import apply_strategy, check_strategy, combine_views, n_views
 
 RGB = ["R", "G", "B"]
 HPA = ["nucleus", "protein", "microtubules", "er"]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from timm.layers import resample_abs_pos_embed
 
 from dinoloc import CONFIG_DIR
-from dinoloc.backbones.build import build_backbone
+from dinoloc.backbones.build import LoadOptions, build_backbone
 from dinoloc.backbones.vit import create_vit
 from dinoloc.backbones.weights import describe_weights, display_name
 from dinoloc.io import DinolocError
@@ -57,8 +57,8 @@ def test_describe_weights():
 
 
 def test_patch14_at_224_is_a_16x16_grid_and_seeded():
-    a = build_backbone(REG, 3, None, img_size=224, allow_random=True, **TINY)
-    b = build_backbone(REG, 3, None, img_size=224, allow_random=True, **TINY)
+    a = build_backbone(REG, 3, None, img_size=224, load=LoadOptions(allow_random=True), **TINY)
+    b = build_backbone(REG, 3, None, img_size=224, load=LoadOptions(allow_random=True), **TINY)
     assert tuple(a.patch_embed.grid_size) == (16, 16) and a.pos_embed.shape[1] == 256  # registers: no pos
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -9,23 +9,23 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
 from dinoloc import CONFIG_DIR
 from dinoloc.backbones.classical import check_settings, is_classical
 from dinoloc.backbones.families import channel_traits, needs_weights
-from dinoloc.backbones.weights import TIMM_PREFIX, display_name, is_url
+from dinoloc.backbones.spec import BackboneSpec
+from dinoloc.backbones.weights import TIMM_PREFIX, is_url
 from dinoloc.classify.params import head_name, params_from_config
 from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.prepare import DataSpec, check_root
-from dinoloc.extract.stage import BackboneSpec, ExtractSpec, source
+from dinoloc.extract.stage import ExtractSpec, source
 from dinoloc.io import DinolocError
 from dinoloc.pretrain.params import DATA_KEYS, PretrainParams, missing_key
 from dinoloc.report.spec import ReportSpec
 from dinoloc.rules import typed
 from dinoloc.sweep import expected_runs
-from dinoloc.synthetic.generate import GeneratorSpec
 
 
 def plain(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -48,50 +48,47 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 # ----------------------------------------------------------------------------------------------------------
 # config -> specs
 # ----------------------------------------------------------------------------------------------------------
+def values(node: DictConfig) -> dict[str, Any]:
+    """The node's values, resolved. One of its own keys left `???` raises MissingMandatoryValue naming it
+    (dinoloc.console: one line with an example, e.g. data.root); one in a block below (data.generator) is left
+    out, so the spec's own check names it as missing."""
+    for k in node:
+        if OmegaConf.is_missing(node, k):
+            node[k]  # raises, naming the key
+    return _known(node)
+
+
+def _known(node: Any) -> Any:
+    if isinstance(node, DictConfig):
+        return {k: _known(node[k]) for k in node if not OmegaConf.is_missing(node, k)}
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, ListConfig) else node
+
+
 def data_spec(cfg: DictConfig) -> DataSpec:
-    d, s = cfg.data, cfg.data.split
-    reader = str(d.reader)
+    """The `data` node as a DataSpec (each key's rule in dinoloc.data.prepare), with where its outputs go."""
+    d = cfg.data
     if "channels" in d and OmegaConf.is_missing(d, "channels"):
         raise DinolocError(f"data={d.name} needs data.channels: the images' channel names in file order, e.g. "
                            "'data.channels=[DNA,actin,protein]'")
-    labels = d.get("labels")
-    classes = labels.classes if labels is not None else d.get("classes")
-    return DataSpec(
-        name=str(d.name), reader=reader, root=str(d.root), annotations=str(d.annotations),
-        out_dir=str(cfg.paths.data_dir), synthetic=bool(d.synthetic), test_size=float(s.test_size),
-        n_folds=int(s.n_folds), group_by=str(s.group_by), seed=int(s.seed), resplit=bool(d.resplit),
-        min_grade=None if labels is None else int(labels.min_grade),
-        classes=None if classes is None else tuple(classes),
-        ignore=tuple(labels.ignore) if labels is not None else (),
-        channels=tuple(d.get("channels") or ()),
-        labels_column=str(_opt(d, "labels_column") or ""), group_column=str(_opt(d, "group_column") or ""),
-        unit=str(d.get("unit") or "image"), masks=str(d.masks) if d.get("masks") else None,
-        cell=plain(d.cell) if d.get("cell") is not None else {},
-        synthetic_dir=str(cfg.paths.synthetic_dir) if d.synthetic else None,
-        generator=typed(GeneratorSpec, given(d.generator)) if d.synthetic else None,
-        display_percentiles=tuple(cfg.report.display_percentiles) if d.synthetic else (),
-    )
+    synthetic = bool(d.synthetic)
+    return typed(DataSpec, {
+        **values(d), "out_dir": str(cfg.paths.data_dir),
+        # only the synthetic data is generated (debug=tiny's generator sizes stay unread under data=folder)
+        **({} if synthetic else {"generator": None}),
+        "synthetic_dir": str(cfg.paths.synthetic_dir) if synthetic else None,
+        "display_percentiles": tuple(cfg.report.display_percentiles) if synthetic else (),
+    }, where=f"configs/data/{d.name}.yaml")
 
 
-def _opt(node: DictConfig, key: str) -> Any:
-    """A key some data YAMLs have (None when absent or `???`: the reader names what is missing)."""
-    return OmegaConf.select(node, key, throw_on_missing=False)
+def backbone_spec(bb: DictConfig | dict[str, Any]) -> BackboneSpec:
+    """The `backbone` node (or its values after a family's `configure` hook) as a BackboneSpec (each key's rule in
+    dinoloc.backbones.spec)."""
+    node = values(bb) if isinstance(bb, DictConfig) else dict(bb)
+    return typed(BackboneSpec, {**node, "weights_default": _weights_are_default()},
+                 where=f"configs/backbone/{node.get('name')}.yaml")
 
 
-def backbone_spec(bb: DictConfig) -> BackboneSpec:
-    """The `backbone` config node as a spec."""
-    return BackboneSpec(
-        name=str(bb.name), display=display_name(bb.get("display_name"), bb.get("label"), str(bb.arch), bb.weights or None),
-        arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs), in_chans=int(bb.in_chans),
-        channels=tuple(bb.channels), channel_map=plain(bb.channel_map), preprocess=plain(bb.preprocess),
-        weights=str(bb.weights) if bb.weights else None, weights_sha256=bb.get("weights_sha256"),
-        checkpoint_key=str(bb.checkpoint_key), dino_epochs=bb.get("dino_epochs"), synthetic=bool(bb.get("synthetic")),
-        weights_default=_weights_are_default(), family=str(bb.family) if bb.get("family") else None,
-        random_seed=None if bb.get("random_seed") is None else int(bb.random_seed),
-    )
-
-
-def configured_backbone(cfg: DictConfig) -> DictConfig:
+def configured_backbone(cfg: DictConfig, data: DataSpec) -> dict[str, Any] | DictConfig:
     """cfg.backbone after its family's `configure` hook saw the data's channels (SubCell picks its variant)."""
     from dinoloc.backbones.families import configure, load_family
 
@@ -100,19 +97,17 @@ def configured_backbone(cfg: DictConfig) -> DictConfig:
         return cfg.backbone
     from dinoloc.data.folder import data_channel_names
 
-    roles = plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {}
-    return OmegaConf.create(configure(str(family), plain(cfg.backbone), data_channel_names(data_spec(cfg), roles)))
+    return configure(str(family), values(cfg.backbone), data_channel_names(data, data.channel_roles))
 
 
 def extract_spec(cfg: DictConfig) -> ExtractSpec:
     ex, strategy = cfg.extract, str(cfg.strategy.name)
     data = data_spec(cfg)
     return ExtractSpec(
-        data=data, backbone=backbone_spec(configured_backbone(cfg)), strategy=strategy, cache_dir=str(cfg.paths.cache_dir),
-        weights_dir=str(cfg.paths.weights_dir), device=str(cfg.device),
+        data=data, backbone=backbone_spec(configured_backbone(cfg, data)), strategy=strategy,
+        cache_dir=str(cfg.paths.cache_dir), weights_dir=str(cfg.paths.weights_dir), device=str(cfg.device),
         allow_random_weights=bool(cfg.allow_random_weights),
         empty_channels=str(cfg.strategy.empty_channels),
-        channel_roles=plain(cfg.data.channel_roles) if cfg.data.get("channel_roles") else {},
         batch_size=int(ex.batch_size), num_workers=int(ex.num_workers), chunk_size=int(ex.chunk_size),
         amp=bool(ex.amp),
     )
@@ -148,7 +143,8 @@ def pretrain_spec(cfg: DictConfig):
     (missing, unknown, bad value: DinolocError naming pretrain.<key>), before any data is read."""
     from dinoloc.pretrain.stage import PretrainSpec
 
-    bb, pt, pp = cfg.backbone, cfg.pretrain, cfg.backbone.preprocess
+    bb, pt = backbone_spec(cfg.backbone), cfg.pretrain
+    pp = bb.preprocess
     if not bb.weights:
         raise DinolocError(f"backbone={bb.name} names no weights path for the checkpoint to write")
     # which YAML the recipe came from, for the messages: the config's own hydra node when composed with one (the
@@ -164,12 +160,11 @@ def pretrain_spec(cfg: DictConfig):
             raise missing_key(key, origin)
     root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
     spec = PretrainSpec(
-        params=params, backbone=str(bb.name), arch=str(bb.arch), model_kwargs=plain(bb.model_kwargs),
-        in_chans=int(bb.in_chans), channels=tuple(bb.channels), intensity=str(pp.intensity),
-        mean=None if pp.mean is None else tuple(pp.mean), std=None if pp.std is None else tuple(pp.std),
+        params=params, backbone=bb.name, arch=bb.arch, model_kwargs=dict(bb.model_kwargs), in_chans=bb.in_chans,
+        channels=bb.channels, intensity=pp.intensity, mean=pp.mean, std=pp.std,
         source=str(given["source"]), image_dir=None if given["image_dir"] is None else str(given["image_dir"]),
         data_root=None if root is None or OmegaConf.is_missing(cfg.data, "root") else str(root),
-        out_dir=str(Path(str(bb.weights)).parent), device=str(cfg.device),
+        out_dir=str(Path(bb.weights).parent), device=str(cfg.device),
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
         data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
@@ -217,7 +212,7 @@ def _validate_network(spec: ExtractSpec) -> None:
             f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
         )
     src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
-    check_strategy(spec.strategy, list(bb.channels), src["channel_map"], src["source_channels"],
+    check_strategy(spec.strategy, list(bb.channels), src.channel_map, list(src.source_channels),
                    **channel_traits(bb.family))
     if not bb.weights and not spec.allow_random_weights and needs_weights(bb.family):
         raise DinolocError(

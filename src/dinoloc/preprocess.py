@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from dinoloc.backbones.spec import INTENSITY_MODES
 from dinoloc.io import DinolocError
 
-INTENSITY_MODES = ("zscore", "minmax", "minmax_image", "instance_norm", "none")
 ZSCORE_EPS = 1e-7  # Dino4Cells' epsilon: an all-constant channel becomes 0, never NaN
 
 

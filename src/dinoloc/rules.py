@@ -76,11 +76,12 @@ def rule_of(field: dataclasses.Field) -> Rule | None:
 class Checked:
     """A dataclass whose fields' rules are checked at construction. SECTION names its config node (for the
     messages: `classifier.lr=0: must be > 0`), WHERE the YAML its values live in, IGNORED keys of that node
-    that belong to someone else (e.g. a head's `name`)."""
+    that belong to someone else (e.g. a head's `name`), NOT_IN_YAML its fields that are no key of that node."""
 
     SECTION: ClassVar[str] = ""
     WHERE: ClassVar[str] = ""
     IGNORED: ClassVar[tuple[str, ...]] = ()
+    NOT_IN_YAML: ClassVar[tuple[str, ...]] = ()  # fields dinoloc.config fills from elsewhere (paths, the command line)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -102,7 +103,8 @@ def typed(cls: type[C], values: Mapping[str, Any], where: str | None = None) -> 
     unknown = sorted(str(k) for k in values if k not in names and k not in ignored)
     if unknown:
         raise DinolocError(
-            f"{section}.{unknown[0]} is not a {section} setting (unknown keys: {unknown}); valid keys: {names}. "
+            f"{section}.{unknown[0]} is not a {section} setting (unknown keys: {unknown}); valid keys: "
+            f"{list(yaml_keys(cls))}. "
             f"Fix the spelling in {where} or the override."
         )
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -117,10 +119,25 @@ def typed(cls: type[C], values: Mapping[str, Any], where: str | None = None) -> 
     return cls(**{n: _as(hints[n], values[n], f"{section}.{n}") for n in names if n in values})
 
 
+def yaml_keys(cls: type) -> tuple[str, ...]:
+    """The keys of cls's config node: its fields but those dinoloc.config fills from elsewhere (NOT_IN_YAML)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in getattr(cls, "NOT_IN_YAML", ()))
+
+
 def _as(typ: Any, value: Any, name: str) -> Any:
-    """`value` as `typ` (int, float, bool, str, X | None, tuple[T, ...], tuple[T1, T2]); ints pass as floats and
-    lists as tuples, nothing else is converted."""
+    """`value` as `typ` (int, float, bool, str, X | None, tuple[T, ...], tuple[T1, T2], dict[str, T], Any, or a
+    dataclass: a nested node built by `typed`); ints pass as floats and lists as tuples, nothing else is converted."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ is Any:
+        return value
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, Mapping):
+            raise _bad(name, value, "a mapping of its keys")
+        return typed(typ, value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _bad(name, value, "a mapping, e.g. {a: b}")
+        return {_as(args[0], k, name): _as(args[1], v, f"{name}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -12,6 +12,7 @@ src/hydra_plugins/dinoloc_schema for any compose of dinoloc's configs).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from dinoloc.backbones import spec as backbone
 from dinoloc.classify.params import ClassifierParams, KNNParams
+from dinoloc.data import prepare as data
 from dinoloc.extract.stage import ExtractSpec
 from dinoloc.pretrain.params import PretrainParams
 from dinoloc.report.spec import ReportSpec
@@ -40,11 +43,31 @@ def _fields(cls: type, keys: Sequence[str] | None = None, rename: Mapping[str, s
     return [(rename.get(n, n), hints[n]) for n in names]
 
 
-def _schema(name: str, fields: Sequence[Field], base: type | None = None) -> type:
-    """A dataclass with these fields, every one MISSING (the values live in the YAMLs)."""
+def _schema(name: str, fields: Sequence[Field], base: type | None = None, optional: Sequence[str] = ()) -> type:
+    """A dataclass with these fields, every one MISSING (the values live in the YAMLs) but the `optional` keys,
+    which only some YAMLs have: None where a YAML has none. A nested spec (a dataclass field) gets its own schema."""
     inherited = {f.name for f in dataclasses.fields(base)} if base else set()
-    spec = [(k, t, dataclasses.field(default=MISSING)) for k, t in dict(fields).items() if k not in inherited]
+    spec = [(k, _node_type(t), dataclasses.field(default=None if k in optional else MISSING))
+            for k, t in dict(fields).items() if k not in inherited]
     return dataclasses.make_dataclass(name, spec, bases=(base,) if base else ())
+
+
+def _node_type(typ: Any) -> Any:
+    """A field's type in a schema: a nested spec becomes that spec's schema. An optional mapping or nested spec
+    (null where a YAML has none) is left untyped here, as OmegaConf can put nothing into a null typed node
+    (data.channel_roles={DNA: nucleus}) and crashes on a key below one (data.labels.min_grade=2 under data=folder);
+    the YAML that has the node names its schema (opencell.yaml: /schema/labels@labels)."""
+    if dataclasses.is_dataclass(typ):
+        return _nested(typ)
+    args = typing.get_args(typ)
+    if type(None) in args and any(typing.get_origin(a) is dict or dataclasses.is_dataclass(a) for a in args):
+        return Any
+    return typ
+
+
+@functools.cache
+def _nested(cls: type) -> type:
+    return _schema(f"{cls.__name__}Schema", _fields(cls))
 
 
 # configs/pretrain/*.yaml: the recipe (PretrainParams) and the two keys that choose the data.
@@ -63,10 +86,24 @@ ReportSchema = _schema("ReportSchema", _fields(
     ReportSpec, ("n_boot", "seed", "level", "method", "embedding_maps", "max_points", "display_percentiles"),
     {"method": "ci_method"}))
 # configs/data/synthetic.yaml's `generator:` block (what dinoloc-synth writes).
-GeneratorSchema = _schema("GeneratorSchema", _fields(GeneratorSpec))
+# (the data schema's `generator` node: one class, so the two merge)
+GeneratorSchema = _nested(GeneratorSpec)
+
+# configs/data/*.yaml: DataSpec's keys; those only some readers read (and the synthetic generator) are null where
+# a YAML has none, and the reader refuses one it does not read.
+DataSchema = _schema("DataSchema", _fields(data.DataSpec, data.YAML_KEYS), optional=data.OPTIONAL_KEYS)
+# configs/backbone/*.yaml: BackboneSpec's keys (display_name, label, family, random_seed, weights_from: null where
+# absent); hpa.yaml's channel-order switch and SubCell's variant (its family's configure hook) on top.
+BackboneSchema = _schema("BackboneSchema", _fields(backbone.BackboneSpec, backbone.YAML_KEYS),
+                         optional=backbone.OPTIONAL_KEYS)
+HpaBackboneSchema = _schema("HpaBackboneSchema", [("channel_orders", dict[str, list[str]]), ("channel_order", str)],
+                            base=BackboneSchema)
+SubCellBackboneSchema = _schema("SubCellBackboneSchema", [("variant", str), ("variants", list[str])],
+                                base=BackboneSchema)
 
 SCHEMAS: dict[str, type] = {
-    "pretrain": PretrainSchema, "classifier/mlp": ClassifierSchema, "classifier/knn": KNNSchema,
+    "data": DataSchema, "labels": _nested(data.LabelSpec), "backbone/common": BackboneSchema, "backbone/hpa": HpaBackboneSchema,
+    "backbone/subcell": SubCellBackboneSchema, "pretrain": PretrainSchema, "classifier/mlp": ClassifierSchema, "classifier/knn": KNNSchema,
     "extract": ExtractSchema, "strategy": StrategySchema, "report": ReportSchema, "generator": GeneratorSchema,
 }
 
@@ -99,7 +136,7 @@ def composition_error_line(exc: BaseException) -> str | None:
     key = getattr(cause, "full_key", None)
     if not (isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) and key):
         return None
-    group = key.rsplit(".", 1)[0] if key.startswith("data.") else key.split(".")[0]
+    group = key.rsplit(".", 1)[0]  # the node the key is in: data.split, backbone.preprocess, classifier
     reason = str(cause).splitlines()[0]
     # "In 'pretrain/bad': ..." names the YAML; an override's message does not
     where = f"in {str(exc).split(':')[0].removeprefix('In ')}" if str(exc).startswith("In '") else "on the command line"

@@ -12,15 +12,16 @@ Each strategy is one module of dinoloc.channel_strategies, found by name; this m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from dinoloc.backbones.spec import SPATIAL_MODES, PreprocessSpec
 from dinoloc.channel_strategies import Channels, strategy_module
 from dinoloc.io import DinolocError
 from dinoloc.ontology import OPENCELL_CHANNELS
 from dinoloc.preprocess import center_crop, normalize, resize, scale_intensity, tile
 
-SPATIAL_MODES = ("resize", "tile", "center_crop", "full")
 EMPTY_CHANNEL_MODES = ("zero_before_norm", "zero_after_norm")
 
 
@@ -114,24 +115,22 @@ def approach(strategy: str, backbone_channels: Sequence[str], source_channels: S
     return str(strategy_module(strategy).approach(ctx))
 
 
-def embed_batch(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    *,
-    strategy: str,
-    backbone_channels: Sequence[str],
-    channel_map: Mapping[str, str] | None,
-    img_size: int,
-    intensity: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    spatial: str = "resize",
-    source_channels: Sequence[str] = OPENCELL_CHANNELS,
-    empty_channels: str = "zero_before_norm",
-    crop_size: int = 600,
-    any_channels: bool = False,
-    named_channels: bool = False,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class EmbedPlan:
+    """What `embed_batch` does to a raw batch: the strategy with the backbone's and the data's channels, and the
+    backbone's preprocessing (dinoloc.extract.stage builds it from the ExtractSpec and the data's Source)."""
+
+    strategy: str
+    backbone_channels: tuple[str, ...]
+    channel_map: Mapping[str, str] | None
+    source_channels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    empty_channels: str = "zero_before_norm"  # strategy.empty_channels (mapping's unmapped channels)
+    any_channels: bool = False                # the family's flags (dinoloc.backbones.families.channel_traits)
+    named_channels: bool = False
+
+
+def embed_batch(model: torch.nn.Module, x: torch.Tensor, plan: EmbedPlan) -> torch.Tensor:
     """Raw (B, n_source, H, W) batch -> (B, n_views * D) float32 embeddings; the whole per-batch path.
 
     resize: resize -> scale_intensity -> strategy -> normalize -> model.
@@ -144,34 +143,35 @@ def embed_batch(
     leaves empty are zero before the fixed normalisation (empty_channels=zero_before_norm, so e.g. ImageNet's
     B becomes -0.406/0.225 = -1.80) or zero in the model input (zero_after_norm).
     """
+    pp, strategy, channels = plan.preprocess, plan.strategy, list(plan.source_channels)
     if x.ndim != 4:
         raise DinolocError(f"embed_batch: expected a (B, C, H, W) batch, got {tuple(x.shape)}")
     b = x.shape[0]
-    if spatial == "resize":
-        x, n_tiles = scale_intensity(resize(x, img_size), intensity), 1
-    elif spatial == "tile":
-        x, n_tiles = tile(scale_intensity(x, intensity), img_size)
-    elif spatial == "center_crop":
-        x, n_tiles = scale_intensity(resize(center_crop(x, crop_size), img_size), intensity), 1
-    elif spatial == "full":
-        x, n_tiles = scale_intensity(x, intensity), 1
+    if pp.spatial == "resize":
+        x, n_tiles = scale_intensity(resize(x, pp.img_size), pp.intensity), 1
+    elif pp.spatial == "tile":
+        x, n_tiles = tile(scale_intensity(x, pp.intensity), pp.img_size)
+    elif pp.spatial == "center_crop":
+        x, n_tiles = scale_intensity(resize(center_crop(x, pp.crop_size), pp.img_size), pp.intensity), 1
+    elif pp.spatial == "full":
+        x, n_tiles = scale_intensity(x, pp.intensity), 1
     else:
         raise DinolocError(
-            f"backbone.preprocess.spatial={spatial!r} is unknown; use one of {', '.join(SPATIAL_MODES)}"
+            f"backbone.preprocess.spatial={pp.spatial!r} is unknown; use one of {', '.join(SPATIAL_MODES)}"
         )
-    if empty_channels not in EMPTY_CHANNEL_MODES:
+    if plan.empty_channels not in EMPTY_CHANNEL_MODES:
         raise DinolocError(
-            f"strategy.empty_channels={empty_channels!r} is unknown; use one of {', '.join(EMPTY_CHANNEL_MODES)}"
+            f"strategy.empty_channels={plan.empty_channels!r} is unknown; use one of {', '.join(EMPTY_CHANNEL_MODES)}"
         )
-    x, fed = apply_strategy_named(x, strategy, backbone_channels, channel_map, source_channels,
-                                  any_channels=any_channels, named_channels=named_channels)
-    x = normalize(x, mean, std)
+    x, fed = apply_strategy_named(x, strategy, plan.backbone_channels, plan.channel_map, channels,
+                                  any_channels=plan.any_channels, named_channels=plan.named_channels)
+    x = normalize(x, pp.mean, pp.std)
     after = getattr(strategy_module(strategy), "after_normalize", None)
-    if after is not None and mean is not None:
-        x = after(x, _context(backbone_channels, channel_map, source_channels, any_channels, named_channels),
-                  empty_channels)
+    if after is not None and pp.mean is not None:
+        x = after(x, _context(plan.backbone_channels, plan.channel_map, channels, plan.any_channels,
+                              plan.named_channels), plan.empty_channels)
     # rows ordered (image, tile, view); a model that takes any channel count is told which it gets
     emb = (model(x, channels=fed) if getattr(model, "any_channels", False) else model(x)).float()
-    v = n_views(strategy, source_channels)
+    v = n_views(strategy, channels)
     emb = emb.reshape(b, n_tiles, v, -1).mean(dim=1).reshape(b * v, -1)
-    return combine_views(emb, strategy, len(source_channels))
+    return combine_views(emb, strategy, len(channels))

@@ -267,5 +267,5 @@ def describe_job(spec: Any) -> str:
     if finished_result(spec, manifest, split) is not None:
         parts.append("| classifier: reuse result.json (skip)")
     else:
-        parts.append(f"| classifier: {head_module(spec.head).describe(spec.classifier, ex.data.n_folds)}")
+        parts.append(f"| classifier: {head_module(spec.head).describe(spec.classifier, ex.data.split.n_folds)}")
     return " ".join(parts)

@@ -6,6 +6,7 @@ One loader reads every weight file the study uses: the official backbone-only re
 pretraining), and `{"state_dict": ...}` / `{"model": ...}` wrappers. Loading is strict on purpose: a key or
 shape that does not fit is an error, never a silently random layer.
 
+- `spec`: the `backbone` config group as a typed spec (BackboneSpec, PreprocessSpec; its keys' rules);
 - `vit`: the model (`create_vit`) and official DINO's position-embedding interpolation;
 - `weights`: where weights come from (files, URLs, timm names, random init), fingerprints and display names;
 - `checkpoint`: reading checkpoints and loading them strictly;

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import timm
@@ -27,18 +28,26 @@ from dinoloc.backbones.weights import (
 from dinoloc.io import DinolocError
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How `build_backbone` loads the weights (backbone.checkpoint_key, weights_sha256, random_seed; where URLs
+    are downloaded; whether empty weights may mean a random init)."""
+
+    checkpoint_key: str = "teacher"        # a full DINO checkpoint's entry (teacher / student)
+    weights_sha256: str | None = None      # pins the file; a different one is refused
+    cache_dir: str | os.PathLike | None = None  # downloaded URLs
+    allow_random: bool = False             # None weights: a seeded random init instead of an error
+    random_seed: int | None = None         # that init's seed (None: RANDOM_INIT_SEED)
+
+
 def build_backbone(
     arch: str,
     in_chans: int,
     weights: str | os.PathLike | None = None,
-    checkpoint_key: str = "teacher",
     img_size: int = 224,
     *,
     family: str | None = None,
-    weights_sha256: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    allow_random: bool = False,
-    random_seed: int | None = None,
+    load: LoadOptions = LoadOptions(),
     **model_kwargs: Any,
 ) -> torch.nn.Module:
     """The `family`'s model in eval mode holding `weights` (local path, http(s)/file URL, `timm:<name>`, or None
@@ -47,6 +56,8 @@ def build_backbone(
     The model carries `dinoloc_info = {weights, weights_sha256, checkpoint_epoch, random_init, model}`, `model`
     being what the model says about itself (family, embed_dim, patch_size, in_chans, any_channels).
     """
+    checkpoint_key, weights_sha256, cache_dir = load.checkpoint_key, load.weights_sha256, load.cache_dir
+    allow_random, random_seed = load.allow_random, load.random_seed
     fam = load_family(family)
     sha256 = check_sha256(weights_sha256)
     weights = None if weights is None or str(weights) == "" else str(weights)

@@ -85,13 +85,21 @@ def _check_inputs(X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndar
     return X, Y.astype(np.int64), split, fold.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class CVData:
+    """The rows the CV sees, in manifest order: embeddings X (N, D), labels Y (N, classes) 0/1, split
+    (train|test|unlabeled), fold (-1 where not train), image ids and targets (the groups)."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    split: np.ndarray
+    fold: np.ndarray
+    image_ids: np.ndarray
+    targets: np.ndarray
+
+
 def cross_validate(
-    X: np.ndarray,
-    Y: np.ndarray,
-    split: np.ndarray,
-    fold: np.ndarray,
-    image_ids: np.ndarray,
-    targets: np.ndarray,
+    data: CVData,
     params: ClassifierParams | KNNParams | ConstantParams,
     device: str = "cpu",
     progress: bool = True,
@@ -104,6 +112,7 @@ def cross_validate(
     train|test|unlabeled, fold (-1 where not train). Fold k: train on train rows with fold != k, validate on
     fold k, evaluate on every test row. `hook("folds", {k: {"train", "val", "test"} row indices})` is called
     once, then per epoch (see `train_folds`)."""
+    X, Y, split, fold, image_ids, targets = data.X, data.Y, data.split, data.fold, data.image_ids, data.targets
     classes = class_list(classes)  # the output size is the number of classes (17 for OpenCell)
     X, Y, split, fold = _check_inputs(X, Y, split, fold, image_ids, targets, len(classes))
     image_ids, targets = np.asarray(image_ids), np.asarray(targets)
@@ -195,8 +204,7 @@ def cross_validate(
 
 
 def cross_validate_seeds(
-    X: np.ndarray, Y: np.ndarray, split: np.ndarray, fold: np.ndarray, image_ids: np.ndarray,
-    targets: np.ndarray, params: ClassifierParams | KNNParams | ConstantParams, device: str = "cpu",
+    data: CVData, params: ClassifierParams | KNNParams | ConstantParams, device: str = "cpu",
     progress: bool = True, *, classes: Sequence[str] | None = None, head: str | None = None,
 ) -> CVResult:
     """`cross_validate` repeated with classifier seeds params.seed, params.seed + 1, ... (params.n_seeds).
@@ -209,8 +217,7 @@ def cross_validate_seeds(
     runs = []
     for i in range(int(n_seeds)):
         p = dataclasses.replace(params, seed=params.seed + i)
-        runs.append((p.seed, cross_validate(X, Y, split, fold, image_ids, targets, p, device, progress,
-                                            classes=classes, head=head)))
+        runs.append((p.seed, cross_validate(data, p, device, progress, classes=classes, head=head)))
     if n_seeds == 1:
         seed, cv = runs[0]
         cv.predictions.insert(1, "seed", seed)

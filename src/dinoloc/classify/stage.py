@@ -77,7 +77,7 @@ def pretraining_check(spec: ClassifySpec, split: pd.DataFrame) -> dict[str, Any]
 
 def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     """Extract (cached) and run the 5-fold classifier for one backbone x strategy; returns result.json."""
-    from dinoloc.classify.cv import cross_validate_seeds  # torch: only once the checks have passed
+    from dinoloc.classify.cv import CVData, cross_validate_seeds  # torch: only once the checks have passed
     from dinoloc.device import resolve_device
 
     params = spec.classifier
@@ -91,10 +91,9 @@ def run_classification(spec: ClassifySpec) -> dict[str, Any]:
     emb, X, Y, s = _aligned(entry, manifest, split)
     classes = class_columns(manifest)  # from the data config (OpenCell's 17; a folder's data.classes)
     t0 = time.perf_counter()
-    cv = cross_validate_seeds(
-        X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy(),
-        params, device=resolve_device(spec.extract.device), classes=classes, head=spec.head,
-    )
+    data = CVData(X, Y, s["split"].to_numpy(), s["fold"].to_numpy(), s["image_id"].to_numpy(), s["target"].to_numpy())
+    cv = cross_validate_seeds(data, params, device=resolve_device(spec.extract.device), classes=classes,
+                              head=spec.head)
     result = assemble_result(spec, entry, emb, manifest, split, params) | cv.summary
     result["pretraining"] = pretraining
     result["classifier_seconds"] = round(time.perf_counter() - t0, 3)
@@ -171,9 +170,9 @@ def assemble_result(spec: ClassifySpec, entry: CacheEntry, emb: np.ndarray, mani
             "manifest_sha256": frame_sha256(manifest),
             "label_notes": manifest.attrs.get("label_notes", {}),
             "reader": data.reader,
-            "channels": list(src["fields"].get("data_channels") or []) or None,
-            "channels_used": src["source_channels"],  # after data.channel_roles (mapping: placed ones)
-            "channel_roles": dict(ex.channel_roles) or None,
+            "channels": list(src.fields.get("data_channels") or []) or None,
+            "channels_used": list(src.source_channels),  # after data.channel_roles (mapping: placed ones)
+            "channel_roles": dict(data.channel_roles or {}) or None,
             "unit": data.unit,  # cell: embeddings per cell, averaged per image (dinoloc.extract.cells)
             **({"n_cells": meta.get("n_cells"), "cells_per_image": meta.get("cells_per_image")}
                if data.unit == "cell" else {}),
@@ -187,9 +186,10 @@ def resolved_config(spec: ClassifySpec, params: Any) -> dict[str, Any]:
     d = spec.extract.data
     return {
         "classifier": params.to_dict(),
-        "split": {"test_size": d.test_size, "n_folds": d.n_folds, "group_by": d.group_by, "seed": d.seed},
-        "labels": {"min_grade": d.min_grade},  # a labels-CSV folder has no grades: None
-        "preprocess": dict(spec.extract.backbone.preprocess),
+        "split": {"test_size": d.split.test_size, "n_folds": d.split.n_folds, "group_by": d.split.group_by,
+                  "seed": d.split.seed},
+        "labels": {"min_grade": d.labels.min_grade if d.labels else None},  # a labels-CSV folder has no grades
+        "preprocess": spec.extract.backbone.preprocess.as_dict(),
     }
 
 
@@ -209,7 +209,7 @@ def used_values(params: Any, bb: Any, patch: Any, ckpt: dict[str, Any]) -> dict[
         "batch_size": getattr(params, "batch_size", None),
         "arch": bb.arch,
         "patch_size": patch if isinstance(patch, int) else None,
-        "img_size": bb.preprocess.get("img_size"),
+        "img_size": bb.preprocess.img_size,
         "dino_epochs": ckpt.get("epoch") if ckpt.get("epoch") is not None else bb.dino_epochs,
     }
 

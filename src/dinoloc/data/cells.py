@@ -25,32 +25,13 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from dinoloc.data.prepare import AGGREGATES
 from dinoloc.io import DinolocError, atomic_path, frame_sha256, read_json, write_csv, write_json
 
 log = logging.getLogger("dinoloc")
 CELL_COLUMNS = ["image_id", "cell_id", "y", "x", "area"]
 CELLS_VERSION = 1
-SEGMENTERS = ("skimage", "cellpose")
-AGGREGATES = ("mean",)
 CELL_SEP = "#"  # a cell's id in the embedding cache: <image_id>#<cell_id>
-
-
-def cell_params(cell: Mapping[str, Any]) -> dict[str, Any]:
-    """data.cell, checked (every key comes from configs/data/cell/default.yaml)."""
-    need = ("segmenter", "expand_px", "min_area_px", "crop_px", "mask_others", "aggregate")
-    missing = [k for k in need if k not in cell]
-    if missing:
-        raise DinolocError(f"data.cell lacks {missing}; see configs/data/cell/default.yaml")
-    p = {k: cell[k] for k in need}
-    if p["segmenter"] not in SEGMENTERS:
-        raise DinolocError(f"data.cell.segmenter={p['segmenter']!r}: use one of {', '.join(SEGMENTERS)}")
-    if p["aggregate"] not in AGGREGATES:
-        raise DinolocError(f"data.cell.aggregate={p['aggregate']!r}: use one of {', '.join(AGGREGATES)}")
-    for k in ("expand_px", "min_area_px", "crop_px"):
-        if isinstance(p[k], bool) or not isinstance(p[k], int) or p[k] < (1 if k == "crop_px" else 0):
-            raise DinolocError(f"data.cell.{k}={p[k]!r}: a whole number of pixels (crop_px >= 1)")
-    p["mask_others"] = bool(p["mask_others"])
-    return p
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -152,9 +133,9 @@ def label_file(spec, manifest_row: Mapping[str, Any]) -> Path:
 # cells.csv
 # ----------------------------------------------------------------------------------------------------------
 def _fingerprint(spec, manifest: pd.DataFrame) -> dict[str, Any]:
-    p = cell_params(spec.cell)
+    p = spec.cell
     return {"version": CELLS_VERSION, "manifest_sha256": frame_sha256(manifest), "masks": spec.masks,
-            **({} if spec.masks else {k: p[k] for k in ("segmenter", "expand_px", "min_area_px")})}
+            **({} if spec.masks else {k: getattr(p, k) for k in ("segmenter", "expand_px", "min_area_px")})}
 
 
 def ensure_cells(spec, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +147,7 @@ def ensure_cells(spec, manifest: pd.DataFrame) -> pd.DataFrame:
     fp = _fingerprint(spec, manifest)
     if meta_path.is_file() and csv.is_file() and read_json(meta_path).get("fingerprint") == fp:
         return read_cells(out_dir)
-    p = cell_params(spec.cell)
+    p = spec.cell
     reader = get_reader(spec.reader)
     read = reader.read_fn(spec)
     nucleus = None if spec.masks else reader.nucleus_channel(spec, _roles(spec))
@@ -186,8 +167,8 @@ def ensure_cells(spec, manifest: pd.DataFrame) -> pd.DataFrame:
         elif reuse and (seg := segmentation_file(out_dir, rec["image_id"])).is_file():
             labels = np.asarray(tifffile.imread(seg)).astype(np.int32)
         else:
-            labels = (segment_cellpose(image[nucleus]) if p["segmenter"] == "cellpose"
-                      else segment_nuclei(image[nucleus], p["expand_px"], p["min_area_px"]))
+            labels = (segment_cellpose(image[nucleus]) if p.segmenter == "cellpose"
+                      else segment_nuclei(image[nucleus], p.expand_px, p.min_area_px))
             with atomic_path(segmentation_file(out_dir, rec["image_id"])) as tmp:
                 tifffile.imwrite(tmp, labels.astype(np.uint16 if labels.max() < 65536 else np.uint32),
                                  compression="zlib")
@@ -205,7 +186,7 @@ def ensure_cells(spec, manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def _roles(spec) -> dict[str, str | None]:
-    return dict(getattr(spec, "channel_roles", None) or {})
+    return dict(spec.channel_roles or {})
 
 
 def read_cells(out_dir: str | os.PathLike) -> pd.DataFrame:

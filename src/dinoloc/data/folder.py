@@ -389,10 +389,8 @@ def data_channel_names(spec, roles: Mapping[str, str | None] | None) -> list[str
 
 
 def source_setup(data, backbone_channels: Sequence[str], channel_map: Mapping[str, str], strategy: str,
-                 roles: Mapping[str, str | None] | None = None) -> dict:
-    """How a dataset's images enter a backbone (its reader's `source`, dinoloc.data.reader): {read_fn,
-    source_channels (names the strategy sees, in read_fn's order), channel_map, fields (extra cache-key fields;
-    none for OpenCell), left_out}. `data`: a DataSpec."""
+                 roles: Mapping[str, str | None] | None = None) -> Source:
+    """How a dataset's images enter a backbone (its reader's `source`, dinoloc.data.reader). `data`: a DataSpec."""
     from dinoloc.data.reader import get_reader
 
     return get_reader(data.reader).source(data, roles, backbone_channels, channel_map, strategy)
@@ -401,7 +399,7 @@ def source_setup(data, backbone_channels: Sequence[str], channel_map: Mapping[st
 # ----------------------------------------------------------------------------------------------------------
 # the reader interface (dinoloc.data.reader)
 # ----------------------------------------------------------------------------------------------------------
-from dinoloc.data.reader import Reader  # noqa: E402  (the interface imports nothing of this module)
+from dinoloc.data.reader import Reader, Source  # noqa: E402  (the interface imports nothing of this module)
 
 
 class FolderReader(Reader):
@@ -411,12 +409,12 @@ class FolderReader(Reader):
     root_help = "point it at your image folder (with labels.csv: image, group, labels)"
 
     def manifest(self, spec):
-        return build_folder_manifest(spec.root, spec.annotations, list(spec.channels), self.classes(spec),
-                                     group_by=spec.group_by, masks=spec.masks if spec.unit == "cell" else None)
+        return build_folder_manifest(spec.root, spec.annotations, self.channels(spec), self.classes(spec),
+                                     group_by=spec.split.group_by, masks=spec.masks if spec.unit == "cell" else None)
 
     def read_fn(self, spec, keep=None):
-        return functools.partial(read_folder_image, n_channels=len(spec.channels), keep=keep,
-                                 names=list(spec.channels))
+        return functools.partial(read_folder_image, n_channels=len(self.channels(spec)), keep=keep,
+                                 names=self.channels(spec))
 
     def read_names(self, channels):
         return functools.partial(read_folder_image, n_channels=len(channels), names=list(channels))

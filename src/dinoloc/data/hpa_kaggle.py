@@ -103,7 +103,7 @@ class HpaKaggleReader(Reader):
                                   masks=spec.masks if spec.unit == "cell" else None)
 
     def channels(self, spec):
-        return [str(c) for c in spec.channels] or list(COLOURS)
+        return [str(c) for c in spec.channels or ()] or list(COLOURS)
 
     def read_fn(self, spec, keep=None):
         return functools.partial(read_channel_files, keep=keep)

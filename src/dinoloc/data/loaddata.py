@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -131,12 +132,22 @@ def _rel(root: Path, folder: str, name: str) -> str:
     return p.as_posix()
 
 
+@dataclass(frozen=True)
+class Columns:
+    """The LoadData CSV's columns dinoloc reads besides the channels' (data.labels_column, data.group_column and,
+    under data.unit=cell, data.masks)."""
+
+    labels: str             # class names separated by ';'
+    group: str = ""         # never crosses splits (e.g. Metadata_Plate); "": each site its own group
+    masks: str | None = None  # each site's label image
+
+
 def build_loaddata_manifest(root: str | os.PathLike, annotations: str | os.PathLike, channels: Sequence[str],
-                            labels_column: str, group_column: str, classes: Sequence[str] | None = None, *,
-                            group_by: str = "target", masks: str | None = None,
+                            columns: Columns, classes: Sequence[str] | None = None, *, group_by: str = "target",
                             validate_images: bool = True) -> pd.DataFrame:
     """The manifest of a LoadData CSV (see the module doc); every error names the CSV line and the fix."""
     root, path = Path(root), Path(annotations)
+    labels_column, group_column, masks = columns.labels, columns.group, columns.masks
     table, chans = read_table(path)
     names = selected(channels, chans, path)
     for key, col in (("data.labels_column", labels_column), ("data.group_column", group_column),
@@ -187,12 +198,14 @@ class LoadDataReader(Reader):
     """A CellProfiler LoadData CSV (module doc)."""
 
     name = "loaddata"
+    KEYS = ("channels", "channel_roles", "classes", "labels_column", "group_column")
     root_help = "point it at the folder the LoadData CSV's relative PathName_ columns start from"
 
     def manifest(self, spec):
-        return build_loaddata_manifest(spec.root, spec.annotations, spec.channels, spec.labels_column,
-                                       spec.group_column, self.classes(spec), group_by=spec.group_by,
-                                       masks=spec.masks if spec.unit == "cell" else None)
+        columns = Columns(labels=spec.labels_column or "", group=spec.group_column or "",
+                          masks=spec.masks if spec.unit == "cell" else None)
+        return build_loaddata_manifest(spec.root, spec.annotations, spec.channels or (), columns, self.classes(spec),
+                                       group_by=spec.split.group_by)
 
     def channels(self, spec):
         if spec.channels:

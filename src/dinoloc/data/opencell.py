@@ -309,21 +309,26 @@ def check_label_sets(classes: Sequence[str] | None, ignore: Sequence[str]) -> tu
 # ----------------------------------------------------------------------------------------------------------
 # the reader interface (dinoloc.data.reader)
 # ----------------------------------------------------------------------------------------------------------
-from dinoloc.data.reader import Reader  # noqa: E402  (the interface imports nothing of this module)
+from dinoloc.data.reader import Reader, Source  # noqa: E402  (the interface imports nothing of this module)
 
 
 class OpenCellReader(Reader):
     """OpenCell's download: channels (protein, nucleus) whatever the file order, the paper's 17 classes."""
 
     name = "opencell"
+    KEYS = ("labels",)
     root_help = ("point it at the OpenCell download (per-target folders of OC-FOV_*_proj.tif), e.g. "
                  "data.root=/data/opencell, or use data=synthetic for the demo")
 
     def manifest(self, spec):
         from dinoloc.data.manifest import build_manifest
 
-        return build_manifest(spec.root, spec.annotations, min_grade=spec.min_grade or 1,
-                              classes=list(spec.classes or ()) or None, ignore=list(spec.ignore))
+        labels = spec.labels
+        if labels is None:
+            raise DinolocError(f"data={spec.name} (reader opencell) needs data.labels: min_grade, classes and ignore "
+                               "(see configs/data/opencell.yaml)")
+        return build_manifest(spec.root, spec.annotations, min_grade=labels.min_grade,
+                              classes=list(labels.classes) or None, ignore=list(labels.ignore))
 
     def channels(self, spec=None):
         from dinoloc.ontology import OPENCELL_CHANNELS
@@ -341,8 +346,8 @@ class OpenCellReader(Reader):
 
     def source(self, spec, roles, backbone_channels, channel_map, strategy):
         # backbone.channel_map as is and no extra cache-key fields: OpenCell's cache keys stay what they were.
-        return {"read_fn": read_image, "source_channels": self.channels(), "channel_map": dict(channel_map),
-                "fields": {}, "left_out": []}
+        return Source(read_fn=read_image, source_channels=tuple(self.channels()), channel_map=dict(channel_map),
+                      fields={})
 
     def display_pair(self, root, rel, channels=(), roles=None):
         return read_image(self.item(root, rel))

@@ -7,53 +7,111 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import ClassVar
 
 import pandas as pd
 from filelock import FileLock
 
 from dinoloc.io import DinolocError
+from dinoloc.rules import Checked, key, yaml_keys
+from dinoloc.synthetic.generate import GeneratorSpec
 
-if TYPE_CHECKING:
-    from dinoloc.synthetic.generate import GeneratorSpec
+GROUP_BY = ("target", "none")
+SEGMENTERS = ("skimage", "cellpose")
+AGGREGATES = ("mean",)
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    """What `run_data` needs, as plain values (built from the `data` config group by dinoloc.config)."""
+class SplitSpec(Checked):
+    """data.split: the untouched test share and the cross-validation folds over the rest (dinoloc.data.split)."""
+
+    SECTION: ClassVar[str] = "data.split"
+    WHERE: ClassVar[str] = "configs/data/<name>.yaml (split:)"
+
+    test_size: float = key(gt=0, lt=1)     # the test share of the labelled units
+    n_folds: int = key(ge=2)
+    group_by: str = key(choices=GROUP_BY)  # target: no group in two sets; none: an image-level split
+    seed: int = key()
+
+
+@dataclass(frozen=True)
+class LabelSpec(Checked):
+    """data.labels (OpenCell): which annotations count as labels (dinoloc.data.opencell)."""
+
+    SECTION: ClassVar[str] = "data.labels"
+    WHERE: ClassVar[str] = "configs/data/opencell.yaml (labels:)"
+
+    min_grade: int = key(ge=1, le=3)       # OpenCell's annotation grades 1-3: those >= this count
+    classes: tuple[str, ...] = key()       # the class list and order (the classifier's outputs)
+    ignore: tuple[str, ...] = key()        # annotation names dropped (counted in the summary)
+
+
+@dataclass(frozen=True)
+class CellSpec(Checked):
+    """data.cell (data.unit=cell): how cells are found, cropped and aggregated (dinoloc.data.cells)."""
+
+    SECTION: ClassVar[str] = "data.cell"
+    WHERE: ClassVar[str] = "configs/data/cell/default.yaml"
+
+    segmenter: str = key(choices=SEGMENTERS)
+    expand_px: int = key(ge=0)             # nuclei grown by this many px into the cytoplasm
+    min_area_px: int = key(ge=0)           # smaller segmented objects are noise
+    crop_px: int = key(ge=1)               # the square crop centred on each cell
+    mask_others: bool = key()              # zero the other cells' pixels in a crop
+    aggregate: str = key(choices=AGGREGATES)  # a cell's embeddings -> the image's
+
+
+@dataclass(frozen=True)
+class DataSpec(Checked):
+    """The `data` config group (a YAML of configs/data/) as typed values, plus where its outputs go. Keys only
+    some readers read are None where a YAML has none; a reader refuses one it does not read (Reader.KEYS)."""
+
+    SECTION: ClassVar[str] = "data"
+    WHERE: ClassVar[str] = "configs/data/<name>.yaml"
+    NOT_IN_YAML: ClassVar[tuple[str, ...]] = ("out_dir", "synthetic_dir", "display_percentiles")
 
     name: str
     reader: str                      # a module dinoloc.data.<reader> with a READER (dinoloc.data.reader)
     root: str
     annotations: str
-    out_dir: str                     # manifest.csv and split.csv go here
     synthetic: bool
-    test_size: float
-    n_folds: int
-    group_by: str
-    seed: int
-    resplit: bool = False            # explicit opt-in: replace a stored split that no longer matches
-    min_grade: int | None = None     # OpenCell: grades kept (None for a labels-CSV folder)
-    classes: tuple[str, ...] | None = None   # OpenCell: the 17; a folder: data.classes (None = sorted union)
-    ignore: tuple[str, ...] = ()     # OpenCell: annotation names dropped (data.labels.ignore)
-    channels: tuple[str, ...] = ()   # named-channel readers: the channels wanted, in order (folder: file order)
-    labels_column: str = ""          # loaddata: the CSV column holding the labels (';'-separated)
-    group_column: str = ""           # loaddata: the CSV column whose value never crosses splits (e.g. a plate)
-    unit: str = "image"              # image | cell (dinoloc.data.cells)
-    masks: str | None = None         # unit=cell: the CSV column with each image's label-image path (None: segment)
-    cell: dict[str, Any] = field(default_factory=dict)  # unit=cell: data.cell (crop_px, expand_px, segmenter, ...)
-    synthetic_dir: str | None = None  # the demo data's folder (synthetic only)
-    generator: GeneratorSpec | None = None  # the synthetic generator's sizes (data.generator; synthetic only)
-    display_percentiles: tuple[float, ...] = ()  # the contact sheet's stretch (report.display_percentiles)
+    split: SplitSpec
+    resplit: bool                    # explicit opt-in: replace a stored split that no longer matches
+    unit: str = key(choices=("image", "cell"))  # image: whole fields of view | cell (dinoloc.data.cells)
+    masks: str | None = key()        # unit=cell: the CSV column with each image's label-image path (None: segment)
+    cell: CellSpec = key()
+    out_dir: str = key()             # not a data key: paths.data_dir (manifest.csv and split.csv go here)
+    # keys only some readers read (see each reader's KEYS)
+    labels: LabelSpec | None = None  # OpenCell: grades, the 17 classes, the names dropped
+    channels: tuple[str, ...] | None = None  # named-channel readers: the channels, in order (folder: file order)
+    channel_roles: dict[str, str | None] | None = None  # data channel -> the backbones' name (None: left out)
+    classes: tuple[str, ...] | None = None  # a named-channel reader's class list (None: the labels' sorted union)
+    labels_column: str | None = None  # loaddata: the CSV column holding the labels (';'-separated)
+    group_column: str | None = None  # loaddata: the CSV column whose value never crosses splits (e.g. a plate)
+    generator: GeneratorSpec | None = None  # synthetic: what dinoloc-synth writes (data.generator)
+    # not data keys: the demo data's folder (paths.synthetic_dir) and the contact sheet's stretch
+    # (report.display_percentiles), synthetic only
+    synthetic_dir: str | None = None
+    display_percentiles: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         from dinoloc.data.reader import get_reader
 
-        get_reader(self.reader)  # an unknown reader is named before any work
-        if self.unit not in ("image", "cell"):
-            raise DinolocError(f"data.unit={self.unit!r}: use image (whole fields of view) or cell")
+        super().__post_init__()
+        reader = get_reader(self.reader)  # an unknown reader is named before any work
+        foreign = [k for k in READER_KEYS if getattr(self, k) is not None and k not in reader.KEYS]
+        if foreign:
+            raise DinolocError(f"data.{foreign[0]} is not read by data.reader={self.reader} (of the keys only some "
+                               f"readers read, it reads {list(reader.KEYS)}); remove it from the config")
+
+
+# The keys only some readers read (a reader lists those it reads in its KEYS).
+READER_KEYS = ("labels", "channels", "channel_roles", "classes", "labels_column", "group_column")
+# The data YAML's keys and those a YAML may lack.
+YAML_KEYS = yaml_keys(DataSpec)
+OPTIONAL_KEYS = (*READER_KEYS, "generator")
 
 
 def check_root(spec: DataSpec) -> None:
@@ -88,8 +146,8 @@ def run_data(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     # Parallel sweep jobs share the data folder: one builds, the others wait and reuse.
     with FileLock(str(out_dir) + ".lock"):
         manifest = reader.manifest(spec)
-        out = prepare_dataset(manifest, out_dir, min_grade=spec.min_grade or 1, test_size=spec.test_size,
-                              n_folds=spec.n_folds, group_by=spec.group_by, seed=spec.seed, resplit=spec.resplit)
+        out = prepare_dataset(manifest, out_dir, spec.split, min_grade=spec.labels.min_grade if spec.labels else 1,
+                              resplit=spec.resplit)
         if spec.unit == "cell":
             from dinoloc.data.cells import ensure_cells
 

@@ -9,7 +9,7 @@ nothing else names readers. What every reader answers:
   as one file per channel lists its files in channel order separated by `;` (`FILE_SEP`).
 - `channels(spec)`: the channel names of what `read_fn` returns, in order;
 - `read_fn(spec, keep)`: reads one manifest `path` (resolved by `item`) as float32 (C, H, W) in that order;
-- `source(spec, ...)`: how the channels enter a backbone under a strategy (by name: data.channel_roles).
+- `source(spec, ...)`: how the channels enter a backbone under a strategy (a `Source`; by name: data.channel_roles).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import importlib
 import os
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,24 @@ if TYPE_CHECKING:
 FILE_SEP = ";"  # a one-file-per-channel image's files in the manifest's `path`, in channel order
 
 
+@dataclass(frozen=True)
+class Source:
+    """How a dataset's images enter a backbone under a strategy (what `Reader.source` answers)."""
+
+    read_fn: Callable[[Any], np.ndarray]  # one manifest item (`Reader.item`) -> float32 (C, H, W)
+    source_channels: tuple[str, ...]      # the names the strategy sees, in read_fn's channel order
+    channel_map: dict[str, str]           # data channel -> backbone channel (strategy=mapping)
+    fields: dict[str, Any]                # the reader's cache-key fields ({} for OpenCell: its keys stay as they were)
+    left_out: tuple[str, ...] = ()        # data channels strategy=mapping has no place for (not read)
+
+
 class Reader:
     """The defaults suit a reader whose channels have names (data.channels, renamed by data.channel_roles)."""
 
     name: str = ""
     root_help: str = "point data.root at your image folder"
+    # the reader-specific data keys it reads (dinoloc.data.prepare.READER_KEYS); the others must stay unset
+    KEYS: tuple[str, ...] = ("channels", "channel_roles", "classes")
 
     # ---- the dataset
     def check_root(self, spec: DataSpec) -> None:
@@ -48,7 +62,7 @@ class Reader:
         raise NotImplementedError
 
     def channels(self, spec: DataSpec) -> list[str]:
-        return [str(c) for c in spec.channels]
+        return [str(c) for c in spec.channels or ()]
 
     def classes(self, spec: DataSpec) -> list[str] | None:
         return None if spec.classes is None else [str(c) for c in spec.classes]
@@ -80,9 +94,8 @@ class Reader:
         raise NotImplementedError
 
     def source(self, spec: DataSpec, roles: Mapping[str, str | None] | None, backbone_channels: Sequence[str],
-               channel_map: Mapping[str, str], strategy: str) -> dict[str, Any]:
-        """{read_fn, source_channels (names the strategy sees, in read_fn's order), channel_map, fields (cache-key
-        fields), left_out}: data channels renamed by data.channel_roles; mapping reads only the placed ones."""
+               channel_map: Mapping[str, str], strategy: str) -> Source:
+        """The data channels renamed by data.channel_roles (`roles`); mapping reads only the placed ones."""
         from dinoloc.channel_strategies import strategy_module
         from dinoloc.data.folder import channel_roles, mapping_plan
 
@@ -92,13 +105,9 @@ class Reader:
             keep, src, cmap = mapping_plan(channels, r, list(backbone_channels), dict(channel_map))
         else:  # every channel; a channel left out of mapping (role null) keeps its own name here
             keep, src, cmap = None, [x if x is not None else c for c, x in zip(channels, r, strict=True)], dict(channel_map)
-        return {
-            "read_fn": self.read_fn(spec, keep),
-            "source_channels": src,
-            "channel_map": cmap,
-            "fields": {"data_channels": channels, "source_channels": src},
-            "left_out": [c for i, c in enumerate(channels) if keep is not None and i not in keep],
-        }
+        return Source(read_fn=self.read_fn(spec, keep), source_channels=tuple(src), channel_map=cmap,
+                      fields={"data_channels": channels, "source_channels": list(src)},
+                      left_out=tuple(c for i, c in enumerate(channels) if keep is not None and i not in keep))
 
     def display_pair(self, root: str | os.PathLike, rel: str, channels: Sequence[str],
                      roles: Mapping[str, str | None] | None = None) -> np.ndarray:

@@ -17,22 +17,16 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
 from dinoloc.data.manifest import class_columns, manifest_hash, read_manifest_csv
+from dinoloc.data.prepare import SplitSpec
 from dinoloc.io import DinolocError, frame_sha256, read_json, write_csv, write_json
+from dinoloc.rules import typed
 
 SPLIT_COLUMNS = ["image_id", "target", "split", "fold"]
 SPLIT_VERSION = 1
-GROUP_BY = ("target", "none")
 
 
 def _check_params(test_size: float, n_folds: int, group_by: str, seed: int) -> None:
-    if not (isinstance(test_size, (float, int)) and 0 < test_size < 1):
-        raise DinolocError(f"split.test_size must be a fraction in (0, 1), got {test_size!r}.")
-    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
-        raise DinolocError(f"split.n_folds must be an integer >= 2, got {n_folds!r}.")
-    if group_by not in GROUP_BY:
-        raise DinolocError(f"split.group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise DinolocError(f"split.seed must be an integer, got {seed!r}.")
+    typed(SplitSpec, {"test_size": test_size, "n_folds": n_folds, "group_by": group_by, "seed": seed})
 
 
 def _ensure_test_coverage(y: np.ndarray, test: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -206,20 +200,18 @@ def _describe_change(out_dir: Path, stored: dict[str, Any], params: dict[str, An
 def prepare_dataset(
     manifest: pd.DataFrame,
     out_dir: str | os.PathLike,
+    split_spec: SplitSpec,
     *,
     min_grade: int = 1,
-    test_size: float = 0.1,
-    n_folds: int = 5,
-    group_by: str = "target",
-    seed: int = 0,
     resplit: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split `manifest` (any reader's, dinoloc.data.reader) once; reuse the stored split while the data and
-    parameters match. `min_grade` is recorded with the parameters (OpenCell's label cut-off).
+    """Split `manifest` (any reader's, dinoloc.data.reader) once as `split_spec` says; reuse the stored split while
+    the data and parameters match. `min_grade` is recorded with the parameters (OpenCell's label cut-off).
 
     Writes out_dir/manifest.csv, split.csv and split.json (last: its presence marks a complete set).
     """
-    _check_params(test_size, n_folds, group_by, seed)
+    test_size, n_folds, group_by, seed = (split_spec.test_size, split_spec.n_folds, split_spec.group_by,
+                                          split_spec.seed)
     out_dir = Path(out_dir)
     m_hash = manifest_hash(manifest)
     params = {"min_grade": int(min_grade), "test_size": float(test_size), "n_folds": int(n_folds),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,19 @@ class _ImageDataset(Dataset):
         return idx, x
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs (configs/extract/*.yaml, the device, the backbone's resize); none enters the cache key."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    chunk_size: int = 256              # images per chunk file (the unit of resume)
+    device: str | torch.device = "cpu"
+    amp: bool = True                   # bfloat16 autocast (CUDA only)
+    resize_to: int | None = None       # resize in the loader's workers (spatial=resize), keeping transfers small
+    progress: bool = True
+
+
 def extract(
     *,
     image_ids: Sequence[str],
@@ -53,19 +67,14 @@ def extract(
     cache_dir: str | os.PathLike,
     key: str,
     meta: dict[str, Any],
-    resize_to: int | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    chunk_size: int = 256,
-    device: str | torch.device = "cpu",
-    amp: bool = True,
-    progress: bool = True,
+    settings: EngineSettings = EngineSettings(),
 ) -> CacheEntry:
     """Embed every image (or hit the cache) and return the complete cache entry.
 
     `model_factory` is called only when something has to be computed, so a cache hit does no model work at all.
     `embed_fn(model, batch)` maps a (B, 2, H, W) float batch of raw intensities on `device` to (B, D) embeddings.
     """
+    chunk_size, batch_size = settings.chunk_size, settings.batch_size
     if len(image_ids) != len(paths):
         raise DinolocError(f"{len(image_ids)} image ids but {len(paths)} paths")
     if len(set(image_ids)) != len(image_ids):
@@ -90,9 +99,9 @@ def extract(
             model_info = _compute_chunks_or_report(
                 # a tuple = one image's channel files (dinoloc.data.reader)
                 paths=[p if isinstance(p, tuple) else Path(p) for p in paths], read_fn=read_fn,
-                model_factory=model_factory, embed_fn=embed_fn,
-                chunks_dir=folder / "chunks", resize_to=resize_to, batch_size=batch_size, num_workers=num_workers,
-                chunk_size=chunk_size, device=torch.device(device), amp=amp, progress=progress and rank == 0,
+                model_factory=model_factory, embed_fn=embed_fn, chunks_dir=folder / "chunks",
+                settings=replace(settings, device=torch.device(settings.device),
+                                 progress=settings.progress and rank == 0),
                 rank=rank, world=world,
             )
             barrier()
@@ -133,7 +142,7 @@ def _compute_chunks_or_report(**kwargs: Any) -> dict[str, Any] | None:
     except KeyboardInterrupt:
         close_all()
         n = len(kwargs["paths"])
-        raise ExtractionInterrupted(_kept_images(kwargs["chunks_dir"], n, kwargs["chunk_size"]), n) from None
+        raise ExtractionInterrupted(_kept_images(kwargs["chunks_dir"], n, kwargs["settings"].chunk_size), n) from None
 
 
 def _remove_empty(folder: Path) -> None:
@@ -146,10 +155,11 @@ def _remove_empty(folder: Path) -> None:
 
 
 def _compute_chunks(
-    *, paths: list[Path], read_fn, model_factory, embed_fn, chunks_dir: Path, resize_to, batch_size, num_workers,
-    chunk_size, device: torch.device, amp: bool, progress: bool, rank: int, world: int,
+    *, paths: list[Path], read_fn, model_factory, embed_fn, chunks_dir: Path, settings: EngineSettings, rank: int,
+    world: int,
 ) -> dict[str, Any] | None:
     """Embed this rank's unfinished chunks; returns the model's `dinoloc_info` (None when nothing was left)."""
+    chunk_size, device, progress = settings.chunk_size, settings.device, settings.progress
     n = len(paths)
     n_chunks = (n + chunk_size - 1) // chunk_size
     mine = [c for c in range(n_chunks) if c % world == rank]
@@ -159,15 +169,15 @@ def _compute_chunks(
     chunks_dir.mkdir(parents=True, exist_ok=True)
     indices = [i for c in todo for i in range(c * chunk_size, min(n, (c + 1) * chunk_size))]
     loader = DataLoader(
-        _ImageDataset(paths, indices, read_fn, resize_to),
-        batch_size=batch_size,
+        _ImageDataset(paths, indices, read_fn, settings.resize_to),
+        batch_size=settings.batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=settings.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
     model = model_factory().to(device).eval()
-    use_amp = amp and device.type == "cuda"
+    use_amp = settings.amp and device.type == "cuda"
     done_before = n - len(indices) if world == 1 else None
     if done_before:
         print(f"resuming extraction in {chunks_dir.parent}: {done_before} of {n} images already embedded", flush=True)

@@ -9,43 +9,26 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from dinoloc.backbones.classical import FEATURES_VERSION as CLASSICAL_VERSION
 from dinoloc.backbones.classical import is_classical
 from dinoloc.backbones.families import channel_traits
+from dinoloc.backbones.spec import BackboneSpec, PreprocessSpec
 from dinoloc.channel_strategies import strategy_module
 from dinoloc.data.prepare import DataSpec
-from dinoloc.data.reader import get_reader
+from dinoloc.data.reader import Source, get_reader
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
 from dinoloc.io import DinolocError
 
+if TYPE_CHECKING:
+    from dinoloc.extract.engine import EngineSettings  # torch: imported where the engine runs
+    from dinoloc.strategies import EmbedPlan
+
 log = logging.getLogger("dinoloc")
 EMPTY_CHANNELS_DEFAULT = "zero_before_norm"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One backbone as configured (the `backbone` config group), as plain values."""
-
-    name: str
-    display: str                     # the table's name for it
-    arch: str
-    model_kwargs: dict[str, Any]
-    in_chans: int
-    channels: tuple[str, ...]        # its input channels by name, in order
-    channel_map: dict[str, str]      # OpenCell/data channel -> backbone channel (mapping)
-    preprocess: dict[str, Any]       # img_size, intensity, mean, std, spatial, crop_size
-    weights: str | None              # path, URL, timm:<name>; None = random init
-    weights_sha256: str | None = None
-    checkpoint_key: str = "teacher"
-    dino_epochs: int | None = None   # the config's count; the checkpoint's own wins
-    synthetic: bool = False          # a synthetic demo stand-in
-    weights_default: bool = True     # False when the user gave backbone.weights on the command line
-    random_seed: int | None = None   # the seed of a random init (the floor's backbone.random_seed)
-    family: str | None = None        # the family module's import path (dinoloc.backbones.families); None = timm ViT
 
 
 @dataclass(frozen=True)
@@ -60,7 +43,6 @@ class ExtractSpec:
     device: str                      # auto | cpu | cuda...
     allow_random_weights: bool
     empty_channels: str              # mapping only: what the unmapped channels hold (configs/strategy/)
-    channel_roles: dict[str, str | None]  # a folder's channels' roles ({} for OpenCell)
     # configs/extract/*.yaml (the one place their values live; none enters the cache key)
     batch_size: int
     num_workers: int
@@ -68,9 +50,9 @@ class ExtractSpec:
     amp: bool
 
 
-def source(spec: ExtractSpec) -> dict[str, Any]:
+def source(spec: ExtractSpec) -> Source:
     """How the data's images enter the backbone under the strategy (the data reader's `source`)."""
-    return get_reader(spec.data.reader).source(spec.data, dict(spec.channel_roles), list(spec.backbone.channels),
+    return get_reader(spec.data.reader).source(spec.data, spec.data.channel_roles, list(spec.backbone.channels),
                                                dict(spec.backbone.channel_map), spec.strategy)
 
 
@@ -82,8 +64,8 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
     src = source(spec)
     if is_classical(bb.arch):  # no weights: the features' code version stands in for them
         return {"arch": bb.arch, "features_version": CLASSICAL_VERSION, "model_kwargs": dict(bb.model_kwargs),
-                "strategy": spec.strategy, "source_channels": list(src["source_channels"]), **src["fields"],
-                "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
+                "strategy": spec.strategy, "source_channels": list(src.source_channels), **src.fields,
+                "preprocess": _preprocess_fields(pp),
                 "images": images_fingerprint(manifest, spec.data.root)}
     return {
         "arch": bb.arch,
@@ -94,16 +76,20 @@ def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
                                        random_seed=bb.random_seed),
         "checkpoint_key": bb.checkpoint_key,
         "strategy": spec.strategy,
-        "channel_map": src["channel_map"] if strategy_module(spec.strategy).USES_CHANNEL_MAP else None,
+        "channel_map": src.channel_map if strategy_module(spec.strategy).USES_CHANNEL_MAP else None,
         **({"family": bb.family} if bb.family else {}),  # only when set, so the timm ViTs' keys stay what they were
-        **src["fields"],  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
+        **src.fields,  # a folder dataset's channels (nothing for OpenCell: its keys are unchanged)
         # only when not the default, so the default's cache keys stay what they were
         **({"empty_channels": ec} if (ec := _empty_channels(spec)) != EMPTY_CHANNELS_DEFAULT else {}),
-        # crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move.
-        "preprocess": {k: v for k, v in pp.items() if k != "crop_size" or pp.get("spatial") == "center_crop"},
+        "preprocess": _preprocess_fields(pp),
         "images": images_fingerprint(manifest, spec.data.root),
         **(_cell_fields(spec) if spec.data.unit == "cell" else {}),  # image-level keys unchanged
     }
+
+
+def _preprocess_fields(pp: PreprocessSpec) -> dict[str, Any]:
+    """crop_size only acts under spatial=center_crop: elsewhere it stays out, so other keys do not move."""
+    return {k: v for k, v in pp.as_dict().items() if k != "crop_size" or pp.spatial == "center_crop"}
 
 
 def _cell_fields(spec: ExtractSpec) -> dict[str, Any]:
@@ -127,13 +113,13 @@ def approach(spec: ExtractSpec) -> str:
     from dinoloc.strategies import approach as strategy_approach
 
     src = source(spec)
-    return strategy_approach(spec.strategy, list(spec.backbone.channels), src["source_channels"],
+    return strategy_approach(spec.strategy, list(spec.backbone.channels), list(src.source_channels),
                              **channel_traits(spec.backbone.family))
 
 
 def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     """Embed every manifest image with the spec's backbone x strategy, or hit the cache."""
-    from dinoloc.backbones.build import build_backbone
+    from dinoloc.backbones.build import LoadOptions, build_backbone
     from dinoloc.strategies import embed_batch
 
     bb, pp = spec.backbone, spec.backbone.preprocess
@@ -145,30 +131,34 @@ def run_extraction(spec: ExtractSpec, manifest: pd.DataFrame) -> CacheEntry:
     }
     if is_classical(bb.arch):
         return _run_classical(spec, manifest, meta, cache_key(fields))
-    model_factory = functools.partial(
-        build_backbone, bb.arch, bb.in_chans, bb.weights, bb.checkpoint_key, pp["img_size"],
-        family=bb.family, weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir,
-        allow_random=spec.allow_random_weights, random_seed=bb.random_seed, **bb.model_kwargs,
-    )
+    load = LoadOptions(checkpoint_key=bb.checkpoint_key, weights_sha256=bb.weights_sha256, cache_dir=spec.weights_dir,
+                       allow_random=spec.allow_random_weights, random_seed=bb.random_seed)
+    model_factory = functools.partial(build_backbone, bb.arch, bb.in_chans, bb.weights, pp.img_size, family=bb.family,
+                                      load=load, **bb.model_kwargs)
     src = source(spec)
-    if src["left_out"]:
+    if src.left_out:
         log.warning("strategy=mapping: data channel(s) %s have no place in backbone=%s and are left out",
-                    src["left_out"], bb.name)
-    embed_fn = functools.partial(
-        embed_batch, strategy=spec.strategy, backbone_channels=list(bb.channels),
-        channel_map=src["channel_map"], source_channels=src["source_channels"], img_size=pp["img_size"],
-        intensity=pp["intensity"], mean=pp.get("mean"), std=pp.get("std"), spatial=pp["spatial"],
-        empty_channels=_empty_channels(spec), crop_size=int(pp["crop_size"]), **channel_traits(bb.family),
-    )
+                    list(src.left_out), bb.name)
+    embed_fn = functools.partial(embed_batch, plan=embed_plan(spec, src))
     reader = get_reader(spec.data.reader)
     engine = functools.partial(
         _engine, model_factory=model_factory, embed_fn=embed_fn, spec=spec)
     if spec.data.unit == "cell":
         from dinoloc.extract.cells import extract_cells
 
-        return extract_cells(spec, manifest, fields, meta | {"_read_fn": src["read_fn"]}, engine)
+        return extract_cells(spec, manifest, fields, meta | {"_read_fn": src.read_fn}, engine)
     return engine([str(i) for i in manifest["image_id"]], [reader.item(spec.data.root, p) for p in manifest["path"]],
-                  src["read_fn"], cache_key(fields), meta)
+                  src.read_fn, cache_key(fields), meta)
+
+
+def embed_plan(spec: ExtractSpec, src: Source | None = None) -> EmbedPlan:
+    """What embed_batch does to each batch: the spec's strategy and preprocessing on the data's Source."""
+    from dinoloc.strategies import EmbedPlan
+
+    bb, src = spec.backbone, src or source(spec)
+    return EmbedPlan(strategy=spec.strategy, backbone_channels=bb.channels, channel_map=src.channel_map,
+                     source_channels=src.source_channels, preprocess=bb.preprocess,
+                     empty_channels=_empty_channels(spec), **channel_traits(bb.family))
 
 
 def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta: dict[str, Any], *,
@@ -177,24 +167,19 @@ def _engine(image_ids: list[str], items: list[Any], read_fn: Any, key: str, meta
     from dinoloc.device import resolve_device
     from dinoloc.extract.engine import extract
 
+    return extract(image_ids=image_ids, paths=items, read_fn=read_fn, model_factory=model_factory, embed_fn=embed_fn,
+                   cache_dir=spec.cache_dir, key=key, meta=meta,
+                   settings=engine_settings(spec, device=resolve_device(spec.device), amp=spec.amp))
+
+
+def engine_settings(spec: ExtractSpec, *, device: Any, amp: bool) -> EngineSettings:
+    """The engine's EngineSettings from configs/extract/*.yaml (ExtractSpec) and the backbone's resize."""
+    from dinoloc.extract.engine import EngineSettings
+
     pp = spec.backbone.preprocess
-    return extract(
-        image_ids=image_ids,
-        paths=items,
-        read_fn=read_fn,
-        model_factory=model_factory,
-        embed_fn=embed_fn,
-        cache_dir=spec.cache_dir,
-        key=key,
-        meta=meta,
-        resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        chunk_size=spec.chunk_size,
-        device=resolve_device(spec.device),
-        amp=spec.amp,
-        progress=True,
-    )
+    return EngineSettings(batch_size=spec.batch_size, num_workers=spec.num_workers, chunk_size=spec.chunk_size,
+                          device=device, amp=amp, resize_to=pp.img_size if pp.spatial == "resize" else None,
+                          progress=True)
 
 
 def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, Any], key: str) -> CacheEntry:
@@ -211,18 +196,12 @@ def _run_classical(spec: ExtractSpec, manifest: pd.DataFrame, meta: dict[str, An
     return extract(
         image_ids=manifest["image_id"].tolist(),
         paths=[reader.item(spec.data.root, p) for p in manifest["path"]],
-        read_fn=src["read_fn"],
-        model_factory=functools.partial(ClassicalFeatures, src["source_channels"], **bb.model_kwargs),
-        embed_fn=functools.partial(classical_embed, img_size=int(pp["img_size"]), intensity=str(pp["intensity"]),
-                                   spatial=str(pp["spatial"]), crop_size=int(pp["crop_size"])),
+        read_fn=src.read_fn,
+        model_factory=functools.partial(ClassicalFeatures, list(src.source_channels), **bb.model_kwargs),
+        embed_fn=functools.partial(classical_embed, img_size=pp.img_size, intensity=pp.intensity,
+                                   spatial=pp.spatial, crop_size=pp.crop_size),
         cache_dir=spec.cache_dir,
         key=key,
         meta=meta | {"classical": True},
-        resize_to=pp["img_size"] if pp["spatial"] == "resize" else None,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        chunk_size=spec.chunk_size,
-        device="cpu",  # measurements run in numpy
-        amp=False,
-        progress=True,
+        settings=engine_settings(spec, device="cpu", amp=False),  # measurements run in numpy
     )

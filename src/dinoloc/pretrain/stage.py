@@ -16,7 +16,7 @@ from dinoloc.data.prepare import DataSpec, ensure_synthetic, run_data
 from dinoloc.io import DinolocError
 from dinoloc.pretrain.data import PretrainImages, check_source, folder_images, opencell_images
 from dinoloc.pretrain.params import PretrainParams
-from dinoloc.pretrain.train import train_dino
+from dinoloc.pretrain.train import PretrainModel, train_dino
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def run_pretrain(spec: PretrainSpec, manifest: pd.DataFrame | None = None,
             ensure_synthetic(spec.data)  # the generated stand-in folders (pretrain.image_dir)
     data = pretrain_images(spec, manifest, split)
     return train_dino(
-        data.images, data.read_fn, data.channels, spec.out_dir, arch=spec.arch, model_kwargs=spec.model_kwargs,
-        in_chans=spec.in_chans, intensity=spec.intensity, mean=spec.mean, std=spec.std, params=spec.params,
-        device=spec.device,
+        data.images, data.read_fn, data.channels, spec.out_dir,
+        model=PretrainModel(arch=spec.arch, model_kwargs=spec.model_kwargs, in_chans=spec.in_chans,
+                            intensity=spec.intensity, mean=spec.mean, std=spec.std),
+        params=spec.params, device=spec.device,
     )

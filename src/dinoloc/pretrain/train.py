@@ -62,29 +62,39 @@ def check_inputs(images: Sequence[tuple[str, str]], channels: Sequence[str], in_
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainModel:
+    """The backbone pretraining trains, as configured (backbone.arch, model_kwargs, in_chans and its input
+    scaling backbone.preprocess.intensity / mean / std)."""
+
+    arch: str
+    model_kwargs: Mapping[str, Any]
+    in_chans: int
+    intensity: str
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+
+
 def train_dino(
     images: Sequence[tuple[str, str]],
     read_fn: Callable[[str], np.ndarray],
     channels: Sequence[str],
     out_dir: str | os.PathLike,
     *,
-    arch: str,
-    model_kwargs: Mapping[str, Any],
-    in_chans: int,
-    intensity: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
+    model: PretrainModel,
     params: PretrainParams,
     device: str,
 ) -> Path:
     """DINO-pretrain a ViT on `images` ((image_id, path), already restricted to allowed images); return the
     checkpoint path out_dir/checkpoint.pth. Resumes an unfinished checkpoint; a finished one returns at once."""
     images = [(str(i), str(p)) for i, p in images]
-    check_inputs(images, channels, in_chans, intensity, params)
+    check_inputs(images, channels, model.in_chans, model.intensity, params)
     d = setup(device)
     try:
-        run = _Run(images, read_fn, list(channels), Path(out_dir), arch, dict(model_kwargs), in_chans, intensity,
-                   None if mean is None else list(mean), None if std is None else list(std), params, d)
+        model = dataclasses.replace(model, model_kwargs=dict(model.model_kwargs),
+                                    mean=None if model.mean is None else list(model.mean),
+                                    std=None if model.std is None else list(model.std))
+        run = _Run(images, read_fn, list(channels), Path(out_dir), model, params, d)
         return _train(run)
     finally:
         if d.owned:
@@ -93,18 +103,13 @@ def train_dino(
 
 @dataclasses.dataclass
 class _Run:
-    """One call's inputs, so the steps below take one argument instead of thirteen."""
+    """One call's inputs, so the steps below take one argument instead of eight."""
 
     images: list[tuple[str, str]]
     read_fn: Callable[[str], np.ndarray]
     channels: list[str]
     out_dir: Path
-    arch: str
-    model_kwargs: dict[str, Any]
-    in_chans: int
-    intensity: str
-    mean: list[float] | None
-    std: list[float] | None
+    model: PretrainModel
     p: PretrainParams
     d: Dist
 
@@ -115,8 +120,9 @@ class _Run:
     def args(self) -> argparse.Namespace:
         """The checkpoint's `args`, as official DINO stores its argparse namespace."""
         return argparse.Namespace(
-            **dataclasses.asdict(self.p), arch=self.arch, model_kwargs=self.model_kwargs, in_chans=self.in_chans,
-            channels=self.channels, intensity=self.intensity, mean=self.mean, std=self.std, world_size=self.d.world,
+            **dataclasses.asdict(self.p), arch=self.model.arch, model_kwargs=self.model.model_kwargs,
+            in_chans=self.model.in_chans, channels=self.channels, intensity=self.model.intensity, mean=self.model.mean,
+            std=self.model.std, world_size=self.d.world,
         )
 
 
@@ -130,7 +136,7 @@ def _train(r: _Run) -> Path:
         return r.ckpt_path
     niter = _iterations_per_epoch(len(r.images), p.batch_size_per_gpu, d)
 
-    trainer = build_trainer(r.arch, r.model_kwargs, r.in_chans, p, d)
+    trainer = build_trainer(r.model.arch, r.model.model_kwargs, r.model.in_chans, p, d)
     # The seeded init (rebuilt identically on resume), so each checkpoint can say how far its weights moved.
     init_backbone = {k: v.detach().clone() for k, v in trainer.teacher.backbone.state_dict().items()}
     log_rows: list[dict[str, Any]] = []
@@ -143,8 +149,8 @@ def _train(r: _Run) -> Path:
 
     total_batch = p.batch_size_per_gpu * d.world
     schedules = build_schedules(p, niter, total_batch)
-    augment = MultiCropAugment(p.crop_spec(), r.channels, r.mean, r.std)
-    dataset = PretrainDataset(r.images, r.read_fn, r.in_chans, r.intensity, augment, p.seed)
+    augment = MultiCropAugment(p.crop_spec(), r.channels, r.model.mean, r.model.std)
+    dataset = PretrainDataset(r.images, r.read_fn, r.model.in_chans, r.model.intensity, augment, p.seed)
     loader, sampler = build_loader(dataset, p.batch_size_per_gpu, p.num_workers, p.seed, d)
     if d.rank == 0:
         write_images_list(r.out_dir, r.images)
