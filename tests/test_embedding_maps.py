@@ -131,3 +131,33 @@ def test_umap_map_with_exact_neighbours_is_umaps_own_map():
     ours = em.project(x, "umap", 0)
     theirs = umap.UMAP(n_neighbors=15, metric="cosine", random_state=0, n_jobs=1).fit_transform(x)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_report_draws_the_maps_in_a_worker_process_with_the_same_files(tmp_path, monkeypatch):
+    """With a second core the report draws the maps in a spawned worker while it makes the tables: the same PNG
+    as drawn in the report's own process (one core), and a fixable error still becomes the skip warning."""
+    from dinoloc.report import stage
+
+    results = _study(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "here").mkdir()
+    monkeypatch.setattr(stage.os, "cpu_count", lambda: 2)
+    worker = stage._Maps((results, tmp_path / "w" / "m.png", "tsne", 2000, 0))
+    assert worker.pool is not None
+    try:
+        drawn = worker.result()
+    finally:
+        worker.close()
+    monkeypatch.setattr(stage.os, "cpu_count", lambda: 1)
+    inline = stage._Maps((results, tmp_path / "here" / "m.png", "tsne", 2000, 0))
+    assert inline.pool is None
+    assert drawn["info"]["panels"] == inline.result()["info"]["panels"]
+    assert (tmp_path / "w" / "m.png").read_bytes() == (tmp_path / "here" / "m.png").read_bytes()
+    broken = [dict(r, cache_path=str(tmp_path / "gone")) for r in results]
+    monkeypatch.setattr(stage.os, "cpu_count", lambda: 2)
+    maps = stage._Maps((broken, tmp_path / "b.png", "tsne", 2000, 0))
+    try:
+        with pytest.warns(UserWarning, match=r"embedding maps skipped: .*gone.*not found"):
+            assert stage._embedding_maps_done(tmp_path, maps.result()) == {}
+    finally:
+        maps.close()

@@ -208,3 +208,13 @@ def plot_embedding_maps(
     plt.close(fig)
     return {"method": method, "n_points": n_points, "n_labelled": n_labelled, "panels": drawn,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def draw_or_skip(results: Sequence[dict], out_png: str | os.PathLike, method: str, max_points: int,
+                 seed: int) -> dict[str, Any]:
+    """plot_embedding_maps as the report calls it, possibly in a worker process: {"info": ...}, or {"skipped":
+    the reason} for an error the user can fix (the report warns and goes on without the maps)."""
+    try:
+        return {"info": plot_embedding_maps(results, out_png, method=method, max_points=max_points, seed=seed)}
+    except DinolocError as e:
+        return {"skipped": str(e)}
