@@ -171,11 +171,20 @@ def test_demo_preset_keeps_the_paper_classifier_except_its_listed_deviations():
         {k: v for k, v in paper.items() if k not in deviations}
 
 
+def test_demo_sweep_runs_two_rows_at_a_time_one_thread_each():
+    from dinoloc.console import threads_per_job
+
+    launcher = _compose("experiment=demo", hydra=True).hydra.launcher
+    assert "joblib" in launcher._target_.lower() and launcher.n_jobs == 2
+    assert threads_per_job(2, launcher.n_jobs) == 1  # what each job's torch gets on the 2-core machine
+    assert "joblib" not in _compose(hydra=True).hydra.launcher._target_.lower()  # only the demo's sweep
+
+
 def test_demo_has_the_floor_row():
     cfg = _compose("experiment=demo", hydra=True)
     rows = cfg.hydra.sweeper.params.row.split(",")
-    assert rows[-3:] == ["random_demo_mapping", "classical_demo_native", "trivial_demo"]
-    floor = _compose("experiment=demo", f"row={rows[-3]}")
+    assert rows[-3:] == ["classical_demo_native", "random_demo_mapping", "trivial_demo"]  # the longest row earlier
+    floor = _compose("experiment=demo", f"row={rows[-2]}")
     assert floor.allow_random_weights and not floor.backbone.weights and floor.backbone.name == "random_demo"
     assert "random_demo__mapping" in expected_runs(cfg.hydra)
 

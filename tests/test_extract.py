@@ -175,3 +175,29 @@ def test_embedding_rows_line_a_cache_up_with_a_split_and_name_the_cache_when_sho
     assert embedding_rows(["a", "b", "c"], ["c", "a"], tmp_path).tolist() == [2, 0]
     with pytest.raises(DinolocError, match=rf"cache {tmp_path} lacks 1 .*'z'"):
         embedding_rows(["a", "b"], ["a", "z"], tmp_path)
+
+
+def _load_in_worker(num_workers: int) -> tuple:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dinoloc.device import loader_context
+
+    loader = DataLoader(TensorDataset(torch.arange(6)), batch_size=2, num_workers=num_workers,
+                        multiprocessing_context=loader_context(num_workers))
+    return loader_context(num_workers), [int(v) for (b,) in loader for v in b]
+
+
+def test_loader_workers_start_inside_a_joblib_worker():
+    """hydra/launcher=local runs jobs in joblib (loky) workers, whose default start method is loky's: a
+    DataLoader with workers failed there ('Process' object has no attribute 'env') until extraction passed the
+    platform's own start method (dinoloc.device.loader_context); outside such a worker torch's default stays."""
+    import multiprocessing as mp
+
+    from joblib import Parallel, delayed
+
+    from dinoloc.device import loader_context
+
+    assert loader_context(2) is None and loader_context(0) is None
+    [(method, values)] = Parallel(n_jobs=2, backend="loky")(delayed(_load_in_worker)(1) for _ in range(1))
+    assert method == mp.get_all_start_methods()[0]
+    assert values == list(range(6))

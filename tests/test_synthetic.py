@@ -351,12 +351,14 @@ def test_generate_all_skips_complete_parts_and_regenerates_on_change(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
-def test_killed_part_leaves_no_half_dataset(tmp_path, monkeypatch):
-    def boom(out_dir, **kwargs):
-        Path(out_dir, "HPALIKE_00000.tif").write_bytes(b"half")
-        raise KeyboardInterrupt
+def _half_then_killed(out_dir, **kwargs):
+    """A builder killed half-way (module level: generate_all builds the parts in worker processes)."""
+    Path(out_dir, "HPALIKE_00000.tif").write_bytes(b"half")
+    raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate, "generate_hpa_like", boom)
+
+def test_killed_part_leaves_no_half_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "generate_hpa_like", _half_then_killed)
     spec = dataclasses.replace(DEFAULTS, n_targets=20, image_size=64, n_pretrain_images=2)
     with pytest.raises(KeyboardInterrupt):
         generate.generate_all(tmp_path, spec, display_percentiles=PERCENTILES)
@@ -484,3 +486,13 @@ def test_display_stretch_uses_the_configured_percentiles():
     for bad in ([99.8, 0.5], [0.5], [-1, 50], [1, 101], ["a", 2]):
         with pytest.raises(DinolocError, match="report.display_percentiles"):
             stretch(channel, bad)
+
+
+def test_parts_built_side_by_side_are_the_same_bytes_as_one_after_another(tmp_path, monkeypatch):
+    spec = dataclasses.replace(DEFAULTS, n_targets=20, image_size=64, n_pretrain_images=3)
+    generate.generate_all(tmp_path / "parallel", spec, display_percentiles=PERCENTILES)  # 2 cores: two workers
+    monkeypatch.setattr(generate.os, "cpu_count", lambda: 1)
+    generate.generate_all(tmp_path / "serial", spec, display_percentiles=PERCENTILES)
+    parallel, serial = _files(tmp_path / "parallel"), _files(tmp_path / "serial")
+    assert {p.split("/")[0] for p in serial} >= {"opencell", "hpa_like", "natural_like", "contact_sheet.png"}
+    assert parallel == serial

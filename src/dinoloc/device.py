@@ -20,6 +20,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def loader_context(num_workers: int) -> str | None:
+    """The DataLoader's `multiprocessing_context`: None (torch's default) except in a process whose default start
+    method is not one of the platform's, i.e. a joblib worker (hydra/launcher=local), where it is loky's and a
+    DataLoader worker fails to start ('Process' object has no attribute 'env'); there, the platform's default."""
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()  # the platform's, its default first
+    if num_workers == 0 or mp.get_start_method(allow_none=True) in (None, *methods):
+        return None
+    return methods[0]
+
+
 @dataclass
 class Dist:
     rank: int

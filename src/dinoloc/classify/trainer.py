@@ -197,6 +197,16 @@ def train_folds(
     fold_idx = torch.arange(K, device=device)[:, None]
     lrs = fold_lr_schedules(params, n)
     steps_done = [0] * K  # each fold's own update count (its position in its schedule)
+    # What each step s of an epoch needs that does not change between epochs: its width (no fold has anything
+    # past its own n_k: the common padding is trimmed), which folds have samples in it, and the loss's
+    # per-fold denominators (each fold's own batch size; x C for the BCE's mean over classes).
+    plan = []
+    for s in range(steps):
+        lo = s * B
+        counts = np.array([max(0, min(B, nk - lo)) for nk in n])
+        denom = np.maximum(counts, 1) * (1 if single_label else C)
+        plan.append((lo, min(B, max(n) - lo), counts > 0, np.flatnonzero(counts > 0),
+                     torch.as_tensor(denom, dtype=Xs.dtype, device=device)))
     for epoch in progress_bar(range(params.epochs), desc="classifier epochs", disable=not progress, leave=False):
         # Each fold's draw for this epoch, padded to steps * B; padding positions are masked everywhere.
         rows = torch.zeros(K, steps * B, dtype=torch.long, device=device)
@@ -210,26 +220,20 @@ def train_folds(
             valid[k, : n[k]] = True
         if hook is not None:
             hook("epoch", {"epoch": epoch, "rows": rows.cpu().numpy(), "valid": valid.cpu().numpy()})
-        for s in range(steps):
-            lo = s * B
-            width = min(B, max(n) - lo)  # no fold has anything past its own n_k: trim the common padding
+        for lo, width, active, active_folds, denom in plan:
             r, v = rows[:, lo : lo + width], valid[:, lo : lo + width]
-            counts = np.array([max(0, min(B, nk - lo)) for nk in n])
-            active = counts > 0
             x = Xs[fold_idx, r]  # (K, width, D): fold k's rows, standardized with fold k's statistics
             logits = _forward(x, weights, biases, params.dropout, drop_gen)
             if single_label:  # CrossEntropyLoss(mean) over each fold's own batch
                 ce = F.cross_entropy(logits.reshape(-1, C), Y[r].argmax(-1).reshape(-1), reduction="none")
-                denom = torch.as_tensor(np.maximum(counts, 1), dtype=logits.dtype, device=device)
                 loss = ((ce.reshape(K, -1) * v).sum(1) / denom).sum()
             else:
                 bce = F.binary_cross_entropy_with_logits(logits, Y[r], reduction="none").sum(-1)  # (K, width)
-                denom = torch.as_tensor(np.maximum(counts, 1) * C, dtype=logits.dtype, device=device)
                 loss = ((bce * v).sum(1) / denom).sum()  # per fold: BCEWithLogitsLoss(mean) over its own batch
             grads = torch.autograd.grad(loss, tensors)
             fold_lr = [lrs[k][min(steps_done[k], len(lrs[k]) - 1)] for k in range(K)]
             _adamw_step(fold_state, grads, active, fold_lr, beta1, beta2, params.weight_decay)
-            for k in np.flatnonzero(active):
+            for k in active_folds:
                 steps_done[k] += 1
     return [w.detach() for w in weights], [b.detach() for b in biases]
 
@@ -239,12 +243,20 @@ def _adamw_step(fold_state: list[tuple[list[torch.Tensor], ...]], grads: tuple[t
                 active: np.ndarray, lr: list[float], beta1: float, beta2: float, weight_decay: float) -> None:
     """torch's own AdamW update (functional, fused: one pass per tensor) on each active fold's slices; a fold
     with no sample in this step (past the end of its epoch) is untouched, its step count included. `lr[k]` is
-    fold k's learning rate for this update."""
+    fold k's learning rate for this update.
+
+    The active folds that share a learning rate go through ONE fused call: the kernel updates each tensor on
+    its own with its own step count, so this is the per-fold calls' arithmetic element for element (the same
+    bits; tests/test_classify.py), with one call's overhead instead of K."""
+    by_lr: dict[float, list[int]] = {}
     for k in np.flatnonzero(active):
-        params, exp_avg, exp_avg_sq, steps = fold_state[k]
+        by_lr.setdefault(lr[k], []).append(int(k))
+    for rate, folds in by_lr.items():
         adamw_update(
-            params, [g[k] for g in grads], exp_avg, exp_avg_sq, [], steps, fused=True,
-            amsgrad=False, beta1=beta1, beta2=beta2, lr=lr[k], weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
+            [p for k in folds for p in fold_state[k][0]], [g[k] for k in folds for g in grads],
+            [m for k in folds for m in fold_state[k][1]], [v for k in folds for v in fold_state[k][2]], [],
+            [t for k in folds for t in fold_state[k][3]], fused=True, amsgrad=False, beta1=beta1, beta2=beta2,
+            lr=rate, weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
         )
 
 

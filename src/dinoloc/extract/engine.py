@@ -15,7 +15,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
-from dinoloc.device import barrier, rank_and_world
+from dinoloc.device import barrier, loader_context, rank_and_world
 from dinoloc.extract.cache import CACHE_VERSION, CacheEntry, chunk_path, lookup, merge
 from dinoloc.io import DinolocError, write_npy
 from dinoloc.progress import close_all
@@ -175,6 +175,7 @@ def _compute_chunks(
         num_workers=settings.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        multiprocessing_context=loader_context(num_workers),
     )
     model = model_factory().to(device).eval()
     use_amp = settings.amp and device.type == "cuda"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from dinoloc.io import DinolocError, write_csv, write_text
 from dinoloc.provenance import embedding_warnings
+from dinoloc.report.embedding_maps import draw_or_skip
 from dinoloc.report.figures import plot_figure1, plot_figure2, plot_per_class
 from dinoloc.report.runs import collect_runs, warn
 from dinoloc.report.sensitivity import SENSITIVITY_COLUMNS, sensitivity_markdown
@@ -29,17 +31,22 @@ def run_report(spec: ReportSpec) -> dict[str, Path]:
             "`dinoloc-run -m experiment=table3 data.root=/path/to/opencell` (or experiment=demo), then rerun "
             "dinoloc-report with the same experiment"
         )
-    table, missing = build_table(results, expected=list(spec.expected) or None, n_boot=spec.n_boot, seed=spec.seed,
-                                 level=spec.level, method=spec.method)
-    from dinoloc.report.health import health_flags, health_rows
+    maps = _start_embedding_maps(out_dir, results, spec) if spec.embedding_maps != "none" else None
+    try:
+        table, missing = build_table(results, expected=list(spec.expected) or None, n_boot=spec.n_boot,
+                                     seed=spec.seed, level=spec.level, method=spec.method)
+        from dinoloc.report.health import health_flags, health_rows
 
-    for message in embedding_warnings(results) + health_flags(health_rows(results)):
-        warn(message)
-    synthetic = bool(table["synthetic"].any())
-    paths = _write_tables(out_dir, table, missing, results, synthetic, spec)
-    paths.update(_draw_figures(out_dir, table, paths, synthetic, spec))
-    if spec.embedding_maps != "none":
-        paths.update(_draw_embedding_maps(out_dir, results, spec))
+        for message in embedding_warnings(results) + health_flags(health_rows(results)):
+            warn(message)
+        synthetic = bool(table["synthetic"].any())
+        paths = _write_tables(out_dir, table, missing, results, synthetic, spec)
+        paths.update(_draw_figures(out_dir, table, paths, synthetic, spec))
+        if maps is not None:
+            paths.update(_embedding_maps_done(out_dir, maps.result()))
+    finally:
+        if maps is not None:
+            maps.close()
     return paths
 
 
@@ -75,15 +82,38 @@ def _draw_figures(out_dir: Path, table: pd.DataFrame, paths: dict[str, Path], sy
     return out
 
 
-def _draw_embedding_maps(out_dir: Path, results: list[dict], spec: ReportSpec) -> dict[str, Path]:
-    from dinoloc.report.embedding_maps import plot_embedding_maps
+class _Maps:
+    """The embedding maps, drawn while the tables and figures are made: in one spawned worker process where
+    there is a second core (UMAP's numba compile and layouts are most of the report's CPU time; measured on the
+    demo: 17 of 26 CPU s), else here when their result is asked for. The same files either way."""
 
-    try:  # the table stands without the maps: a row whose cache was deleted only costs its map
-        info = plot_embedding_maps(results, out_dir / "embedding_maps.png", method=spec.embedding_maps,
-                                   max_points=spec.max_points, seed=spec.seed)
-    except DinolocError as e:
-        warn(f"embedding maps skipped: {e}")
+    def __init__(self, args: tuple) -> None:
+        self.args, self.pool, self.pending = args, None, None
+        if (os.cpu_count() or 1) >= 2:
+            import multiprocessing
+
+            # spawn: a fresh interpreter (the report has imported torch; numba's threads after a fork are not safe)
+            self.pool = multiprocessing.get_context("spawn").Pool(1)
+            self.pending = self.pool.apply_async(draw_or_skip, args)
+
+    def result(self) -> dict:
+        return draw_or_skip(*self.args) if self.pending is None else self.pending.get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()  # nothing left to wait for (done) or to keep (the report failed)
+            self.pool.join()
+
+
+def _start_embedding_maps(out_dir: Path, results: list[dict], spec: ReportSpec) -> _Maps:
+    return _Maps((results, out_dir / "embedding_maps.png", spec.embedding_maps, spec.max_points, spec.seed))
+
+
+def _embedding_maps_done(out_dir: Path, outcome: dict) -> dict[str, Path]:
+    if "skipped" in outcome:  # the table stands without the maps: a row whose cache was deleted only costs its map
+        warn(f"embedding maps skipped: {outcome['skipped']}")
         return {}
+    info = outcome["info"]
     print(f"Embedding maps: {info['method']}, {info['n_points']} of {info['n_labelled']} labelled images "
           f"drawn per panel, {len(info['panels'])} panel(s), {info['seconds']:.1f} s", file=sys.stderr)
     return {"embedding_maps.png": out_dir / "embedding_maps.png", "embedding_maps.pdf": out_dir / "embedding_maps.pdf"}

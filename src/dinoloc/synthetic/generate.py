@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -99,6 +100,33 @@ def _ensure_part(folder: Path, params: dict, build: Callable[[Path], object]) ->
     return True
 
 
+def _build_parts(out: Path, parts: dict[str, tuple[dict, Callable[[Path], object]]],
+                 after_first: Callable[[bool], None]) -> None:
+    """_ensure_part for every part, then `after_first(built)` with whether the first part was (re)built.
+
+    The parts draw from their own seeds, so they are built side by side in two worker processes (the first in
+    one, the others in the other) and `after_first` runs here as soon as the first is done: the same files, byte
+    for byte, as one after another (tests/test_synthetic.py), in about the longest part's time on 2 cores.
+    One part or one core: one after another, in this process."""
+    jobs = [(out / name, {"generator": "dinoloc-synth", "version": GENERATOR_VERSION, "synthetic": True,
+                          "part": name, **params}, build) for name, (params, build) in parts.items()]
+    if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
+        built = [_ensure_part(*job) for job in jobs]
+        after_first(built[0])
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(_ensure_part, *jobs[0])
+        rest = pool.submit(_ensure_all, jobs[1:])
+        after_first(first.result())
+        rest.result()
+
+
+def _ensure_all(jobs: list[tuple[Path, dict, Callable[[Path], object]]]) -> list[bool]:
+    return [_ensure_part(*job) for job in jobs]
+
+
 def generate_all(
     out_dir: str | os.PathLike, spec: GeneratorSpec, *, display_percentiles: Sequence[float]
 ) -> dict[str, Path]:
@@ -109,31 +137,34 @@ def generate_all(
     """
     out = Path(out_dir)
     pre_size = min(spec.pretrain_image_size, spec.image_size)  # small test sets stay small
+    # Each part's builder is a module-level function with its arguments (picklable: the parts are built in
+    # worker processes, see _build_parts).
     parts: dict[str, tuple[dict, Callable[[Path], object]]] = {
         "opencell": (
             {"n_targets": spec.n_targets, "image_size": spec.image_size, "seed": spec.seed,
              "images_per_target": list(spec.images_per_target), "n_unannotated": spec.n_unannotated},
-            lambda d: generate_opencell(d, n_targets=spec.n_targets, image_size=spec.image_size, seed=spec.seed,
-                                        images_per_target=spec.images_per_target,
-                                        n_unannotated=spec.n_unannotated),
+            functools.partial(generate_opencell, n_targets=spec.n_targets, image_size=spec.image_size,
+                              seed=spec.seed, images_per_target=spec.images_per_target,
+                              n_unannotated=spec.n_unannotated),
         ),
         "hpa_like": (
             {"n_images": spec.n_pretrain_images, "image_size": pre_size, "seed": spec.seed + 1},
-            lambda d: generate_hpa_like(d, n_images=spec.n_pretrain_images, image_size=pre_size, seed=spec.seed + 1),
+            functools.partial(generate_hpa_like, n_images=spec.n_pretrain_images, image_size=pre_size,
+                              seed=spec.seed + 1),
         ),
         "natural_like": (
             {"n_images": spec.n_pretrain_images, "image_size": pre_size, "seed": spec.seed + 2},
-            lambda d: generate_natural_like(d, n_images=spec.n_pretrain_images, image_size=pre_size,
-                                            seed=spec.seed + 2),
+            functools.partial(generate_natural_like, n_images=spec.n_pretrain_images, image_size=pre_size,
+                              seed=spec.seed + 2),
         ),
     }
-    built: dict[str, bool] = {}
-    for name, (params, build) in parts.items():
-        full = {"generator": "dinoloc-synth", "version": GENERATOR_VERSION, "synthetic": True, "part": name, **params}
-        built[name] = _ensure_part(out / name, full, build)
     sheet = out / "contact_sheet.png"
-    if built["opencell"] or not sheet.is_file():
-        opencell_contact_sheet(out / "opencell", sheet, display_percentiles)
+
+    def contact_sheet(opencell_built: bool) -> None:
+        if opencell_built or not sheet.is_file():
+            opencell_contact_sheet(out / "opencell", sheet, display_percentiles)
+
+    _build_parts(out, parts, after_first=contact_sheet)
     readme = (f"{SYNTHETIC_NOTE}\n\nopencell/: OpenCell-like labelled 2-channel images; hpa_like/ and natural_like/: "
               "unlabelled images for pretraining the stand-in backbones; contact_sheet.png: one example per category.\n")
     if not (out / "README.txt").is_file() or (out / "README.txt").read_text(encoding="utf-8") != readme:
