@@ -160,7 +160,7 @@ def bench_pretrain(quick: bool, device: str) -> dict:
     teacher = build_dino_model(arch, kwargs, 2, p, 0.0).to(dev).eval()
     loss_fn = DINOLoss(p.out_dim, 2 + p.local_crops_number, p.warmup_teacher_temp, p.teacher_temp,
                        p.warmup_teacher_temp_epochs, p.epochs, student_temp=p.student_temp,
-                       center_momentum=p.center_momentum).to(dev)
+                       center_momentum=p.center_momentum, centering=p.centering).to(dev)
     b = p.batch_size_per_gpu
     crops = [torch.randn(b, 2, p.global_crop_size, p.global_crop_size, device=dev) for _ in range(2)]
     crops += [torch.randn(b, 2, p.local_crop_size, p.local_crop_size, device=dev) for _ in range(p.local_crops_number)]

@@ -31,7 +31,7 @@ from dinoloc.pretrain.augment import MultiCropAugment, cell_warp, remove_channel
 from dinoloc.pretrain.checkpoint import LOG_COLUMNS, from_official_keys, weight_change
 from dinoloc.pretrain.data import select_pretrain_images
 from dinoloc.pretrain.head import DINOHead, MultiCropWrapper
-from dinoloc.pretrain.loss import DINOLoss
+from dinoloc.pretrain.loss import DINOLoss, sinkhorn_knopp
 from dinoloc.pretrain.params import CropSpec, PretrainParams
 from dinoloc.pretrain.schedules import cosine_scheduler, teacher_temp_schedule
 from dinoloc.pretrain.stage import PretrainSpec, pretrain_images, run_pretrain
@@ -91,7 +91,8 @@ def test_loss_matches_hand_computation():
     b, k, ncrops, t_temp, s_temp = 3, 5, 4, 0.07, 0.1
     student = torch.randn(ncrops * b, k)
     teacher = torch.randn(2 * b, k)
-    loss_fn = DINOLoss(k, ncrops, t_temp, t_temp, 0, 3, student_temp=s_temp, center_momentum=0.9)
+    loss_fn = DINOLoss(k, ncrops, t_temp, t_temp, 0, 3, student_temp=s_temp, center_momentum=0.9,
+                        centering="softmax_center")
     loss_fn.center.copy_(torch.randn(1, k))  # a non-zero centre must be subtracted
     center = loss_fn.center.clone()
     got = loss_fn(student, teacher, epoch=0).item()
@@ -119,12 +120,59 @@ def test_loss_matches_hand_computation():
 
 def test_center_update_is_ema_of_teacher_mean():
     torch.manual_seed(1)
-    loss_fn = DINOLoss(6, 3, 0.04, 0.04, 0, 1, student_temp=0.1, center_momentum=0.9)
+    loss_fn = DINOLoss(6, 3, 0.04, 0.04, 0, 1, student_temp=0.1, center_momentum=0.9, centering="softmax_center")
     t1, t2 = torch.randn(4, 6), torch.randn(4, 6)
     loss_fn(torch.randn(6, 6), t1, 0)
     torch.testing.assert_close(loss_fn.center, 0.1 * t1.mean(0, keepdim=True))
     loss_fn(torch.randn(6, 6), t2, 0)
     torch.testing.assert_close(loss_fn.center, 0.9 * 0.1 * t1.mean(0, keepdim=True) + 0.1 * t2.mean(0, keepdim=True))
+
+
+def _dinov2_sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int = 3) -> torch.Tensor:
+    """DINOv2's sinkhorn_knopp_teacher (dinov2/loss/dino_clstoken_loss.py) for one process, in the input's dtype."""
+    Q = torch.exp(teacher_output / teacher_temp).t()
+    B, K = Q.shape[1], Q.shape[0]
+    Q /= torch.sum(Q)
+    for _ in range(n_iterations):
+        Q /= torch.sum(Q, dim=1, keepdim=True)
+        Q /= K
+        Q /= torch.sum(Q, dim=0, keepdim=True)
+        Q /= B
+    Q *= B
+    return Q.t()
+
+
+def test_sinkhorn_knopp_equals_dinov2_and_balances_prototypes():
+    torch.manual_seed(3)
+    logits = torch.randn(12, 8)
+    got = sinkhorn_knopp(logits, 0.1)
+    torch.testing.assert_close(got, _dinov2_sinkhorn_knopp(logits, 0.1))
+    torch.testing.assert_close(got.sum(1), torch.ones(12))  # every sample: a distribution over prototypes
+    # every prototype near B/K of the batch's mass, much closer than the plain softmax's (3 iterations, not exact)
+    for temp in (0.1, 1.0):
+        share = sinkhorn_knopp(logits, temp).sum(0) / (12 / 8)
+        plain = torch.softmax(logits / temp, dim=1).sum(0) / (12 / 8)
+        assert (share - 1).abs().max() < 0.4 * (plain - 1).abs().max()
+    # logits / temp up to 100: DINOv2's float32 exp overflows, the shift by the batch maximum keeps it finite
+    sharp = torch.rand(12, 8)
+    assert not torch.isfinite(_dinov2_sinkhorn_knopp(sharp, 0.01)).all()
+    big = sinkhorn_knopp(sharp, 0.01)
+    assert torch.isfinite(big).all() and torch.allclose(big.sum(1), torch.ones(12))
+    torch.testing.assert_close(big, _dinov2_sinkhorn_knopp(sharp.double(), 0.01).float())
+
+
+def test_loss_with_sinkhorn_knopp_uses_it_and_leaves_the_centre():
+    torch.manual_seed(4)
+    loss_fn = DINOLoss(6, 3, 0.05, 0.05, 0, 1, student_temp=0.1, center_momentum=0.9, centering="sinkhorn_knopp")
+    teacher, student = torch.randn(4, 6), torch.randn(6, 6)
+    torch.testing.assert_close(loss_fn.teacher_probs(teacher, 0), sinkhorn_knopp(teacher, 0.05))
+    q = sinkhorn_knopp(teacher, 0.05).chunk(2)
+    s = torch.log_softmax(student / 0.1, dim=-1).chunk(3)
+    want = sum((-q[iq] * s[v]).sum(-1).mean() for iq in range(2) for v in range(3) if v != iq) / 4
+    torch.testing.assert_close(loss_fn(student, teacher, 0), want)
+    assert torch.equal(loss_fn.center, torch.zeros(1, 6))  # no EMA centre with Sinkhorn-Knopp
+    with pytest.raises(DinolocError, match="pretrain.centering"):
+        typed(PretrainParams, {**recipe("opencell"), "centering": "sinkhorn"})
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays():
@@ -234,7 +282,7 @@ def test_recipe_values_have_no_default_in_code():
     head = inspect.signature(DINOHead).parameters
     loss = inspect.signature(DINOLoss).parameters
     for params, names in ((head, ("out_dim", "nlayers", "hidden_dim", "bottleneck_dim", "norm_last_layer")),
-                          (loss, ("student_temp", "center_momentum"))):
+                          (loss, ("student_temp", "center_momentum", "centering"))):
         assert all(params[n].default is inspect.Parameter.empty for n in names)
 
 

@@ -1,4 +1,9 @@
-"""DINO loss (cross-entropy between the centred, sharpened teacher and the student) and the collapse monitor."""
+"""DINO loss (cross-entropy between the centred, sharpened teacher and the student) and the collapse monitor.
+
+Two ways to centre the teacher (pretrain.centering): `softmax_center` = official DINO (subtract an EMA of the
+teacher's batch mean, then a sharpening softmax); `sinkhorn_knopp` = DINOv2's alternative (three Sinkhorn-Knopp
+iterations make the batch's assignment to the K prototypes balanced: every prototype gets 1/K of the batch's mass,
+every sample sums to 1), which keeps many prototypes in use on small data."""
 
 from __future__ import annotations
 
@@ -7,13 +12,49 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dinoloc.pretrain.params import CENTERING_MODES
 from dinoloc.pretrain.schedules import teacher_temp_schedule
+
+SINKHORN_ITERATIONS = 3  # DINOv2's n_iterations (dinov2/loss/dino_clstoken_loss.py)
+
+
+def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_output: torch.Tensor, temp: float, n_iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+    """DINOv2's `sinkhorn_knopp_teacher`: Q = exp(t / temp) as a K x B matrix, scaled to sum 1, then alternately
+    each prototype's row to 1/K and each sample's column to 1/B; returned as (B, K) rows that sum to 1. Over
+    several processes B and the sums span the global batch (all_reduce), as DINOv2's.
+
+    Subtracting the global batch's largest logit before exp (not in DINOv2) scales Q by one constant, which the
+    first normalisation removes: the same result, but exp stays finite at small temperatures."""
+    logits = teacher_output.float() / temp
+    top = logits.max()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp(logits - top).t()  # K x B
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    k, b = q.shape[0], q.shape[1] * world
+    q /= _all_reduce(q.sum())
+    for _ in range(n_iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
 
 
 class DINOLoss(nn.Module):
     """Official DINO loss. Teacher output of the 2 global crops -> softmax((t - center) / T_teacher); every
     student crop v is compared with every teacher crop iq != v via sum(-q * log_softmax(s_v / T_student)),
-    averaged over the batch and then over the pairs. The centre is an EMA of the teacher's batch mean."""
+    averaged over the batch and then over the pairs. The centre is an EMA of the teacher's batch mean
+    (centering=softmax_center); centering=sinkhorn_knopp replaces centre + softmax by DINOv2's Sinkhorn-Knopp
+    (the centre buffer is then kept but unused, so checkpoints have one format)."""
 
     center: torch.Tensor
 
@@ -28,9 +69,13 @@ class DINOLoss(nn.Module):
         *,
         student_temp: float,
         center_momentum: float,
+        centering: str,
         n_global_crops: int = 2,
     ) -> None:
         super().__init__()
+        if centering not in CENTERING_MODES:
+            raise ValueError(f"centering={centering!r}: use one of {CENTERING_MODES}")
+        self.centering = centering
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.ncrops = ncrops
@@ -42,6 +87,8 @@ class DINOLoss(nn.Module):
 
     def teacher_probs(self, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
         temp = self.teacher_temp_schedule[epoch]
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_output, float(temp))
         return F.softmax((teacher_output.float() - self.center) / temp, dim=-1)
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -54,7 +101,8 @@ class DINOLoss(nn.Module):
                     continue
                 total = total + torch.sum(-q * F.log_softmax(s, dim=-1), dim=-1).mean()
                 n_terms += 1
-        self.update_center(teacher_output)
+        if self.centering == "softmax_center":
+            self.update_center(teacher_output)
         return total / n_terms
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ from dinoloc.rules import Checked, key
 
 AMP_MODES = ("bf16", "fp16", "none")
 ZSCORE_MODES = ("image", "crop")
+CENTERING_MODES = ("softmax_center", "sinkhorn_knopp")  # dinoloc.pretrain.loss implements each
 # Pretrain YAML keys that choose the data (dinoloc.pretrain.stage), not the recipe: accepted and skipped here.
 DATA_KEYS = ("source", "image_dir")
 
@@ -72,7 +73,9 @@ class PretrainParams(CropSpec):
     warmup_teacher_temp: float = key(gt=0)
     teacher_temp: float = key(gt=0)
     warmup_teacher_temp_epochs: int = key(ge=0)
-    center_momentum: float = key(ge=0, le=1)
+    center_momentum: float = key(ge=0, le=1)  # softmax_center only
+    # softmax_center = official DINO; sinkhorn_knopp = DINOv2's balanced teacher (dinoloc.pretrain.loss)
+    centering: str = key(choices=CENTERING_MODES)
     amp: str = key(choices=AMP_MODES)  # CUDA only; CPU runs in float32
     num_workers: int = key(ge=0)
     seed: int = key()

@@ -105,6 +105,7 @@ def build_trainer(arch: str, model_kwargs: Mapping[str, Any], in_chans: int, p: 
     dino_loss = DINOLoss(
         p.out_dim, 2 + p.local_crops_number, p.warmup_teacher_temp, p.teacher_temp,
         p.warmup_teacher_temp_epochs, p.epochs, student_temp=p.student_temp, center_momentum=p.center_momentum,
+        centering=p.centering,
     ).to(d.device)
     optimizer = torch.optim.AdamW(param_groups(student))
     scaler = torch.amp.GradScaler("cuda") if cuda and p.amp == "fp16" else None
