@@ -175,7 +175,7 @@ def _compute_chunks(
         num_workers=settings.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
-        multiprocessing_context=loader_context(num_workers),
+        multiprocessing_context=loader_context(settings.num_workers),
     )
     model = model_factory().to(device).eval()
     use_amp = settings.amp and device.type == "cuda"

@@ -29,9 +29,10 @@ HANDFUL = 10
 
 _KNOBS = {
     "uniform": "lower pretrain.teacher_temp (a sharper teacher) or pretrain.out_dim, or weaken the augmentations",
-    "one_hot": "raise pretrain.teacher_temp, lower pretrain.center_momentum (faster centring) or lower pretrain.lr",
-    "handful": "lower pretrain.out_dim towards the number of images, raise pretrain.teacher_temp, or lower "
-               "pretrain.center_momentum (faster centring)",
+    "one_hot": "raise pretrain.teacher_temp, lower pretrain.center_momentum (faster centring), lower pretrain.lr, "
+               "or use pretrain.centering=sinkhorn_knopp (a balanced teacher)",
+    "handful": "lower pretrain.out_dim towards the number of images, raise pretrain.teacher_temp, lower "
+               "pretrain.center_momentum (faster centring), or use pretrain.centering=sinkhorn_knopp",
 }
 
 
