@@ -133,6 +133,7 @@ def test_umap_map_with_exact_neighbours_is_umaps_own_map():
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.slow  # spawns a worker that imports the plotting stack (~8 s)
 def test_report_draws_the_maps_in_a_worker_process_with_the_same_files(tmp_path, monkeypatch):
     """With a second core the report draws the maps in a spawned worker while it makes the tables: the same PNG
     as drawn in the report's own process (one core), and a fixable error still becomes the skip warning."""

@@ -116,6 +116,7 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, cap
     assert not (entry / "chunks").exists()
 
 
+@pytest.mark.slow  # in-process resume: tests/test_pretrain.py::test_resume_equals_uninterrupted_run
 def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path, capsys):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
@@ -163,6 +164,7 @@ def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_
     assert second["classifier"]["epochs"] == 200 and len(second["folds"]) == 5
 
 
+@pytest.mark.slow  # two processes, one key: tests/test_extract.py::test_two_processes_same_key_compute_once
 def test_parallel_jobs_sharing_a_cache_compute_it_once(synth, tmp_path):
     out = tmp_path / "out"
     # Two jobs at once (joblib, 2 processes) need the same backbone x strategy embeddings.
