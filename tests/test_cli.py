@@ -320,6 +320,23 @@ def test_help_opens_with_what_the_command_does(fn, capsys, monkeypatch):
     assert rest.lstrip("\n").startswith("Most common:\n  " + command)
 
 
+@pytest.mark.parametrize("command", ["dinoloc-run", "dinoloc-pretrain"])
+def test_quick_help_is_hydras_page_without_the_internal_schema_groups(command, capsys, monkeypatch):
+    """`--help` reads the folders instead of composing: the same page as Hydra's (which answers when the user adds
+    a config folder), less the `schema` nodes, which are no choice a user makes."""
+    fn = {"dinoloc-run": cli.run_main, "dinoloc-pretrain": cli.pretrain_main}[command]
+    pages = []
+    for extra in ([], ["hydra.searchpath=[]"]):
+        monkeypatch.setattr(sys, "argv", [command, "--help", *extra])
+        with pytest.raises(SystemExit) as e:
+            fn()
+        assert e.value.code == 0
+        pages.append(capsys.readouterr().out)
+    quick, hydras = pages
+    assert "backbone: " in quick and "experiment: demo, " in quick and "schema" not in quick
+    assert [ln for ln in hydras.splitlines() if not ln.startswith("schema")] == quick.splitlines()
+
+
 def test_parallel_local_jobs_share_the_cores():
     """hydra/launcher=local (joblib, n_jobs=2) gives each job cores // n_jobs torch threads (issue 13)."""
     from omegaconf import OmegaConf

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import string
 import sys
 import traceback
 import warnings
@@ -80,6 +81,34 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
     return text if text.startswith("interrupted:") else "interrupted; rerun the same command to resume (finished work is kept)"
 
 
+def config_groups(config_dir: Path = CONFIG_DIR) -> str:
+    """The app's config groups and their choices, as Hydra's `$APP_CONFIG_GROUPS` lists them (group: a, b, c), read
+    from the folders; Hydra's own `hydra/` groups and the internal `schema/` nodes are left out."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(config_dir.rglob("*.yaml")):
+        group = path.parent.relative_to(config_dir).as_posix()
+        if group != "." and group.split("/")[0] not in ("hydra", "schema"):
+            groups.setdefault(group, []).append(path.stem)
+    return "".join(f"{g}: {', '.join(sorted(names))}\n" for g, names in sorted(groups.items()))
+
+
+def quick_help(command: str, args: list[str]) -> str | None:
+    """`<command> --help` from its help page (configs/hydra/help/<command>.yaml) without composing a config.
+
+    Hydra's own page composes the config and deep-copies its config store once per group (~1.5 s); this reads the
+    folders. None (Hydra answers) when the user adds config folders (hydra.searchpath) or picks another help page.
+    """
+    if not {"--help", "-h"} & set(args) or any(a.startswith(("hydra.searchpath", "hydra/help=")) for a in args):
+        return None
+    help_file = CONFIG_DIR / "hydra" / "help" / f"{command}.yaml"
+    if not help_file.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    page = OmegaConf.create({"hydra": {"help": OmegaConf.load(help_file)}}).hydra.help
+    return string.Template(page.template).safe_substitute(APP_CONFIG_GROUPS=config_groups())
+
+
 def run_console(hydra_main: Callable[[], Any], command: str, argv: list[str] | None = None) -> None:
     """Run a @hydra.main function as console script `command`, with one-line errors and exit codes.
 
@@ -87,6 +116,10 @@ def run_console(hydra_main: Callable[[], Any], command: str, argv: list[str] | N
     `--help` page (configs/hydra/help/<command>.yaml) unless the user set them.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    page = quick_help(command, args)
+    if page is not None:
+        print(page)
+        sys.exit(0)
     if not any(a.startswith("hydra.job.name=") for a in args):
         args.append(f"hydra.job.name={command}")
     help_file = CONFIG_DIR / "hydra" / "help" / f"{command}.yaml"
