@@ -56,6 +56,7 @@ def dry_run(tmp_path_factory):
     return proc, out, time.perf_counter() - t0
 
 
+@pytest.mark.slow  # the script's --dry-run in a subprocess (~13 s for the three); CI: make test-slow
 def test_dry_run_reports_every_section_with_numbers(dry_run):
     proc, out, _ = dry_run
     last = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -68,6 +69,7 @@ def test_dry_run_reports_every_section_with_numbers(dry_run):
         assert not bad, f"{name}: not numbers: {bad}"
 
 
+@pytest.mark.slow  # the script's --dry-run in a subprocess (~13 s for the three); CI: make test-slow
 def test_dry_run_figures_hang_together(dry_run):
     sec = json.loads(dry_run[0].stdout.strip().splitlines()[-1])["sections"]
     vit, ext, pre, clf = sec["vit"], sec["extract"], sec["pretrain"], sec["classify"]
@@ -92,6 +94,7 @@ def test_dry_run_figures_hang_together(dry_run):
     assert set(sec["demo"]["rows"]) and sec["demo"]["within_noise"] is True  # CPU vs CPU in the dry run
 
 
+@pytest.mark.slow  # the script's --dry-run in a subprocess (~13 s for the three); CI: make test-slow
 def test_dry_run_writes_the_readme_table(dry_run):
     proc, out, _ = dry_run
     md = (out / "gpu.md").read_text()

@@ -23,8 +23,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
-# Its tests share one module-scoped run: keep them on one pytest-xdist worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("pipeline")
+# Its tests share one module-scoped run: keep them on one pytest-xdist worker (--dist loadgroup). Slow (~25 s: the
+# console scripts as subprocesses); CI runs it (`make test-slow`), the default suite has the in-process end to end.
+pytestmark = [pytest.mark.xdist_group("pipeline"), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):

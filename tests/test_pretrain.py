@@ -464,6 +464,7 @@ def test_bad_image_shape_names_the_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- DDP / long runs
+@pytest.mark.slow  # two torchrun processes (~10 s); CI: make test-slow
 def test_torchrun_two_process_gloo(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -29,6 +29,9 @@ from dinoloc.pretrain.stage import run_pretrain
 
 BIN = Path(sys.executable).parent
 RNG = random.Random(20261125)  # "random moment", reproducibly
+# Slow (subprocesses killed at random moments, ~45 s): CI runs them (`make test-slow`); the default suite has each
+# resume in process (tests/test_extract.py, tests/test_pretrain.py, tests/test_cli.py).
+pytestmark = pytest.mark.slow
 
 
 def _env() -> dict[str, str]:
@@ -116,26 +119,27 @@ def test_extraction_sigkill_resumes_to_identical_embeddings(synth, tmp_path, cap
     assert not (entry / "chunks").exists()
 
 
-@pytest.mark.slow  # in-process resume: tests/test_pretrain.py::test_resume_equals_uninterrupted_run
+# in-process resume: tests/test_pretrain.py::test_resume_equals_uninterrupted_run
 def test_pretraining_sigkill_resumes_to_identical_weights(synth, tmp_path, capsys):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
+    EPOCHS = 6  # an epoch of the tiny data takes well under a second on an idle machine: room to be killed mid-run
 
     def overrides(out: Path) -> list[str]:
         return [*_common(synth, out), "backbone=opencell_demo", "pretrain=demo",
                 f"backbone.weights={out / 'pretrain' / 'opencell_demo' / 'checkpoint.pth'}",  # where it writes
-                "pretrain.epochs=3", "pretrain.warmup_epochs=1"]
+                f"pretrain.epochs={EPOCHS}", "pretrain.warmup_epochs=1"]
 
     ckpt = killed / "pretrain" / "opencell_demo" / "checkpoint.pth"
-    _kill_when([str(BIN / "dinoloc-pretrain"), *overrides(killed)], tmp_path, ckpt.exists, max_delay=1.0)
+    _kill_when([str(BIN / "dinoloc-pretrain"), *overrides(killed)], tmp_path, ckpt.exists, max_delay=0.3)
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)  # a complete checkpoint, never a torn one
-    assert 1 <= state["epoch"] < 3, "the run finished before it was killed"
+    assert 1 <= state["epoch"] < EPOCHS, "the run finished before it was killed"
     run_pretrain(pretrain_spec(compose(overrides(killed))))  # the same command again: resume
-    assert f"at epoch {state['epoch']}/3" in capsys.readouterr().out
+    assert f"at epoch {state['epoch']}/{EPOCHS}" in capsys.readouterr().out
     run_pretrain(pretrain_spec(compose(overrides(clean))))  # the uninterrupted run
     a = torch.load(ckpt, map_location="cpu", weights_only=False)
     b = torch.load(clean / "pretrain" / "opencell_demo" / "checkpoint.pth", map_location="cpu", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 3
+    assert a["epoch"] == b["epoch"] == EPOCHS
     for k in b["teacher"]:
         assert torch.equal(a["teacher"][k], b["teacher"][k]), k
     pd.testing.assert_frame_equal(
@@ -164,7 +168,7 @@ def test_sweep_killed_after_first_row_keeps_it_and_finishes_the_rest(synth, tmp_
     assert second["classifier"]["epochs"] == 200 and len(second["folds"]) == 5
 
 
-@pytest.mark.slow  # two processes, one key: tests/test_extract.py::test_two_processes_same_key_compute_once
+# two processes, one key: tests/test_extract.py::test_two_processes_same_key_compute_once
 def test_parallel_jobs_sharing_a_cache_compute_it_once(synth, tmp_path):
     out = tmp_path / "out"
     # Two jobs at once (joblib, 2 processes) need the same backbone x strategy embeddings.
