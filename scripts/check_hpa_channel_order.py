@@ -34,10 +34,10 @@ from hydra import compose, initialize_config_dir
 from dinoloc import CONFIG_DIR
 from dinoloc.classify.cv import knn_leave_group_out
 from dinoloc.classify.params import KNNParams, params_from_config
-from dinoloc.config import extract_spec, given, validate
+from dinoloc.config import extract_spec, given
 from dinoloc.data.prepare import run_data
 from dinoloc.extract.cache import embedding_rows
-from dinoloc.extract.stage import run_extraction
+from dinoloc.extract.stage import check, run_extraction
 from dinoloc.metrics import macro_f1
 from dinoloc.ontology import CATEGORIES
 from dinoloc.stats import embedding_health
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
             cfg = compose("config", overrides=["backbone=hpa", "strategy=mapping", "classifier=knn", *overrides,
                                                f"backbone.channel_order={order}"])
             spec = extract_spec(cfg)
-            validate(cfg, spec)
+            check(spec)
             knn = params_from_config(given(cfg.classifier))
             manifest, split = run_data(spec.data)
             labelled = split[split["split"].isin(["train", "test"])]

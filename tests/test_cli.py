@@ -179,12 +179,14 @@ def test_missing_opencell_checkpoint_names_the_pretrain_command_with_the_users_r
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["data=opencell", f"data.root={tmp_path}", "row=opencell_native",
                                            f"paths.output_dir={tmp_path}"])
-    assert config.missing_weights(cfg) == (
+    from dinoloc.extract.stage import missing_weights
+
+    assert missing_weights(config.extract_spec(cfg)) == (
         f"backbone=opencell: weights file {tmp_path}/pretrain/opencell/checkpoint.pth does not exist; to get it: "
         f"dinoloc-pretrain backbone=opencell pretrain=opencell data=opencell data.root={tmp_path}")
     for ok in ("https://example.org/w.pth", "timm:vit_base_patch8_224.dino", ""):
         cfg.backbone.weights = ok
-        assert config.missing_weights(cfg) is None
+        assert missing_weights(config.extract_spec(cfg)) is None
 
 
 def test_user_config_dir_on_the_search_path_adds_a_backbone(tmp_path, capsys, monkeypatch):

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from dinoloc.classify.stage import run_classification
-from dinoloc.config import checked_spec, compose, data_spec, extract_spec, report_spec, validate
+from dinoloc.config import checked_spec, compose, data_spec, extract_spec, report_spec
 from dinoloc.data.prepare import run_data
-from dinoloc.extract.stage import run_extraction
+from dinoloc.extract.stage import check, run_extraction
 from dinoloc.io import DinolocError
 from dinoloc.report.stage import run_report
 from test_folder_data import write_folder_dataset
@@ -64,9 +64,9 @@ def test_preset_extracts_under_every_strategy_it_supports(preset, folder, tmp_pa
         cfg = compose([*_common(folder, tmp_path / "out"), f"backbone={preset}", f"strategy={strategy}", *TINY[preset]])
         if n_features is None:
             with pytest.raises(DinolocError, match="strategy=native"):
-                validate(cfg, extract_spec(cfg))
+                check(extract_spec(cfg))
             continue
-        validate(cfg, extract_spec(cfg))
+        check(extract_spec(cfg))
         spec = extract_spec(cfg)
         manifest, _ = run_data(data_spec(cfg))
         entry = run_extraction(spec, manifest)
@@ -98,7 +98,7 @@ def test_channelvit_native_matches_channels_by_name(folder, tmp_path):
     cfg = compose([*_common(folder, tmp_path / "out"), "backbone=channelvit", "strategy=native", *TINY["channelvit"],
                    f"backbone.channels={names}", f"backbone.model_kwargs.channels={names}",
                    "backbone.channel_map={protein: protein, nucleus: nucleus}"])
-    validate(cfg, extract_spec(cfg))
+    check(extract_spec(cfg))
     manifest, _ = run_data(data_spec(cfg))
     entry = run_extraction(extract_spec(cfg), manifest)
     assert entry.load()[0].shape == (len(manifest), 32)

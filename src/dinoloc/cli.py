@@ -15,15 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dinoloc import CONFIG_DIR
-from dinoloc.config import (
-    check_data_root,
-    checked_spec,
-    data_spec,
-    extract_spec,
-    pretrain_spec,
-    report_spec,
-    validate,
-)
+from dinoloc.config import checked_spec, data_spec, extract_spec, pretrain_spec, report_spec
 from dinoloc.console import friendly, run_console
 from dinoloc.io import DinolocError
 
@@ -86,11 +78,11 @@ def _refuse_sweep_without_multirun(command: str) -> None:
 @_console("dinoloc-data")
 def data_main(cfg: DictConfig) -> None:
     """dinoloc-data: build and validate the manifest and split; print a summary."""
-    from dinoloc.data.prepare import run_data
+    from dinoloc.data.prepare import check_root, run_data
     from dinoloc.data.split import summarize
 
     spec = data_spec(cfg)
-    check_data_root(spec)
+    check_root(spec)
     manifest, split = run_data(spec)
     print(("SYNTHETIC DATA\n" if spec.synthetic else "") + summarize(manifest, split))
     if spec.unit == "cell":
@@ -105,14 +97,14 @@ def extract_main(cfg: DictConfig) -> None:
     """dinoloc-extract: embed every manifest image with one backbone x strategy (cache hit = no forward pass)."""
     from dinoloc.data.prepare import run_data
     from dinoloc.device import rank_and_world, setup
-    from dinoloc.extract.stage import run_extraction
+    from dinoloc.extract.stage import check, run_extraction
 
     _refuse_sweep_without_multirun("dinoloc-extract")
     if _skipped_in_sweep():
         return
     setup(str(cfg.device))
     spec = extract_spec(cfg)
-    validate(cfg, spec)
+    check(spec)
     if cfg.get("export"):
         from dinoloc.extract.export import check_format
 

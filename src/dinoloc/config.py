@@ -13,14 +13,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import dinoloc.schema  # noqa: F401  (registers the config groups' schemas before Hydra composes)
 from dinoloc import CONFIG_DIR
-from dinoloc.backbones.classical import check_settings, is_classical
-from dinoloc.backbones.families import channel_traits, needs_weights
 from dinoloc.backbones.spec import BackboneSpec
-from dinoloc.backbones.weights import TIMM_PREFIX, is_url
 from dinoloc.classify.params import head_name, params_from_config
 from dinoloc.classify.spec import ClassifySpec
 from dinoloc.data.prepare import DataSpec, check_root
-from dinoloc.extract.stage import ExtractSpec, source
+from dinoloc.extract.stage import ExtractSpec, check
 from dinoloc.io import DinolocError
 from dinoloc.pretrain.params import DATA_KEYS, PretrainParams, missing_key
 from dinoloc.report.spec import ReportSpec
@@ -168,7 +165,7 @@ def pretrain_spec(cfg: DictConfig):
         synthetic=bool(cfg.data.synthetic or bb.synthetic),
         data=data_spec(cfg) if given["source"] == "opencell" or cfg.data.synthetic else None,
     )
-    check_data_root(spec.data if spec.data is not None else data_spec(cfg))
+    check_root(spec.data if spec.data is not None else data_spec(cfg))
     return spec
 
 
@@ -181,82 +178,12 @@ def _weights_are_default() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# checks before any heavy work
+# the whole run's check, before any heavy work
 # ----------------------------------------------------------------------------------------------------------
 def checked_spec(cfg: DictConfig) -> ClassifySpec:
-    """dinoloc-run's spec, built once (each value checked on the way) and checked as a whole (`validate`); the
-    constant head's params keep only its own keys, so a probe sweep's three trivial jobs are one run."""
+    """dinoloc-run's spec, built once (each value checked on the way) and checked as a whole
+    (`dinoloc.extract.stage.check`); the constant head's params keep only its own keys, so a probe sweep's three
+    trivial jobs are one run."""
     spec = classify_spec(cfg)
-    validate(cfg, spec.extract)
+    check(spec.extract)
     return spec
-
-
-def validate(cfg: DictConfig, spec: ExtractSpec) -> None:
-    """Refuse a bad config before any heavy work, naming the offending key (the spec's own values were checked
-    when it was built; this checks how they fit together and what they point at)."""
-    if not _validate_classical(cfg):
-        _validate_network(spec)
-    check_data_root(spec.data)
-    problem = missing_weights(cfg, spec)
-    if problem:
-        raise DinolocError(problem)
-
-
-def _validate_network(spec: ExtractSpec) -> None:
-    """A network backbone's channels, strategy and weights."""
-    from dinoloc.strategies import check_strategy  # torch: config checking without a network imports none
-
-    bb = spec.backbone
-    if len(bb.channels) != bb.in_chans:
-        raise DinolocError(
-            f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
-        )
-    src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
-    check_strategy(spec.strategy, list(bb.channels), src.channel_map, list(src.source_channels),
-                   **channel_traits(bb.family))
-    if not bb.weights and not spec.allow_random_weights and needs_weights(bb.family):
-        raise DinolocError(
-            f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
-            "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
-        )
-
-
-def _validate_classical(cfg: DictConfig) -> bool:
-    """backbone=classical (no network): it measures the data's own channels, so only strategy=native fits, and
-    its settings are checked. True when the backbone is classical (the ViT checks do not apply)."""
-    bb = cfg.backbone
-    if not is_classical(str(bb.arch)):
-        return False
-    if str(cfg.strategy.name) != "native":
-        raise DinolocError(f"backbone={bb.name} measures the image's own channels: use strategy=native "
-                           f"(strategy={cfg.strategy.name} places channels into a network's inputs)")
-    check_settings(plain(bb.model_kwargs))
-    return True
-
-
-def missing_weights(cfg: DictConfig, spec: ExtractSpec | None = None) -> str | None:
-    """A local weights file that does not exist, with the command (or download) that makes it; else None.
-    URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
-    bb = cfg.backbone
-    weights = str((spec or extract_spec(cfg)).backbone.weights or "")
-    if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():
-        return None
-    how = str(bb.get("weights_from") or "point backbone.weights at the checkpoint file, a URL or timm:<name>")
-    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
-    if root is not None and not cfg.data.synthetic:
-        how = how.replace("data.root=…", f"data.root={root}")
-    return f"backbone={bb.name}: weights file {weights} does not exist; to get it: {how}"
-
-
-def check_data_root(spec: DataSpec) -> None:
-    """The real data's root must exist; data.root given under the synthetic default is refused."""
-    if spec.synthetic:
-        expected = Path(str(spec.synthetic_dir)) / "opencell"
-        if Path(spec.root).resolve() != expected.resolve():
-            # Reading a user's real-format folder under the synthetic config would label it SYNTHETIC.
-            raise DinolocError(
-                f"data.root={spec.root} is set but data=synthetic (the default) is selected; add data=opencell "
-                f"to read your OpenCell-format folder, e.g. data=opencell data.root={spec.root}"
-            )
-        return
-    check_root(spec)

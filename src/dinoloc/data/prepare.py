@@ -115,9 +115,19 @@ OPTIONAL_KEYS = (*READER_KEYS, "generator")
 
 
 def check_root(spec: DataSpec) -> None:
-    """The real data's root must exist (the synthetic default is generated on demand)."""
+    """The real data's root must exist; data.root given under the synthetic default (generated on demand) is
+    refused."""
     from dinoloc.data.reader import get_reader
 
+    if spec.synthetic:
+        expected = Path(str(spec.synthetic_dir)) / "opencell"
+        if Path(spec.root).resolve() != expected.resolve():
+            # Reading a user's real-format folder under the synthetic config would label it SYNTHETIC.
+            raise DinolocError(
+                f"data.root={spec.root} is set but data=synthetic (the default) is selected; add data=opencell "
+                f"to read your OpenCell-format folder, e.g. data=opencell data.root={spec.root}"
+            )
+        return
     get_reader(spec.reader).check_root(spec)
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from dinoloc.backbones.classical import FEATURES_VERSION as CLASSICAL_VERSION
-from dinoloc.backbones.classical import is_classical
-from dinoloc.backbones.families import channel_traits
+from dinoloc.backbones.classical import check_settings, is_classical
+from dinoloc.backbones.families import channel_traits, needs_weights
 from dinoloc.backbones.spec import BackboneSpec, PreprocessSpec
+from dinoloc.backbones.weights import TIMM_PREFIX, is_url
 from dinoloc.channel_strategies import strategy_module
-from dinoloc.data.prepare import DataSpec
+from dinoloc.data.prepare import DataSpec, check_root
 from dinoloc.data.reader import Source, get_reader
 from dinoloc.extract.cache import CacheEntry, cache_key, images_fingerprint
 from dinoloc.io import DinolocError
@@ -54,6 +56,60 @@ def source(spec: ExtractSpec) -> Source:
     """How the data's images enter the backbone under the strategy (the data reader's `source`)."""
     return get_reader(spec.data.reader).source(spec.data, spec.data.channel_roles, list(spec.backbone.channels),
                                                dict(spec.backbone.channel_map), spec.strategy)
+
+
+def check(spec: ExtractSpec) -> None:
+    """Refuse a bad extraction before any heavy work, naming the offending key: each value was checked when the
+    spec was built; this checks how they fit together and what they point at."""
+    if is_classical(spec.backbone.arch):
+        _check_classical(spec)
+    else:
+        _check_network(spec)
+    check_root(spec.data)
+    problem = missing_weights(spec)
+    if problem:
+        raise DinolocError(problem)
+
+
+def _check_classical(spec: ExtractSpec) -> None:
+    """backbone=classical (no network) measures the data's own channels: only strategy=native fits."""
+    bb = spec.backbone
+    if spec.strategy != "native":
+        raise DinolocError(f"backbone={bb.name} measures the image's own channels: use strategy=native "
+                           f"(strategy={spec.strategy} places channels into a network's inputs)")
+    check_settings(dict(bb.model_kwargs))
+
+
+def _check_network(spec: ExtractSpec) -> None:
+    """A network backbone's channels, strategy and weights."""
+    from dinoloc.strategies import check_strategy  # torch: config checking without a network imports none
+
+    bb = spec.backbone
+    if len(bb.channels) != bb.in_chans:
+        raise DinolocError(
+            f"backbone.channels has {len(bb.channels)} names but backbone.in_chans={bb.in_chans} (backbone={bb.name})"
+        )
+    src = source(spec)  # a folder's channels by name (data.channel_roles); OpenCell's (protein, nucleus)
+    check_strategy(spec.strategy, list(bb.channels), src.channel_map, list(src.source_channels),
+                   **channel_traits(bb.family))
+    if not bb.weights and not spec.allow_random_weights and needs_weights(bb.family):
+        raise DinolocError(
+            f"backbone={bb.name} has no weights (backbone.weights is empty); set backbone.weights=<path or URL> "
+            "or allow_random_weights=true to embed with a randomly initialised model (marked in every output)"
+        )
+
+
+def missing_weights(spec: ExtractSpec) -> str | None:
+    """A local weights file that does not exist, with the command (or download) that makes it; else None.
+    URLs and timm names are fetched when the job starts, empty weights are the random baseline."""
+    bb = spec.backbone
+    weights = str(bb.weights or "")
+    if not weights or weights.startswith(TIMM_PREFIX) or is_url(weights) or Path(weights).expanduser().is_file():
+        return None
+    how = bb.weights_from or "point backbone.weights at the checkpoint file, a URL or timm:<name>"
+    if not spec.data.synthetic:
+        how = how.replace("data.root=…", f"data.root={spec.data.root}")
+    return f"backbone={bb.name}: weights file {weights} does not exist; to get it: {how}"
 
 
 def cache_fields(spec: ExtractSpec, manifest: pd.DataFrame) -> dict[str, Any]:
