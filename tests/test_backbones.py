@@ -102,33 +102,6 @@ def test_wrapped_state_dict(tmp_path, wrapper):
         assert torch.equal(_build(path)(_x()), ref(_x()))
 
 
-def _official_dino_interpolate(pos_embed: torch.Tensor, w: int, h: int, patch_size: int) -> torch.Tensor:
-    """facebookresearch/dino vision_transformer.py VisionTransformer.interpolate_pos_encoding, verbatim but for
-    `self` (the reference the test compares dinoloc's copy and the model's tokens against)."""
-    import math
-
-    from torch import nn
-
-    N = pos_embed.shape[1] - 1
-    npatch = (w // patch_size) * (h // patch_size)
-    if npatch == N and w == h:
-        return pos_embed
-    class_pos_embed = pos_embed[:, 0]
-    patch_pos_embed = pos_embed[:, 1:]
-    dim = pos_embed.shape[-1]
-    w0 = w // patch_size
-    h0 = h // patch_size
-    w0, h0 = w0 + 0.1, h0 + 0.1
-    patch_pos_embed = nn.functional.interpolate(
-        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
-        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
-        mode="bicubic",
-    )
-    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
-    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
-    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
-
-
 def test_pos_embed_kept_at_checkpoint_grid_and_interpolated_officially(tmp_path):
     ref = _vit(4, img_size=32)  # grid 4x4
     path = tmp_path / "w.pth"
@@ -136,7 +109,9 @@ def test_pos_embed_kept_at_checkpoint_grid_and_interpolated_officially(tmp_path)
     model = _build(path, img_size=48)  # asked for 48 px: the model keeps the checkpoint's 4x4 grid ...
     assert torch.equal(model.pos_embed, ref.pos_embed)
     # ... and a 48 px input (grid 6x6) gets official DINO's interpolation, not timm's antialiased resize
-    official = _official_dino_interpolate(ref.pos_embed.detach(), 48, 48, patch_size=8)
+    from _official_dino import interpolate_pos_encoding
+
+    official = interpolate_pos_encoding(ref.pos_embed.detach(), 48, 48, patch_size=8)
     assert torch.equal(dino_interpolate_pos_encoding(ref.pos_embed.detach(), 6, 6), official)
     timm_way = resample_abs_pos_embed(ref.pos_embed.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)
     assert torch.equal(official[:, 0], ref.pos_embed[:, 0])  # class token kept

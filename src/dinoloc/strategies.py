@@ -56,13 +56,11 @@ def apply_strategy(
     backbone_channels: Sequence[str],
     channel_map: Mapping[str, str] | None,
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
-    *,
-    any_channels: bool = False,
-    named_channels: bool = False,
+    **traits: bool,
 ) -> torch.Tensor:
-    """(B, n_source, H, W) in source channel order -> model input (see `apply_strategy_named`)."""
-    return apply_strategy_named(x, strategy, backbone_channels, channel_map, source_channels,
-                                any_channels=any_channels, named_channels=named_channels)[0]
+    """(B, n_source, H, W) in source channel order -> model input (see `apply_strategy_named`; `traits`: the
+    family's any_channels / named_channels)."""
+    return apply_strategy_named(x, strategy, backbone_channels, channel_map, source_channels, **traits)[0]
 
 
 def apply_strategy_named(

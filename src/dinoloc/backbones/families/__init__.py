@@ -120,6 +120,13 @@ def checkpoint_img_size(pos: Any, patch_size: int, fallback: int, slots: int = 1
     return side * int(patch_size) if side * side == n else fallback
 
 
+def backbone_state(obj: Any, checkpoint_key: str, source: str) -> dict[str, Any]:
+    """A checkpoint's backbone weights: `obj[checkpoint_key]` of a DINO training checkpoint ({teacher: ...}) or the
+    release's own state dict (`unwrap`), with DDP's `module.` and DINO's `backbone.` prefixes taken off."""
+    sd = obj[checkpoint_key] if isinstance(obj, dict) and isinstance(obj.get(checkpoint_key), dict) else unwrap(obj, source)
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
+
+
 def unwrap(obj: Any, source: str, keys: tuple[str, ...] = ("state_dict", "model")) -> dict[str, Any]:
     """A release's state dict: the object itself when it maps names to tensors, else its first wrapper key."""
     import torch

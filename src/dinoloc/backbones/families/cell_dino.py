@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinoloc.backbones.families import unwrap
+from dinoloc.backbones.families import backbone_state
 
 ANY_CHANNELS = True
 
@@ -80,10 +80,8 @@ def create_for_checkpoint(state: dict[str, torch.Tensor], arch: str, in_chans: i
 
 
 def state_from_checkpoint(obj: Any, checkpoint_key: str, source: str) -> dict[str, torch.Tensor]:
-    sd = obj[checkpoint_key] if isinstance(obj, dict) and isinstance(obj.get(checkpoint_key), dict) else unwrap(obj, source)
     out = {}
-    for k, v in sd.items():
-        k = k.removeprefix("module.").removeprefix("backbone.")
+    for k, v in backbone_state(obj, checkpoint_key, source).items():
         if k == "mask_token" or k.startswith(("head.", "dino_head.", "ibot_head.")):
             continue
         out["vit." + re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)] = v

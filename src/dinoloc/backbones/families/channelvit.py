@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinoloc.backbones.families import unwrap
+from dinoloc.backbones.families import backbone_state
 from dinoloc.io import DinolocError
 
 ANY_CHANNELS = True
@@ -95,10 +95,4 @@ def create_for_checkpoint(state: dict[str, torch.Tensor], arch: str, in_chans: i
 
 def state_from_checkpoint(obj: Any, checkpoint_key: str, source: str) -> dict[str, torch.Tensor]:
     """The hub release is a bare state dict; a DINO training checkpoint of it ({teacher: {backbone.*}}) too."""
-    sd = obj[checkpoint_key] if isinstance(obj, dict) and isinstance(obj.get(checkpoint_key), dict) else unwrap(obj, source)
-    out = {}
-    for k, v in sd.items():
-        k = k.removeprefix("module.").removeprefix("backbone.")
-        if not k.startswith("head."):
-            out[k] = v
-    return out
+    return {k: v for k, v in backbone_state(obj, checkpoint_key, source).items() if not k.startswith("head.")}

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from dinoloc.backbones.families import unwrap
+from dinoloc.backbones.families import backbone_state
 from dinoloc.io import DinolocError
 
 ANY_CHANNELS = False
@@ -40,8 +40,7 @@ def create(arch: str, in_chans: int, img_size: int = 224, **model_kwargs: Any) -
 
 
 def state_from_checkpoint(obj: Any, checkpoint_key: str, source: str) -> dict[str, torch.Tensor]:
-    sd = obj[checkpoint_key] if isinstance(obj, dict) and isinstance(obj.get(checkpoint_key), dict) else unwrap(obj, source)
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
+    return backbone_state(obj, checkpoint_key, source)
 
 
 def load(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
