@@ -335,7 +335,7 @@ def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     from dinoloc.classify.cv import CVData, cross_validate
     from dinoloc.classify.params import params_from_config
     from dinoloc.heads import head_order
-    from dinoloc.strategies import apply_strategy, approach, n_views
+    from dinoloc.strategies import apply_strategy_named, approach, n_views
     from test_classify import make_data
 
     (tmp_path / "mylab_prior.py").write_text(PRIOR_HEAD)
@@ -351,7 +351,7 @@ def test_a_head_and_a_strategy_from_outside_the_package(tmp_path, monkeypatch):
     assert np.allclose(p[first.to_numpy()][0], Y[train0].mean(0))  # the head's own computation, through cv
     assert cv.summary["classifier_effective"] == {"prior": True} and head_order("mylab_prior") == 5
     x = torch.arange(2 * 2 * 4, dtype=torch.float32).reshape(1, 2, 4, 2).expand(2, -1, -1, -1)
-    out = apply_strategy(x, "mylab_first", ["R", "G", "B"], None, ["protein", "nucleus"])
+    out = apply_strategy_named(x, "mylab_first", ["R", "G", "B"], None, ["protein", "nucleus"])[0]
     assert out.shape == (2, 3, 4, 2) and torch.equal(out[:, 2], x[:, 0])
     assert n_views("mylab_first") == 1 and approach("mylab_first", ["R"], ["protein"]) == "first channel everywhere"
     with pytest.raises(DinolocError, match="classifier.name='nope' is unknown; use classifier=mlp, knn, linear"):

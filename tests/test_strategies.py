@@ -8,7 +8,7 @@ import torch
 from _specs import embed_batch
 from dinoloc.backbones.vit import create_vit
 from dinoloc.io import DinolocError
-from dinoloc.strategies import apply_strategy, check_strategy, combine_views, n_views
+from dinoloc.strategies import apply_strategy_named, check_strategy, combine_views, n_views
 
 RGB = ["R", "G", "B"]
 HPA = ["nucleus", "protein", "microtubules", "er"]
@@ -24,21 +24,21 @@ def _x(b=2, h=4, w=4) -> torch.Tensor:
 
 def test_mapping_imagenet_places_protein_r_nucleus_g_zero_b():
     x = _x()
-    out = apply_strategy(x, "mapping", RGB, IMAGENET_MAP)
+    out = apply_strategy_named(x, "mapping", RGB, IMAGENET_MAP)[0]
     expected = torch.stack([x[:, 0], x[:, 1], torch.zeros_like(x[:, 0])], dim=1)
     assert torch.equal(out, expected)
 
 
 def test_mapping_hpa_by_name():
     x = _x()
-    out = apply_strategy(x, "mapping", HPA, HPA_MAP)
+    out = apply_strategy_named(x, "mapping", HPA, HPA_MAP)[0]
     z = torch.zeros_like(x[:, 0])
     assert torch.equal(out, torch.stack([x[:, 1], x[:, 0], z, z], dim=1))
 
 
 def test_replication_rows_and_channels():
     x = _x(b=2)
-    out = apply_strategy(x, "replication", RGB, None)
+    out = apply_strategy_named(x, "replication", RGB, None)[0]
     rows = [x[b, v].expand(3, 4, 4) for b in range(2) for v in range(2)]  # image-major, protein then nucleus
     assert torch.equal(out, torch.stack(rows))
     assert n_views("replication") == 2 and n_views("mapping") == 1 and n_views("native") == 1
@@ -46,8 +46,8 @@ def test_replication_rows_and_channels():
 
 def test_native_reorders_by_name():
     x = _x()
-    assert torch.equal(apply_strategy(x, "native", ["protein", "nucleus"], None), x)
-    assert torch.equal(apply_strategy(x, "native", ["nucleus", "protein"], None), x[:, [1, 0]])
+    assert torch.equal(apply_strategy_named(x, "native", ["protein", "nucleus"], None)[0], x)
+    assert torch.equal(apply_strategy_named(x, "native", ["nucleus", "protein"], None)[0], x[:, [1, 0]])
 
 
 def test_combine_views_order():

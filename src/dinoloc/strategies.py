@@ -50,44 +50,30 @@ def check_strategy(
                                              named_channels))
 
 
-def apply_strategy(
-    x: torch.Tensor,
-    strategy: str,
-    backbone_channels: Sequence[str],
-    channel_map: Mapping[str, str] | None,
-    source_channels: Sequence[str] = OPENCELL_CHANNELS,
-    **traits: bool,
-) -> torch.Tensor:
-    """(B, n_source, H, W) in source channel order -> model input (see `apply_strategy_named`; `traits`: the
-    family's any_channels / named_channels)."""
-    return apply_strategy_named(x, strategy, backbone_channels, channel_map, source_channels, **traits)[0]
-
-
 def apply_strategy_named(
     x: torch.Tensor,
     strategy: str,
     backbone_channels: Sequence[str],
     channel_map: Mapping[str, str] | None,
     source_channels: Sequence[str] = OPENCELL_CHANNELS,
-    *,
-    any_channels: bool = False,
-    named_channels: bool = False,
+    **traits: bool,
 ) -> tuple[torch.Tensor, list[str]]:
     """(B, n_source, H, W) in source channel order -> (model input, the names of its channels).
 
     mapping: (B, C, H, W), zeros outside the mapped channels. native: (B, C, H, W) reordered by name, or every
     data channel for a backbone that takes any count. replication: (B * n_source, C, H, W); row b * n_source + v
     is image b's source channel v copied into all C channels (views of one image are adjacent, in source order).
+    `traits`: the family's any_channels / named_channels (check_strategy).
     """
-    check_strategy(strategy, backbone_channels, channel_map, source_channels, any_channels=any_channels,
-                   named_channels=named_channels)
+    check_strategy(strategy, backbone_channels, channel_map, source_channels, **traits)
     source_channels = list(source_channels)
     if x.ndim != 4 or x.shape[1] != len(source_channels):
         raise DinolocError(
-            f"apply_strategy: expected a (B, {len(source_channels)}, H, W) batch in channel order "
+            f"apply_strategy_named: expected a (B, {len(source_channels)}, H, W) batch in channel order "
             f"{source_channels}, got {tuple(x.shape)}"
         )
-    ctx = _context(backbone_channels, channel_map, source_channels, any_channels, named_channels)
+    ctx = _context(backbone_channels, channel_map, source_channels, traits.get("any_channels", False),
+                   traits.get("named_channels", False))
     return strategy_module(strategy).apply(x, ctx)
 
 
@@ -97,7 +83,7 @@ def n_views(strategy: str, source_channels: Sequence[str] = OPENCELL_CHANNELS) -
 
 
 def combine_views(emb: torch.Tensor, strategy: str, n_source: int) -> torch.Tensor:
-    """(B * n_views, D) in apply_strategy's row order -> (B, n_views * D): views concatenated in source order."""
+    """(B * n_views, D) in apply_strategy_named's row order -> (B, n_views * D): views concatenated in source order."""
     v = n_views(strategy, [str(i) for i in range(n_source)])
     if v == 1:
         return emb
