@@ -1,14 +1,11 @@
-"""The demo's speed-ups, each as a ratio measured side by side in one run on the same inputs (CPU seconds).
+"""The demo report's speed-up as a ratio measured side by side in one run on the same inputs (CPU seconds).
 
   maps    the report's embedding maps: UMAP finding its own neighbours (every pair through its numba cosine in a
           Python loop) vs dinoloc.report.embedding_maps.project (exact_cosine_knn handed to UMAP), each in a fresh
           process (numba compiles once per process), on every embedding cache of a demo output; checks that the
           2-D maps are the same bits.
-  adamw   the batched trainer's AdamW update at the demo's sizes (5 folds, 64 -> 512 -> 256 -> 17): one fused call
-          per fold vs one call per learning rate (dinoloc.classify.trainer._adamw_step); checks the same bits.
 
     python scripts/bench_demo.py --demo outputs            # after `make demo` (or paths.output_dir=...)
-    python scripts/bench_demo.py --only adamw
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,62 +61,11 @@ def bench_maps(demo: Path) -> dict:
     return out
 
 
-def bench_adamw(steps: int = 600) -> dict:
-    import torch
-    from torch.optim.adamw import adamw as adamw_update
-
-    from dinoloc.classify.trainer import ADAM_EPS, _adamw_step
-
-    torch.set_num_threads(1)
-    K, shapes = 5, [(5, 64, 512), (5, 512, 256), (5, 256, 17), (5, 1, 512), (5, 1, 256), (5, 1, 17)]
-
-    def state():
-        torch.manual_seed(0)
-        tensors = [torch.randn(s) for s in shapes]
-        m, v = [torch.zeros(s) for s in shapes], [torch.zeros(s) for s in shapes]
-        return tensors, [([t[k] for t in tensors], [a[k] for a in m], [b[k] for b in v],
-                          [torch.zeros(()) for _ in shapes]) for k in range(K)]
-
-    grads = tuple(torch.randn(s, generator=torch.Generator().manual_seed(1)) for s in shapes)
-    active, lr = np.ones(K, dtype=bool), [6e-3] * K
-
-    def per_fold(fold_state):
-        with torch.no_grad():
-            for k in range(K):
-                p, m, v, st = fold_state[k]
-                adamw_update(p, [g[k] for g in grads], m, v, [], st, fused=True, amsgrad=False, beta1=0.9,
-                             beta2=0.999, lr=lr[k], weight_decay=0.04, eps=ADAM_EPS, maximize=False)
-
-    def grouped(fold_state):
-        _adamw_step(fold_state, grads, active, lr, 0.9, 0.999, 0.04)
-
-    cpu, final = {}, {}
-    for name, fn in (("per_fold", per_fold), ("grouped", grouped)) * 2:  # A B A B: the second pair counts
-        tensors, fold_state = state()
-        t = time.process_time()
-        for _ in range(steps):
-            fn(fold_state)
-        cpu[name], final[name] = time.process_time() - t, tensors
-    same = all(torch.equal(a, b) for a, b in zip(final["per_fold"], final["grouped"], strict=True))
-    out = {"adamw_steps": steps, "adamw_per_fold_cpu_s": round(cpu["per_fold"], 3),
-           "adamw_grouped_cpu_s": round(cpu["grouped"], 3), "adamw_ratio": round(cpu["grouped"] / cpu["per_fold"], 3),
-           "adamw_same_bits": same}
-    print(f"adamw: {steps} updates, one call per fold {out['adamw_per_fold_cpu_s']} CPU s, one per learning rate "
-          f"{out['adamw_grouped_cpu_s']} CPU s (ratio {out['adamw_ratio']}), same weights: {same}")
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo", type=Path, default=Path("outputs"), help="a demo output folder (paths.output_dir)")
-    p.add_argument("--only", choices=("maps", "adamw"), default=None)
     args = p.parse_args()
-    out = {}
-    if args.only in (None, "adamw"):
-        out.update(bench_adamw())
-    if args.only in (None, "maps"):
-        out.update(bench_maps(args.demo))
-    print(json.dumps(out))
+    print(json.dumps(bench_maps(args.demo)))
 
 
 if __name__ == "__main__":

@@ -348,38 +348,3 @@ def test_classifier_seeds_repeat_the_cv_and_report_seed_std_beside_fold_std():
     assert single.summary["test_macro_f1_mean"] == one[0].summary["test_macro_f1_mean"]
     with pytest.raises(DinolocError, match="classifier.n_seeds"):
         small_params(n_seeds=0)
-
-
-def test_adamw_step_groups_folds_with_one_lr_into_one_call_with_the_same_bits():
-    """_adamw_step's one fused call per learning rate gives exactly (bit for bit) what one call per fold gives,
-    with folds on different learning rates and step counts and an inactive fold left untouched."""
-    from torch.optim.adamw import adamw as adamw_update
-
-    from dinoloc.classify.trainer import ADAM_EPS, _adamw_step
-
-    K, g = 4, torch.Generator().manual_seed(0)
-    shapes = [(K, 16, 8), (K, 1, 8), (K, 8, 3)]
-
-    def state():
-        torch.manual_seed(1)
-        tensors = [torch.randn(s) for s in shapes]
-        m, v = [torch.randn(s) * 0.1 for s in shapes], [torch.rand(s) * 0.01 for s in shapes]
-        steps = [[torch.tensor(float(3 + k % 2)) for _ in shapes] for k in range(K)]  # unequal step counts
-        return tensors, m, v, [([t[k] for t in tensors], [a[k] for a in m], [b[k] for b in v], steps[k])
-                               for k in range(K)]
-
-    grads = tuple(torch.randn(s, generator=g) for s in shapes)
-    active = np.array([True, True, False, True])
-    lr = [1e-2, 3e-3, 1e-2, 1e-2]  # folds 0 and 3 share one call, fold 1 has its own, fold 2 is inactive
-    grouped, ref = state(), state()
-    _adamw_step(grouped[3], grads, active, lr, 0.9, 0.999, 0.04)
-    with torch.no_grad():
-        for k in np.flatnonzero(active):
-            p, m, v, steps = ref[3][k]
-            adamw_update(p, [gr[k] for gr in grads], m, v, [], steps, fused=True, amsgrad=False, beta1=0.9,
-                         beta2=0.999, lr=lr[k], weight_decay=0.04, eps=ADAM_EPS, maximize=False)
-    for a, b in zip(grouped[:3], ref[:3], strict=True):
-        for x, y in zip(a, b, strict=True):
-            assert torch.equal(x, y)
-    assert [float(s[0]) for *_, s in grouped[3]] == [float(s[0]) for *_, s in ref[3]] == [4.0, 5.0, 3.0, 5.0]
-    assert not torch.equal(grouped[0][0], state()[0][0])  # it did update

@@ -243,20 +243,13 @@ def _adamw_step(fold_state: list[tuple[list[torch.Tensor], ...]], grads: tuple[t
                 active: np.ndarray, lr: list[float], beta1: float, beta2: float, weight_decay: float) -> None:
     """torch's own AdamW update (functional, fused: one pass per tensor) on each active fold's slices; a fold
     with no sample in this step (past the end of its epoch) is untouched, its step count included. `lr[k]` is
-    fold k's learning rate for this update.
-
-    The active folds that share a learning rate go through ONE fused call: the kernel updates each tensor on
-    its own with its own step count, so this is the per-fold calls' arithmetic element for element (the same
-    bits; tests/test_classify.py), with one call's overhead instead of K."""
-    by_lr: dict[float, list[int]] = {}
+    fold k's learning rate for this update. (One fused call per group of folds sharing a learning rate gives the
+    same bits but measured no faster at the demo's sizes: 0.403 vs 0.388 CPU s for 600 updates.)"""
     for k in np.flatnonzero(active):
-        by_lr.setdefault(lr[k], []).append(int(k))
-    for rate, folds in by_lr.items():
+        params, exp_avg, exp_avg_sq, steps = fold_state[k]
         adamw_update(
-            [p for k in folds for p in fold_state[k][0]], [g[k] for k in folds for g in grads],
-            [m for k in folds for m in fold_state[k][1]], [v for k in folds for v in fold_state[k][2]], [],
-            [t for k in folds for t in fold_state[k][3]], fused=True, amsgrad=False, beta1=beta1, beta2=beta2,
-            lr=rate, weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
+            params, [g[k] for g in grads], exp_avg, exp_avg_sq, [], steps, fused=True,
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=lr[k], weight_decay=weight_decay, eps=ADAM_EPS, maximize=False,
         )
 
 
