@@ -26,7 +26,7 @@ EMPTY_CHANNEL_MODES = ("zero_before_norm", "zero_after_norm")
 
 
 def _context(backbone_channels: Sequence[str], channel_map: Mapping[str, str] | None,
-             source_channels: Sequence[str], any_channels: bool, named_channels: bool) -> Channels:
+             source_channels: Sequence[str], any_channels: bool = False, named_channels: bool = False) -> Channels:
     return Channels(tuple(backbone_channels), dict(channel_map) if channel_map else None, tuple(source_channels),
                     any_channels, named_channels)
 
@@ -72,14 +72,13 @@ def apply_strategy_named(
             f"apply_strategy_named: expected a (B, {len(source_channels)}, H, W) batch in channel order "
             f"{source_channels}, got {tuple(x.shape)}"
         )
-    ctx = _context(backbone_channels, channel_map, source_channels, traits.get("any_channels", False),
-                   traits.get("named_channels", False))
+    ctx = _context(backbone_channels, channel_map, source_channels, **traits)
     return strategy_module(strategy).apply(x, ctx)
 
 
 def n_views(strategy: str, source_channels: Sequence[str] = OPENCELL_CHANNELS) -> int:
     """Forward passes per image (one per source channel for replication, else one)."""
-    return int(strategy_module(strategy).views(_context((), None, source_channels, False, False)))
+    return int(strategy_module(strategy).views(_context((), None, source_channels)))
 
 
 def combine_views(emb: torch.Tensor, strategy: str, n_source: int) -> torch.Tensor:

@@ -32,12 +32,13 @@ def sinkhorn_knopp(teacher_output: torch.Tensor, temp: float, n_iterations: int 
 
     Subtracting the global batch's largest logit before exp (not in DINOv2) scales Q by one constant, which the
     first normalisation removes: the same result, but exp stays finite at small temperatures."""
+    distributed = dist.is_available() and dist.is_initialized()
     logits = teacher_output.float() / temp
     top = logits.max()
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
     q = torch.exp(logits - top).t()  # K x B
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = dist.get_world_size() if distributed else 1
     k, b = q.shape[0], q.shape[1] * world
     q /= _all_reduce(q.sum())
     for _ in range(n_iterations):
